@@ -1,0 +1,222 @@
+"""Datasets and the input pipeline.
+
+A dataset is a folder in the standard CycleGAN layout: trainA/ trainB/ testA/ testB/ (testA_gt/ when
+the true B rendering of each testA image is known, as in the offline demo). The domains are unpaired:
+A and B are shuffled independently, and an epoch is max(len A, len B) images as in the reference.
+"""
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+LAYOUT = "expected DATAROOT/trainA/ and DATAROOT/trainB/ with .jpg/.png/.bmp images (plus testA/ testB/)"
+REFERENCE_LOAD_RATIO = 286 / 256
+DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
+DEMO_CROP = 72
+DEMO_PHOTO_HEIGHT = 180
+DEMO_TEST_ROWS = 72
+
+log = logging.getLogger("cyclegan")
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and a non-zero exit, never a traceback."""
+
+
+def list_images(folder):
+    """Sorted image paths in `folder` (jpg/png/bmp, any case); other files are ignored."""
+    if not os.path.exists(folder):
+        raise UsageError(f"{folder}: no such folder ({LAYOUT})")
+    if not os.path.isdir(folder):
+        raise UsageError(f"{folder}: is a file, expected a folder of images ({LAYOUT})")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+
+
+def decode_image(data):
+    """Encoded bytes -> uint8 RGB tensor; grayscale and RGBA become RGB."""
+    return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+
+def _decodes(path):
+    try:
+        decode_image(tf.io.read_file(path))
+        return True
+    except (tf.errors.OpError, ValueError):
+        return False
+
+
+def usable_images(paths):
+    """The paths that decode; each one that does not is skipped with a warning naming it."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ok = list(pool.map(_decodes, paths))
+    for path, good in zip(paths, ok):
+        if not good:
+            log.warning("skipping %s: not a readable image", path)
+    return [path for path, good in zip(paths, ok) if good]
+
+
+def domain_images(dataroot, split, domain):
+    """The usable images of DATAROOT/<split><domain>, or a one-line error if there are none."""
+    if not os.path.isdir(dataroot):
+        raise UsageError(f"--dataroot {dataroot}: not a folder ({LAYOUT})")
+    folder = os.path.join(dataroot, f"{split}{domain}")
+    paths = usable_images(list_images(folder))
+    if not paths:
+        raise UsageError(f"{folder}: no readable images ({LAYOUT})")
+    return paths
+
+
+def load_size_for(image_size):
+    """The reference's resize-before-crop size: 286 for 256 crops, scaled for other sizes."""
+    return int(round(image_size * REFERENCE_LOAD_RATIO))
+
+
+def to_unit_range(image):
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def to_uint8(images):
+    """float [-1, 1] (NumPy or tensor) -> uint8 NumPy array."""
+    images = np.asarray(images, dtype=np.float32)
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _resize(image, size):
+    image = tf.image.resize(tf.cast(image, tf.float32), [size, size], method="bicubic")
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def preprocess_train(image, image_size, load_size=None, seed=None):
+    """Reference training transform: resize to load size, random crop, random flip, to [-1, 1]."""
+    load_size = load_size or load_size_for(image_size)
+    image = _resize(image, load_size)
+    image = tf.image.random_crop(image, [image_size, image_size, 3], seed=seed)
+    image = tf.image.random_flip_left_right(image, seed=seed)
+    return image / 127.5 - 1.0
+
+
+def preprocess_test(image, image_size):
+    """Test transform: resize only, to [-1, 1]."""
+    return _resize(image, image_size) / 127.5 - 1.0
+
+
+def _domain_stream(paths, image_size, seed):
+    load_size = load_size_for(image_size)
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    return files.map(
+        lambda path: preprocess_train(decode_image(tf.io.read_file(path)), image_size, load_size),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+
+
+def train_dataset(dataroot, image_size, batch_size, seed=None):
+    """Endless batches of (real_a, real_b), each domain shuffled on its own; and steps per epoch."""
+    paths_a = domain_images(dataroot, "train", "A")
+    paths_b = domain_images(dataroot, "train", "B")
+    stream_a = _domain_stream(paths_a, image_size, seed)
+    stream_b = _domain_stream(paths_b, image_size, None if seed is None else seed + 1)
+    pairs = tf.data.Dataset.zip((stream_a, stream_b)).batch(batch_size, drop_remainder=True)
+    steps_per_epoch = max(1, max(len(paths_a), len(paths_b)) // batch_size)
+    return pairs.prefetch(tf.data.AUTOTUNE), steps_per_epoch
+
+
+def load_images(paths, image_size):
+    """Test-preprocessed images as one float32 array in [-1, 1]."""
+    return np.stack([preprocess_test(decode_image(tf.io.read_file(p)), image_size).numpy() for p in paths])
+
+
+def test_images(dataroot, domain, image_size, count):
+    """The first `count` usable test images of a domain (trainX when testX is missing or empty)."""
+    for split in ("test", "train"):
+        folder = os.path.join(dataroot, f"{split}{domain}")
+        if os.path.isdir(folder):
+            paths = usable_images(list_images(folder))[:count]
+            if paths:
+                return load_images(paths, image_size)
+    raise UsageError(f"{dataroot}: no readable images in test{domain}/ or train{domain}/ ({LAYOUT})")
+
+
+# ---- the offline demo dataset ------------------------------------------------------------------
+
+def paint(photo):
+    """The demo's domain B style: soft brush, warm posterised palette, dark ink outlines.
+
+    Deterministic and local (a few pixels of context), so a crop's rendering is its ground truth.
+    """
+    from skimage import color, filters
+
+    image = filters.gaussian(photo.astype(np.float32) / 255.0, sigma=1.0, channel_axis=-1)
+    palette = np.array([[0.80, 0.45, -0.10],
+                        [0.10, 0.70, 0.15],
+                        [-0.10, 0.15, 0.45]], dtype=np.float32)
+    image = np.clip(image @ palette.T + np.array([0.08, 0.02, 0.12], np.float32), 0.0, 1.0)
+    image = np.round(image * 5.0) / 5.0
+    outline = filters.sobel(color.rgb2gray(image))
+    image = image * (1.0 - 0.7 * np.clip(outline * 3.0, 0.0, 1.0))[..., None]
+    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
+def _demo_photos():
+    from skimage import data, transform
+
+    photos = []
+    for name in DEMO_PHOTOS:
+        photo = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+        scale = DEMO_PHOTO_HEIGHT / photo.shape[0]
+        photo = transform.rescale(photo, scale, channel_axis=-1, anti_aliasing=True)
+        photos.append(np.clip(np.round(photo * 255.0), 0, 255).astype(np.uint8))
+    return photos
+
+
+def _random_crops(photos, rows, count, rng):
+    crops = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        top = rng.integers(rows[0], rows[1] - DEMO_CROP + 1)
+        left = rng.integers(0, photo.shape[1] - DEMO_CROP + 1)
+        crops.append(photo[top:top + DEMO_CROP, left:left + DEMO_CROP])
+    return crops
+
+
+def build_demo_dataset(root, train_per_domain=200, test_per_domain=20, seed=0):
+    """Writes the offline demo dataset (standard layout plus testA_gt/) from scikit-image's photos.
+
+    Each photo is scaled to 4 crop heights; training crops come from its top three quarters and test
+    crops from the bottom quarter, so no test pixel is seen in training. trainA and trainB are drawn
+    independently (different crops: unpaired); testA_gt/ holds the true painting of each testA crop.
+    Returns `root`; a complete dataset already there is reused.
+    """
+    import imageio.v3 as iio
+
+    folders = ("trainA", "trainB", "testA", "testB", "testA_gt")
+    if all(os.path.isdir(os.path.join(root, f)) and os.listdir(os.path.join(root, f)) for f in folders):
+        return root
+    rng = np.random.default_rng(seed)
+    photos = _demo_photos()
+    train_rows = (0, DEMO_PHOTO_HEIGHT - DEMO_TEST_ROWS)
+    test_rows = (DEMO_PHOTO_HEIGHT - DEMO_TEST_ROWS, DEMO_PHOTO_HEIGHT)
+    content = {
+        "trainA": _random_crops(photos, train_rows, train_per_domain, rng),
+        "trainB": [paint(c) for c in _random_crops(photos, train_rows, train_per_domain, rng)],
+        "testA": _random_crops(photos, test_rows, test_per_domain, rng),
+        "testB": [paint(c) for c in _random_crops(photos, test_rows, test_per_domain, rng)],
+    }
+    content["testA_gt"] = [paint(c) for c in content["testA"]]
+    staging = f"{root}.partial"
+    for folder, images in content.items():
+        os.makedirs(os.path.join(staging, folder), exist_ok=True)
+        for index, image in enumerate(images):
+            iio.imwrite(os.path.join(staging, folder, f"{index:04d}.png"), image)
+    if os.path.exists(root):
+        import shutil
+        shutil.rmtree(root)
+    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
+    os.replace(staging, root)
+    return root

@@ -1,0 +1,164 @@
+"""CycleGAN networks: residual generator, ZeroPadding PatchGAN discriminator, combined model.
+
+The generator follows the paper's table (c7s1-ngf, d2ngf, d4ngf, R4ngf x N, u2ngf, ungf, c7s1-3);
+the defaults are the book's 128x128 design (ngf 32, 6 blocks), `ngf=64, n_res_blocks=9` gives the
+paper's 256x256 network. Every model is fully convolutional, so the same weights run at any H x W
+divisible by 4.
+"""
+import keras
+from keras import layers, ops
+
+LAMBDA_CYCLE = 10.0
+LAMBDA_IDENTITY = 0.5
+LEARNING_RATE = 2e-4
+BETA_1 = 0.5
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class ReflectionPadding2D(layers.Layer):
+    """Mirror-pads H and W; keeps 7x7 and 3x3 convolutions free of dark borders."""
+
+    def __init__(self, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = int(padding)
+
+    def call(self, inputs):
+        p = self.padding
+        return ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        grow = lambda size: None if size is None else size + 2 * self.padding
+        return batch, grow(height), grow(width), channels
+
+    def get_config(self):
+        return {**super().get_config(), "padding": self.padding}
+
+
+def instance_norm(name=None):
+    """Normalises each sample and channel over H and W (channels-last), with a learned affine."""
+    return layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
+
+
+def _conv_norm_relu(x, filters, kernel_size, strides=1, reflect=0, name=None):
+    if reflect:
+        x = ReflectionPadding2D(reflect, name=f"{name}_pad")(x)
+    padding = "valid" if reflect or strides == 1 else "same"
+    x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, name=f"{name}_conv")(x)
+    x = instance_norm(f"{name}_norm")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _residual_block(x, filters, name):
+    y = _conv_norm_relu(x, filters, 3, reflect=1, name=f"{name}_a")
+    y = ReflectionPadding2D(1, name=f"{name}_b_pad")(y)
+    y = layers.Conv2D(filters, 3, padding="valid", name=f"{name}_b_conv")(y)
+    y = instance_norm(f"{name}_b_norm")(y)
+    return layers.Add(name=f"{name}_add")([x, y])
+
+
+def build_generator(ngf=32, n_res_blocks=6, upsample="transpose", name="generator"):
+    """Residual generator: image in [-1, 1] -> image in [-1, 1], any H x W divisible by 4.
+
+    `upsample="transpose"` uses stride-2 transposed convolutions as the paper; "resize" uses nearest
+    upsampling then a 3x3 convolution, which avoids the checkerboard patterns of short trainings.
+    """
+    if upsample not in ("transpose", "resize"):
+        raise ValueError(f"upsample must be 'transpose' or 'resize', got {upsample!r}")
+    image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
+    x = _conv_norm_relu(image, ngf, 7, reflect=3, name="c7s1")
+    x = _conv_norm_relu(x, 2 * ngf, 3, strides=2, name="down1")
+    x = _conv_norm_relu(x, 4 * ngf, 3, strides=2, name="down2")
+    for index in range(n_res_blocks):
+        x = _residual_block(x, 4 * ngf, name=f"res{index + 1}")
+    for index, filters in enumerate((2 * ngf, ngf)):
+        if upsample == "transpose":
+            x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", name=f"up{index + 1}_conv")(x)
+        else:
+            x = layers.UpSampling2D(2, name=f"up{index + 1}_resize")(x)
+            x = ReflectionPadding2D(1, name=f"up{index + 1}_pad")(x)
+            x = layers.Conv2D(filters, 3, padding="valid", name=f"up{index + 1}_conv")(x)
+        x = instance_norm(f"up{index + 1}_norm")(x)
+        x = layers.ReLU(name=f"up{index + 1}_relu")(x)
+    x = ReflectionPadding2D(3, name="out_pad")(x)
+    x = layers.Conv2D(3, 7, padding="valid", name="out_conv")(x)
+    translated = layers.Activation("tanh", dtype="float32", name="out_tanh")(x)
+    return keras.Model(image, translated, name=name)
+
+
+def build_discriminator(ndf=64, sigmoid=False, name="discriminator"):
+    """ZeroPadding PatchGAN: one real/fake score per overlapping patch.
+
+    Four ZeroPadding2D(1) + 4x4 stride-2 valid convs (ndf .. 8ndf), then a 4x4 stride-1 conv to one
+    channel: a 128x128 image gives a 7x7 grid, 256x256 gives 15x15. Use `patch_shape` rather than
+    hard-coding the grid. The output is linear for the least-squares loss unless `sigmoid`.
+    """
+    image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
+    x = image
+    for index, filters in enumerate((ndf, 2 * ndf, 4 * ndf, 8 * ndf)):
+        x = layers.ZeroPadding2D(1, name=f"conv{index + 1}_pad")(x)
+        x = layers.Conv2D(filters, 4, strides=2, padding="valid", name=f"conv{index + 1}")(x)
+        if index > 0:
+            x = instance_norm(f"conv{index + 1}_norm")(x)
+        x = layers.LeakyReLU(0.2, name=f"conv{index + 1}_lrelu")(x)
+    x = layers.ZeroPadding2D(1, name="score_pad")(x)
+    x = layers.Conv2D(1, 4, strides=1, padding="valid", name="score")(x)
+    activation = "sigmoid" if sigmoid else "linear"
+    score = layers.Activation(activation, dtype="float32", name=f"score_{activation}")(x)
+    return keras.Model(image, score, name=name)
+
+
+def patch_shape(discriminator, height, width):
+    """The discriminator's output grid (h, w, 1) for an input of height x width, read from the model."""
+    return tuple(discriminator.compute_output_shape((1, height, width, 3))[1:])
+
+
+def adam(learning_rate=LEARNING_RATE, beta_1=BETA_1):
+    return keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1)
+
+
+def compile_discriminator(discriminator, learning_rate=LEARNING_RATE, beta_1=BETA_1, jit_compile=False):
+    """Least-squares loss on real (1) / fake (0) patches, with an Adam of its own.
+
+    The optimizer's slots are built here, while the discriminator is trainable; its train function
+    is traced on the first `train_on_batch`, which `train.train_discriminator` runs trainable too.
+    """
+    discriminator.trainable = True
+    discriminator.compile(optimizer=adam(learning_rate, beta_1), loss="mse", jit_compile=jit_compile)
+    discriminator.optimizer.build(discriminator.trainable_variables)
+
+
+def build_combined(generator_ab, generator_ba, discriminator_a, discriminator_b,
+                   lambda_cycle=LAMBDA_CYCLE, lambda_identity=LAMBDA_IDENTITY,
+                   learning_rate=LEARNING_RATE, beta_1=BETA_1, jit_compile=False):
+    """The generators' training model: real A and real B in, the six loss terms' predictions out.
+
+    Outputs: [D_A(G_BA(b)), D_B(G_AB(a)), G_BA(G_AB(a)), G_AB(G_BA(b)), G_BA(a), G_AB(b)], trained
+    with mse against ones for the adversarial terms and mae against a / b / a / b for the cycle and
+    identity terms. Both discriminators are frozen for this model: they are set non-trainable before
+    it is compiled and before its train function is first traced (Keras 3 reads the flag then).
+    """
+    discriminator_a.trainable = False
+    discriminator_b.trainable = False
+    real_a = keras.Input(shape=(None, None, 3), name="real_a")
+    real_b = keras.Input(shape=(None, None, 3), name="real_b")
+    fake_b = generator_ab(real_a)
+    fake_a = generator_ba(real_b)
+    outputs = [
+        layers.Identity(name="adversarial_a")(discriminator_a(fake_a)),
+        layers.Identity(name="adversarial_b")(discriminator_b(fake_b)),
+        layers.Identity(name="cycle_a")(generator_ba(fake_b)),
+        layers.Identity(name="cycle_b")(generator_ab(fake_a)),
+        layers.Identity(name="identity_a")(generator_ba(real_a)),
+        layers.Identity(name="identity_b")(generator_ab(real_b)),
+    ]
+    combined = keras.Model([real_a, real_b], outputs, name="combined")
+    combined.compile(
+        optimizer=adam(learning_rate, beta_1),
+        loss=["mse", "mse", "mae", "mae", "mae", "mae"],
+        loss_weights=[1.0, 1.0, lambda_cycle, lambda_cycle,
+                      lambda_cycle * lambda_identity, lambda_cycle * lambda_identity],
+        jit_compile=jit_compile,
+    )
+    combined.optimizer.build(combined.trainable_variables)
+    return combined

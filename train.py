@@ -1,0 +1,449 @@
+"""Train a CycleGAN with the classic Keras loop: discriminators and a combined model, train_on_batch.
+
+    python train.py --dataroot datasets/horse2zebra --name h2z
+    tensorboard --logdir runs
+
+Everything of a run lands in RUNS_ROOT/NAME/: config.json, TensorBoard event files, checkpoints/,
+samples/, and the final generator_ab.keras / generator_ba.keras that generate.py loads.
+"""
+import argparse
+import glob
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import data  # noqa: E402
+import networks  # noqa: E402
+
+# Defaults: the reference implementation's, at the book's 128x128 network size.
+DEFAULTS = dict(
+    dataroot=None, name="cyclegan", runs_root="runs",
+    image_size=128, batch_size=1, epochs=100, epochs_decay=100, max_steps=None,
+    ngf=32, ndf=64, n_res_blocks=6, upsample="transpose", sigmoid=False,
+    lambda_cycle=networks.LAMBDA_CYCLE, lambda_identity=networks.LAMBDA_IDENTITY,
+    pool_size=50, lr=networks.LEARNING_RATE, beta1=networks.BETA_1,
+    sample_every=500, sample_count=4, save_every=5, keep_checkpoints=2, seed=None, jit=False,
+)
+NETWORK_KEYS = ("ngf", "ndf", "n_res_blocks", "upsample", "sigmoid")
+LOSS_NAMES = ("adversarial_a", "adversarial_b", "cycle_a", "cycle_b", "identity_a", "identity_b")
+
+log = logging.getLogger("cyclegan")
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def image_size(text):
+    value = positive_int(text)
+    if value % 4 or value < 32:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 4 that is at least 32, got {text}")
+    return value
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Train a CycleGAN on an unpaired dataset (trainA/ trainB/ testA/ testB/).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataroot", help="dataset folder in the standard layout (required unless --resume)")
+    p.add_argument("--name", help="run name: everything is written to RUNS_ROOT/NAME/")
+    p.add_argument("--runs-root", help="folder that holds the runs")
+    p.add_argument("--resume", action="store_true",
+                   help="continue RUNS_ROOT/NAME from its latest checkpoint (same step and LR schedule)")
+    p.add_argument("--image-size", type=image_size, help="training crop size (multiple of 4, >= 32)")
+    p.add_argument("--batch-size", type=positive_int, help="images of each domain per step")
+    p.add_argument("--epochs", type=non_negative_int, help="epochs at the initial learning rate")
+    p.add_argument("--epochs-decay", type=non_negative_int, help="epochs of linear decay to zero")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many steps (quick runs)")
+    p.add_argument("--ngf", type=positive_int, help="generator filters in the first layer (paper: 64)")
+    p.add_argument("--ndf", type=positive_int, help="discriminator filters in the first layer")
+    p.add_argument("--n-res-blocks", type=positive_int, help="generator residual blocks (paper: 9 at 256)")
+    p.add_argument("--upsample", choices=("transpose", "resize"),
+                   help="generator upsampling: transposed conv (paper) or nearest resize + conv")
+    p.add_argument("--sigmoid", action="store_true", help="sigmoid discriminator output (default linear, LSGAN)")
+    p.add_argument("--lambda-cycle", type=non_negative_float, help="weight of the cycle-consistency loss")
+    p.add_argument("--lambda-identity", type=non_negative_float,
+                   help="identity loss weight, relative to --lambda-cycle")
+    p.add_argument("--pool-size", type=non_negative_int, help="history pool of past fakes (0: none)")
+    p.add_argument("--lr", type=non_negative_float, help="Adam learning rate of all three optimizers")
+    p.add_argument("--beta1", type=non_negative_float, help="Adam beta_1")
+    p.add_argument("--sample-every", type=positive_int, help="steps between sample grids")
+    p.add_argument("--sample-count", type=positive_int, help="test images in each sample grid")
+    p.add_argument("--save-every", type=positive_int, help="epochs between checkpoints")
+    p.add_argument("--keep-checkpoints", type=positive_int, help="checkpoints kept on disk")
+    p.add_argument("--seed", type=int, help="random seed for weights, shuffling and augmentation")
+    p.add_argument("--jit", action="store_true", help="XLA-compile the train functions")
+    p.set_defaults(**{k: v for k, v in DEFAULTS.items() if v is not None})
+    return p
+
+
+def parse_config(argv=None):
+    """The run's configuration: defaults < the run's config.json (with --resume) < the command line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    explicit = _explicit_options(parser, argv)
+    config = dict(DEFAULTS, **vars(args))
+    run_dir = os.path.join(config["runs_root"], config["name"])
+    if args.resume:
+        saved = read_json(os.path.join(run_dir, "config.json"))
+        for key in NETWORK_KEYS:
+            if key in explicit and explicit[key] != saved[key]:
+                raise data.UsageError(
+                    f"--{key.replace('_', '-')} {explicit[key]} contradicts the run being resumed "
+                    f"({run_dir}/config.json has {saved[key]})")
+        config = dict(DEFAULTS, **saved)
+        config.update(explicit)
+        config["resume"] = True
+    elif not config["dataroot"]:
+        raise data.UsageError("--dataroot is required (the dataset folder with trainA/ and trainB/)")
+    config["run_dir"] = run_dir
+    return config
+
+
+def _explicit_options(parser, argv):
+    """The options given on the command line, by dest."""
+    silent = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            kwargs = dict(dest=action.dest, default=argparse.SUPPRESS)
+            if action.nargs == 0:
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["type"] = action.type
+            silent.add_argument(*action.option_strings, **kwargs)
+    return vars(silent.parse_known_args(argv)[0])
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise data.UsageError(f"{path}: not found (is this a run directory made by train.py?)") from None
+    except (OSError, ValueError) as error:
+        raise data.UsageError(f"{path}: unreadable ({error})") from None
+
+
+def write_atomically(path, write):
+    """Calls write(temporary_path), then renames it over `path`: a reader never sees half a file."""
+    base, ext = os.path.splitext(path)
+    temporary = f"{base}.tmp{os.getpid()}{ext}"
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path, value):
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=True)
+    write_atomically(path, write)
+
+
+class HistoryPool:
+    """The paper's buffer of past fakes: discriminators see a mix of old and new generator outputs.
+
+    Until it holds `size` images every fake goes in and is returned; after that each fake is, with
+    probability 1/2, swapped with a random stored one (the stored one is returned), else returned.
+    """
+
+    def __init__(self, size, rng):
+        self.size = size
+        self.rng = rng
+        self.images = []
+
+    def query(self, fakes):
+        if self.size == 0:
+            return fakes
+        chosen = []
+        for fake in np.asarray(fakes):
+            if len(self.images) < self.size:
+                self.images.append(fake)
+                chosen.append(fake)
+            elif self.rng.random() < 0.5:
+                index = self.rng.integers(len(self.images))
+                chosen.append(self.images[index])
+                self.images[index] = fake
+            else:
+                chosen.append(fake)
+        return np.stack(chosen)
+
+
+def learning_rate_at(epoch, base_lr, epochs, epochs_decay):
+    """Constant for `epochs`, then linear decay towards zero over `epochs_decay` (the reference rule)."""
+    return base_lr * (1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1))
+
+
+class CycleGAN:
+    """The four networks, the combined model and their three optimizers, built in the order that
+    makes the Keras 3 freezing trick hold (see networks.build_combined)."""
+
+    def __init__(self, config):
+        c = config
+        self.generator_ab = networks.build_generator(c["ngf"], c["n_res_blocks"], c["upsample"], "generator_ab")
+        self.generator_ba = networks.build_generator(c["ngf"], c["n_res_blocks"], c["upsample"], "generator_ba")
+        self.discriminator_a = networks.build_discriminator(c["ndf"], c["sigmoid"], name="discriminator_a")
+        self.discriminator_b = networks.build_discriminator(c["ndf"], c["sigmoid"], name="discriminator_b")
+        for discriminator in (self.discriminator_a, self.discriminator_b):
+            networks.compile_discriminator(discriminator, c["lr"], c["beta1"], c["jit"])
+        self.combined = networks.build_combined(
+            self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b,
+            c["lambda_cycle"], c["lambda_identity"], c["lr"], c["beta1"], c["jit"])
+        self.patch = networks.patch_shape(self.discriminator_a, c["image_size"], c["image_size"])
+        self._translate = tf.function(self._translate_both)
+
+    @property
+    def models(self):
+        return {"generator_ab": self.generator_ab, "generator_ba": self.generator_ba,
+                "discriminator_a": self.discriminator_a, "discriminator_b": self.discriminator_b}
+
+    @property
+    def optimizers(self):
+        return {"discriminator_a": self.discriminator_a.optimizer,
+                "discriminator_b": self.discriminator_b.optimizer,
+                "combined": self.combined.optimizer}
+
+    def set_learning_rate(self, value):
+        for optimizer in self.optimizers.values():
+            optimizer.learning_rate = value
+
+    def _translate_both(self, real_a, real_b):
+        return self.generator_ab(real_a, training=False), self.generator_ba(real_b, training=False)
+
+    def translate(self, real_a, real_b):
+        fake_b, fake_a = self._translate(real_a, real_b)
+        return fake_b.numpy(), fake_a.numpy()
+
+    def train_step(self, real_a, real_b, pool_a, pool_b):
+        """One CycleGAN iteration; returns the losses by name."""
+        fake_b, fake_a = self.translate(real_a, real_b)
+        losses = {
+            "D_A": train_discriminator(self.discriminator_a, real_a, pool_a.query(fake_a)),
+            "D_B": train_discriminator(self.discriminator_b, real_b, pool_b.query(fake_b)),
+        }
+        ones = np.ones((real_a.shape[0],) + self.patch, np.float32)
+        logs = self.combined.train_on_batch(
+            [real_a, real_b], [ones, ones, real_a, real_b, real_a, real_b], return_dict=True)
+        losses.update({name: logs[f"{name}_loss"] for name in LOSS_NAMES})
+        losses["G_total"] = logs["loss"]
+        return losses
+
+
+def train_discriminator(discriminator, real, fake):
+    """One Adam step of a discriminator on real (label 1) and fake (label 0) images together.
+
+    The loss is the mean of the real and fake halves, as in the reference. The model is trainable
+    only during this call: a train function traced (or retraced) now sees its weights, and the
+    combined model, traced while it is frozen, never does.
+    """
+    real = np.asarray(real)
+    shape = (real.shape[0],) + networks.patch_shape(discriminator, *real.shape[1:3])
+    labels = np.concatenate([np.ones(shape, np.float32), np.zeros(shape, np.float32)])
+    discriminator.trainable = True
+    try:
+        return float(discriminator.train_on_batch(np.concatenate([real, fake]), labels))
+    finally:
+        discriminator.trainable = False
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+def checkpoint_paths(run_dir):
+    """The run's checkpoints, oldest first."""
+    return sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step-*.npz")))
+
+
+def save_checkpoint(run_dir, gan, step, epoch, pools, rng, keep=2):
+    """All four networks, the three optimizers' states, the step, epoch and history pools, in one
+    .npz written atomically; the `keep` newest checkpoints stay on disk."""
+    arrays = {"step": np.array(step), "epoch": np.array(epoch)}
+    for name, model in gan.models.items():
+        for index, weight in enumerate(model.get_weights()):
+            arrays[f"weights/{name}/{index}"] = weight
+    for name, optimizer in gan.optimizers.items():
+        for index, variable in enumerate(optimizer.variables):
+            arrays[f"optimizer/{name}/{index}"] = np.asarray(variable)
+    for name, pool in pools.items():
+        arrays[f"pool/{name}"] = np.array(pool.images, np.float32)
+    arrays["rng"] = np.frombuffer(json.dumps(rng.bit_generator.state).encode(), np.uint8)
+    folder = os.path.join(run_dir, "checkpoints")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"step-{step:09d}.npz")
+    write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
+    for old in checkpoint_paths(run_dir)[:-keep]:
+        os.remove(old)
+    return path
+
+
+def load_checkpoint(path, gan, pools, rng):
+    """Restores what save_checkpoint wrote; returns (step, epoch)."""
+    with np.load(path) as arrays:
+        for name, model in gan.models.items():
+            model.set_weights([arrays[f"weights/{name}/{i}"] for i in range(len(model.weights))])
+        for name, optimizer in gan.optimizers.items():
+            for index, variable in enumerate(optimizer.variables):
+                variable.assign(arrays[f"optimizer/{name}/{index}"])
+        for name, pool in pools.items():
+            pool.images = list(arrays[f"pool/{name}"])
+        rng.bit_generator.state = json.loads(arrays["rng"].tobytes().decode())
+        return int(arrays["step"]), int(arrays["epoch"])
+
+
+def save_generators(run_dir, gan):
+    paths = []
+    for name in ("generator_ab", "generator_ba"):
+        path = os.path.join(run_dir, f"{name}.keras")
+        write_atomically(path, gan.models[name].save)
+        paths.append(path)
+    return paths
+
+
+# ---- samples -----------------------------------------------------------------------------------
+
+def sample_grid(source, translator, back_translator):
+    """Rows of real | translated | reconstructed, as one uint8 image."""
+    translated = translator.predict_on_batch(source)
+    reconstructed = back_translator.predict_on_batch(translated)
+    rows = [np.concatenate(row, axis=1) for row in zip(source, translated, reconstructed)]
+    return data.to_uint8(np.concatenate(rows, axis=0))
+
+
+def write_samples(run_dir, writer, gan, samples, step):
+    """Both directions' grids to TensorBoard and to RUNS_ROOT/NAME/samples/ as PNG; returns the paths."""
+    import imageio.v3 as iio
+
+    folder = os.path.join(run_dir, "samples")
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for direction, (source, forward, backward) in {
+        "AtoB": (samples["A"], gan.generator_ab, gan.generator_ba),
+        "BtoA": (samples["B"], gan.generator_ba, gan.generator_ab),
+    }.items():
+        grid = sample_grid(source, forward, backward)
+        with writer.as_default():
+            tf.summary.image(f"samples/{direction}", grid[None], step=step)
+        path = os.path.join(folder, f"{direction}_step{step:07d}.png")
+        iio.imwrite(path, grid)
+        paths.append(path)
+    return paths
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+def train(config, verbose=1):
+    """Runs (or resumes) a training run; returns a dict of what it wrote."""
+    run_dir = config["run_dir"]
+    if config.get("seed") is not None:
+        keras.utils.set_random_seed(config["seed"])
+    dataset, steps_per_epoch = data.train_dataset(
+        config["dataroot"], config["image_size"], config["batch_size"], config.get("seed"))
+    samples = {d: data.test_images(config["dataroot"], d, config["image_size"], config["sample_count"])
+               for d in "AB"}
+    total_epochs = config["epochs"] + config["epochs_decay"]
+    total_steps = total_epochs * steps_per_epoch
+    if config.get("max_steps"):
+        total_steps = min(total_steps, config["max_steps"])
+
+    gan = CycleGAN(config)
+    rng = np.random.default_rng(config.get("seed"))
+    pools = {"A": HistoryPool(config["pool_size"], rng), "B": HistoryPool(config["pool_size"], rng)}
+    step = epoch = 0
+    if config.get("resume"):
+        checkpoints = checkpoint_paths(run_dir)
+        if not checkpoints:
+            raise data.UsageError(f"{run_dir}: no checkpoint to resume from")
+        step, epoch = load_checkpoint(checkpoints[-1], gan, pools, rng)
+        log.info("resumed %s at step %d (epoch %d)", checkpoints[-1], step, epoch)
+    os.makedirs(run_dir, exist_ok=True)
+    write_json(os.path.join(run_dir, "config.json"),
+               {k: v for k, v in config.items() if k not in ("resume", "run_dir")})
+    writer = tf.summary.create_file_writer(run_dir)
+
+    batches = iter(dataset)
+    written = {"run_dir": run_dir, "checkpoint": None, "samples": []}
+    started = time.time()
+    while step < total_steps:
+        learning_rate = learning_rate_at(epoch, config["lr"], config["epochs"], config["epochs_decay"])
+        gan.set_learning_rate(learning_rate)
+        steps_this_epoch = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
+        if verbose:
+            print(f"epoch {epoch + 1}/{total_epochs}  lr {learning_rate:.2e}")
+        bar = keras.utils.Progbar(steps_this_epoch, verbose=verbose, stateful_metrics=["D_A", "D_B", "G"])
+        for index in range(steps_this_epoch):
+            real_a, real_b = next(batches)
+            losses = gan.train_step(real_a.numpy(), real_b.numpy(), pools["A"], pools["B"])
+            step += 1
+            with writer.as_default():
+                for name, value in losses.items():
+                    tf.summary.scalar(f"loss/{name}", value, step=step)
+                tf.summary.scalar("learning_rate", learning_rate, step=step)
+            if step % config["sample_every"] == 0 or step == total_steps:
+                written["samples"] = write_samples(run_dir, writer, gan, samples, step)
+            bar.update(index + 1, [("D_A", losses["D_A"]), ("D_B", losses["D_B"]), ("G", losses["G_total"])])
+        if step % steps_per_epoch == 0:
+            epoch += 1
+        if epoch % config["save_every"] == 0 or step >= total_steps:
+            written["checkpoint"] = save_checkpoint(
+                run_dir, gan, step, epoch, pools, rng, config["keep_checkpoints"])
+    writer.flush()
+    if written["checkpoint"] is None or not written["samples"]:
+        written["checkpoint"] = save_checkpoint(run_dir, gan, step, epoch, pools, rng, config["keep_checkpoints"])
+        written["samples"] = write_samples(run_dir, writer, gan, samples, step)
+    written["generators"] = save_generators(run_dir, gan)
+    written["step"] = step
+    written["seconds"] = time.time() - started
+    return written
+
+
+def main(argv=None):
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
+    config = parse_config(argv)
+    written = train(config)
+    print(f"trained {written['step']} steps in {written['seconds']:.0f} s")
+    print(f"  TensorBoard:  tensorboard --logdir {config['runs_root']}")
+    print(f"  checkpoint:   {written['checkpoint']}")
+    print(f"  samples:      {', '.join(written['samples'])}")
+    print(f"  generators:   {', '.join(written['generators'])}")
+
+
+def run_cli(main_function, program):
+    """Runs a script's main; bad input ends with one line on stderr and exit status 2."""
+    try:
+        main_function()
+    except data.UsageError as error:
+        sys.exit(f"{program}: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"{program}: interrupted")
+
+
+if __name__ == "__main__":
+    run_cli(main, "train.py")
