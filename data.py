@@ -20,6 +20,12 @@ DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 DEMO_CROP = 72
 DEMO_PHOTO_HEIGHT = 180
 DEMO_TEST_ROWS = 72
+PAINT_LEVELS = 6
+PAINT_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
+PAINT_PALETTE = np.array([[0.12, 0.10, 0.30],   # indigo shadows
+                          [0.70, 0.25, 0.30],   # crimson
+                          [0.95, 0.60, 0.20],   # orange
+                          [1.00, 0.93, 0.70]])  # cream highlights
 
 log = logging.getLogger("cyclegan")
 
@@ -146,21 +152,22 @@ def test_images(dataroot, domain, image_size, count):
 # ---- the offline demo dataset ------------------------------------------------------------------
 
 def paint(photo):
-    """The demo's domain B style: soft brush, warm posterised palette, dark ink outlines.
-
-    Deterministic and local (a few pixels of context), so a crop's rendering is its ground truth.
+    """The demo's domain B style: a soft-brushed, auto-contrasted poster in a sunset palette with ink
+    outlines. Deterministic; it depends only on the image it is given, so a crop's painting is its
+    ground truth.
     """
     from skimage import color, filters
 
     image = filters.gaussian(photo.astype(np.float32) / 255.0, sigma=1.0, channel_axis=-1)
-    palette = np.array([[0.80, 0.45, -0.10],
-                        [0.10, 0.70, 0.15],
-                        [-0.10, 0.15, 0.45]], dtype=np.float32)
-    image = np.clip(image @ palette.T + np.array([0.08, 0.02, 0.12], np.float32), 0.0, 1.0)
-    image = np.round(image * 5.0) / 5.0
-    outline = filters.sobel(color.rgb2gray(image))
-    image = image * (1.0 - 0.7 * np.clip(outline * 3.0, 0.0, 1.0))[..., None]
-    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+    tone = color.rgb2gray(image)
+    low, high = np.percentile(tone, [2, 98])
+    tone = np.clip((tone - low) / max(high - low, 1e-3), 0.0, 1.0)
+    tone = np.round(tone * (PAINT_LEVELS - 1)) / (PAINT_LEVELS - 1)
+    painted = np.stack([np.interp(tone, PAINT_STOPS, PAINT_PALETTE[:, c]) for c in range(3)], axis=-1)
+    painted = filters.gaussian(painted, sigma=0.7, channel_axis=-1)
+    outline = np.clip(3.0 * filters.sobel(tone), 0.0, 1.0)
+    painted = painted * (1.0 - 0.5 * outline)[..., None]
+    return np.clip(np.round(painted * 255.0), 0, 255).astype(np.uint8)
 
 
 def _demo_photos():
