@@ -32,7 +32,8 @@ def ground_truth_scores(generator_path, test_dir, truth_dir, batch_size=8):
     def scores(images):
         images = [data.to_uint8(i) for i in images]
         ssim = [structural_similarity(t, i, channel_axis=-1, data_range=255) for t, i in zip(truths, images)]
-        psnr = [min(peak_signal_noise_ratio(t, i, data_range=255), 100.0) for t, i in zip(truths, images)]
+        with np.errstate(divide="ignore"):
+            psnr = [min(peak_signal_noise_ratio(t, i, data_range=255), 100.0) for t, i in zip(truths, images)]
         return {"ssim": float(np.mean(ssim)), "psnr": float(np.mean(psnr))}
 
     return {"generator": scores(translated), "baseline": scores(inputs)}

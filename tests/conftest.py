@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny image folders made on the fly, and one tiny training run reused by tests."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+TINY = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1", "--seed", "0"]
+
+
+def smooth_image(rng, height, width):
+    """A random smooth colour field: structure for the networks, cheap to make."""
+    coarse = rng.uniform(0, 255, (4, 4, 3))
+    rows = np.linspace(0, 3, height)
+    cols = np.linspace(0, 3, width)
+    r0, c0 = np.floor(rows).astype(int).clip(0, 2), np.floor(cols).astype(int).clip(0, 2)
+    fr, fc = (rows - r0)[:, None, None], (cols - c0)[None, :, None]
+    image = (coarse[r0][:, c0] * (1 - fr) * (1 - fc) + coarse[r0 + 1][:, c0] * fr * (1 - fc)
+             + coarse[r0][:, c0 + 1] * (1 - fr) * fc + coarse[r0 + 1][:, c0 + 1] * fr * fc)
+    return image.astype(np.uint8)
+
+
+def write_images(folder, count, size=(40, 40), seed=0, extension="png"):
+    import imageio.v3 as iio
+
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        path = os.path.join(folder, f"img{index:03d}.{extension}")
+        iio.imwrite(path, smooth_image(rng, *size))
+        paths.append(path)
+    return paths
+
+
+def make_dataset(root, counts=(6, 5, 3, 3), size=(40, 40)):
+    for folder, count, seed in zip(("trainA", "trainB", "testA", "testB"), counts, range(4)):
+        write_images(os.path.join(root, folder), count, size, seed)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("dataset"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(dataset, tmp_path_factory):
+    """A 2-step run of train.py's main on the tiny dataset; returns its run directory."""
+    import train
+
+    runs_root = str(tmp_path_factory.mktemp("runs"))
+    train.main(["--dataroot", dataset, "--runs-root", runs_root, "--name", "tiny",
+                "--max-steps", "2", "--sample-every", "1", *TINY])
+    return os.path.join(runs_root, "tiny")

@@ -1,0 +1,137 @@
+import logging
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+import data
+from conftest import make_dataset, write_images
+
+
+def test_list_images_takes_jpg_png_bmp_in_any_case_and_ignores_the_rest(tmp_path):
+    for name in ("a.JPG", "b.jpeg", "c.png", "d.bmp", "notes.txt", "e.gif", ".DS_Store"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "folder.png").mkdir()
+    names = [os.path.basename(p) for p in data.list_images(str(tmp_path))]
+    assert names == ["a.JPG", "b.jpeg", "c.png", "d.bmp"]
+
+
+def test_grayscale_and_rgba_become_rgb(tmp_path):
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    rgba = np.dstack([np.full((8, 8), v, np.uint8) for v in (10, 20, 30, 40)])
+    iio.imwrite(tmp_path / "gray.png", gray)
+    iio.imwrite(tmp_path / "rgba.png", rgba)
+    iio.imwrite(tmp_path / "gray.bmp", gray)
+    for name in ("gray.png", "gray.bmp"):
+        image = data.decode_image(open(tmp_path / name, "rb").read()).numpy()
+        assert image.shape == (8, 8, 3)
+        np.testing.assert_array_equal(image[..., 1], gray)
+    image = data.decode_image(open(tmp_path / "rgba.png", "rb").read()).numpy()
+    assert image.shape == (8, 8, 3) and image[0, 0].tolist() == [10, 20, 30]
+
+
+def test_unreadable_image_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    good = write_images(str(tmp_path), 2)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    with caplog.at_level(logging.WARNING, logger="cyclegan"):
+        usable = data.usable_images(data.list_images(str(tmp_path)))
+    assert usable == [p for p in sorted(good + [str(bad)]) if p != str(bad)]
+    assert str(bad) in caplog.text
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("missing_root", "not a folder"),
+    ("no_trainB", "trainB: no such folder"),
+    ("empty_trainA", "trainA: no readable images"),
+    ("file_for_trainA", "trainA: is a file"),
+])
+def test_bad_dataroot_gives_one_line_naming_the_path_and_layout(tmp_path, layout, message):
+    root = tmp_path / "set"
+    if layout != "missing_root":
+        make_dataset(root, counts=(2, 2, 1, 1), size=(8, 8))
+    if layout == "no_trainB":
+        for f in (root / "trainB").iterdir():
+            f.unlink()
+        (root / "trainB").rmdir()
+    if layout == "empty_trainA":
+        for f in (root / "trainA").iterdir():
+            f.unlink()
+    if layout == "file_for_trainA":
+        for f in (root / "trainA").iterdir():
+            f.unlink()
+        (root / "trainA").rmdir()
+        (root / "trainA").write_text("oops")
+    with pytest.raises(data.UsageError) as error:
+        data.train_dataset(str(root), 32, 1)
+    text = str(error.value)
+    assert message in text and "expected DATAROOT/trainA/" in text and "\n" not in text
+
+
+def test_load_size_follows_the_reference():
+    assert data.load_size_for(256) == 286
+    assert data.load_size_for(128) == 143
+
+
+def test_training_batches_are_cropped_flipped_and_in_range(tmp_path):
+    root = make_dataset(tmp_path, counts=(4, 7, 1, 1), size=(50, 60))
+    dataset, steps_per_epoch = data.train_dataset(root, 32, 2, seed=0)
+    assert steps_per_epoch == 7 // 2
+    real_a, real_b = next(iter(dataset))
+    assert real_a.shape == (2, 32, 32, 3) and real_b.shape == (2, 32, 32, 3)
+    for batch in (real_a.numpy(), real_b.numpy()):
+        assert batch.min() >= -1.0 and batch.max() <= 1.0 and batch.std() > 0.05
+
+
+def test_random_flip_and_crop_vary_and_test_transform_does_not():
+    ramp = np.tile(np.arange(40, dtype=np.uint8)[None, :, None] * 6, (40, 1, 3))
+    crops = [data.preprocess_train(ramp, 32).numpy() for _ in range(40)]
+    left_to_right = [c[0, -1, 0] > c[0, 0, 0] for c in crops]
+    assert any(left_to_right) and not all(left_to_right)
+    assert len({round(float(c[0, 0, 0]), 3) for c in crops}) > 2
+    first, second = data.preprocess_test(ramp, 32).numpy(), data.preprocess_test(ramp, 32).numpy()
+    np.testing.assert_array_equal(first, second)
+    assert first.shape == (32, 32, 3) and first[0, -1, 0] > first[0, 0, 0]
+
+
+def constant_images(folder, values):
+    os.makedirs(folder, exist_ok=True)
+    for index, value in enumerate(values):
+        iio.imwrite(os.path.join(folder, f"{index}.png"), np.full((36, 36, 3), value, np.uint8))
+
+
+def test_domains_are_shuffled_independently_every_epoch(tmp_path):
+    """Each image is one flat colour, so a batch tells which file it came from."""
+    values = [20 * (i + 1) for i in range(6)]
+    constant_images(tmp_path / "trainA", values)
+    constant_images(tmp_path / "trainB", values)
+    dataset, steps_per_epoch = data.train_dataset(str(tmp_path), 32, 1, seed=3)
+    assert steps_per_epoch == 6
+    stream = iter(dataset)
+    orders = {"A": [], "B": []}
+    for _ in range(3 * steps_per_epoch):
+        real_a, real_b = next(stream)
+        for domain, batch in (("A", real_a), ("B", real_b)):
+            orders[domain].append(int(round((float(batch[0, 0, 0, 0]) + 1) * 127.5)))
+    for domain in "AB":
+        epochs = [orders[domain][i:i + 6] for i in range(0, 18, 6)]
+        assert all(sorted(e) == values for e in epochs), "every image once per epoch"
+        assert len({tuple(e) for e in epochs}) > 1, "reshuffled between epochs"
+    assert orders["A"] != orders["B"], "A and B are not paired"
+
+
+def test_demo_dataset_is_unpaired_and_carries_ground_truth(tmp_path):
+    root = data.build_demo_dataset(str(tmp_path / "demo"), train_per_domain=12, test_per_domain=4)
+    names = {f: sorted(os.listdir(os.path.join(root, f))) for f in ("trainA", "trainB", "testA", "testB", "testA_gt")}
+    assert [len(names[f]) for f in ("trainA", "trainB", "testA", "testB")] == [12, 12, 4, 4]
+    assert names["testA_gt"] == names["testA"]
+    read = lambda folder, name: iio.imread(os.path.join(root, folder, name))
+    for name in names["testA"]:
+        photo, truth = read("testA", name), read("testA_gt", name)
+        assert truth.shape == photo.shape == (data.DEMO_CROP, data.DEMO_CROP, 3)
+        np.testing.assert_array_equal(truth, data.paint(photo))
+        assert np.abs(truth.astype(int) - photo.astype(int)).mean() > 20
+    paintings_of_a = {data.paint(read("trainA", n)).tobytes() for n in names["trainA"]}
+    assert not paintings_of_a & {read("trainB", n).tobytes() for n in names["trainB"]}
+    assert data.build_demo_dataset(root) == root  # reused, not rebuilt

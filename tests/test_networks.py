@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+
+import keras
+import networks
+import train
+from conftest import TINY  # noqa: F401  (same tiny sizes as the other tests)
+
+
+@pytest.mark.parametrize("size", [64, 128, 256])
+def test_generator_keeps_the_image_shape(size):
+    generator = networks.build_generator(ngf=4, n_res_blocks=1)
+    image = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype("float32")
+    output = generator.predict_on_batch(image)
+    assert output.shape == (2, size, size, 3)
+    assert np.all(np.abs(output) <= 1.0)
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "resize"])
+def test_generator_runs_on_non_square_images(upsample):
+    generator = networks.build_generator(ngf=4, n_res_blocks=1, upsample=upsample)
+    output = generator.predict_on_batch(np.zeros((1, 48, 100, 3), "float32"))
+    assert output.shape == (1, 48, 100, 3)
+
+
+def test_generator_defaults_are_the_books_and_the_papers_size_is_one_call_away():
+    book = networks.build_generator()
+    assert book.get_layer("c7s1_conv").filters == 32
+    assert sum(layer.name.endswith("_add") for layer in book.layers) == 6
+    assert book.get_layer("down2_conv").filters == 128
+    paper = networks.build_generator(ngf=64, n_res_blocks=9)
+    assert paper.get_layer("c7s1_conv").filters == 64
+    assert sum(layer.name.endswith("_add") for layer in paper.layers) == 9
+    norms = [layer for layer in book.layers if isinstance(layer, keras.layers.GroupNormalization)]
+    assert len(norms) == 3 + 2 * 6 + 2
+    assert all(layer.groups == layer.gamma.shape[0] for layer in norms)
+
+
+@pytest.mark.parametrize("size, grid", [(64, 3), (128, 7), (256, 15)])
+def test_discriminator_patch_grid_is_read_from_the_model(size, grid):
+    discriminator = networks.build_discriminator(ndf=4)
+    assert networks.patch_shape(discriminator, size, size) == (grid, grid, 1)
+    output = discriminator.predict_on_batch(np.zeros((1, size, size, 3), "float32"))
+    assert output.shape == (1, grid, grid, 1)
+
+
+def test_discriminator_layout_and_output_activation():
+    discriminator = networks.build_discriminator(ndf=8)
+    convs = [layer for layer in discriminator.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [8, 16, 32, 64, 1]
+    assert [c.strides for c in convs] == [(2, 2)] * 4 + [(1, 1)]
+    assert all(c.kernel_size == (4, 4) and c.padding == "valid" for c in convs)
+    assert "conv1_norm" not in [layer.name for layer in discriminator.layers]
+    image = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    scores = networks.build_discriminator(ndf=8, sigmoid=True).predict_on_batch(image)
+    assert np.all((scores > 0) & (scores < 1))
+    linear = discriminator.predict_on_batch(image * 50)
+    assert linear.min() < 0 or linear.max() > 1
+
+
+def test_instance_norm_matches_numpy_per_sample_and_channel():
+    x = np.random.default_rng(2).normal(3.0, 2.0, (3, 9, 7, 5)).astype("float32")
+    x[1] *= 10.0
+    layer = networks.instance_norm()
+    output = keras.ops.convert_to_numpy(layer(x))
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    var = x.var(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(output, (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+
+
+def snapshot(gan):
+    return {name: [w.copy() for w in model.get_weights()] for name, model in gan.models.items()}
+
+
+def changed(before, after):
+    return {name for name in before
+            if any(not np.array_equal(a, b) for a, b in zip(before[name], after[name]))}
+
+
+def assert_changes_only(gan, step, expected):
+    before = snapshot(gan)
+    step()
+    assert changed(before, snapshot(gan)) == expected
+
+
+def test_freezing_really_works_in_keras_3():
+    """Each discriminator's step moves only itself; the combined step moves both generators only."""
+    config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1)
+    gan = train.CycleGAN(config)
+    rng = np.random.default_rng(3)
+    real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
+    ones = np.ones((1,) + gan.patch, "float32")
+    step_a = lambda: train.train_discriminator(gan.discriminator_a, real_a, real_b)
+    step_b = lambda: train.train_discriminator(gan.discriminator_b, real_b, real_a)
+    step_combined = lambda: gan.combined.train_on_batch(
+        [real_a, real_b], [ones, ones, real_a, real_b, real_a, real_b])
+
+    for _ in range(2):  # the first round traces each train function, the second reuses them
+        assert_changes_only(gan, step_a, {"discriminator_a"})
+        assert_changes_only(gan, step_combined, {"generator_ab", "generator_ba"})
+        assert_changes_only(gan, step_b, {"discriminator_b"})
+    pools = train.HistoryPool(50, rng), train.HistoryPool(50, rng)
+    assert_changes_only(gan, lambda: gan.train_step(real_a, real_b, *pools), set(gan.models))
+
+
+def test_combined_model_outputs_losses_and_weights():
+    config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1,
+                  lambda_cycle=10.0, lambda_identity=0.5)
+    gan = train.CycleGAN(config)
+    assert list(gan.combined.output_names) == list(train.LOSS_NAMES)
+    optimizers = list(gan.optimizers.values())
+    assert len({id(o) for o in optimizers}) == 3
+    for optimizer in optimizers:
+        assert np.isclose(float(optimizer.learning_rate), 2e-4)
+        assert np.isclose(float(optimizer.beta_1), 0.5)
+    rng = np.random.default_rng(4)
+    real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
+    ones = np.ones((1,) + gan.patch, "float32")
+    logs = gan.combined.test_on_batch([real_a, real_b], [ones, ones, real_a, real_b, real_a, real_b],
+                                      return_dict=True)
+    weights = dict(zip(train.LOSS_NAMES, [1, 1, 10, 10, 5, 5]))
+    assert np.isclose(logs["loss"], sum(weights[n] * logs[f"{n}_loss"] for n in train.LOSS_NAMES), rtol=1e-5)
+
+    fake_b = gan.generator_ab.predict_on_batch(real_a)
+    fake_a = gan.generator_ba.predict_on_batch(real_b)
+    expected = {
+        "adversarial_a": np.mean((gan.discriminator_a.predict_on_batch(fake_a) - 1) ** 2),
+        "cycle_a": np.mean(np.abs(gan.generator_ba.predict_on_batch(fake_b) - real_a)),
+        "identity_b": np.mean(np.abs(gan.generator_ab.predict_on_batch(real_b) - real_b)),
+    }
+    for name, value in expected.items():
+        assert np.isclose(logs[f"{name}_loss"], value, rtol=1e-4), name
+
+
+def test_generator_round_trips_through_a_keras_file_in_safe_mode(tmp_path):
+    generator = networks.build_generator(ngf=4, n_res_blocks=1)
+    path = str(tmp_path / "g.keras")
+    generator.save(path)
+    loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+    image = np.random.default_rng(5).uniform(-1, 1, (1, 36, 44, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict_on_batch(image), generator.predict_on_batch(image), atol=1e-6)

@@ -1,0 +1,137 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import data
+import train
+from conftest import TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOSS_TAGS = ["loss/D_A", "loss/D_B", "loss/adversarial_a", "loss/adversarial_b", "loss/cycle_a",
+             "loss/cycle_b", "loss/identity_a", "loss/identity_b", "loss/G_total"]
+
+
+def events(run_dir):
+    accumulator = EventAccumulator(run_dir, size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def scalar_steps(accumulator, tag):
+    return [e.step for e in accumulator.Tensors(tag)]
+
+
+def test_history_pool_fills_then_swaps_about_half():
+    rng = np.random.default_rng(0)
+    pool = train.HistoryPool(3, rng)
+    first = np.arange(3, dtype=np.float32).reshape(3, 1)
+    np.testing.assert_array_equal(pool.query(first), first)
+    assert len(pool.images) == 3
+    returned_old = 0
+    for value in range(100, 400):
+        out = pool.query(np.array([[value]], np.float32))
+        returned_old += int(out[0, 0] != value)
+        assert len(pool.images) == 3
+    assert 100 < returned_old < 200
+    passthrough = train.HistoryPool(0, rng)
+    assert passthrough.query(first) is first and passthrough.images == []
+
+
+def test_learning_rate_is_constant_then_decays_linearly_to_zero():
+    rates = [train.learning_rate_at(e, 2e-4, 100, 100) for e in range(200)]
+    assert rates[:100] == [2e-4] * 100
+    assert np.isclose(rates[100], 2e-4 * 100 / 101)
+    assert np.allclose(np.diff(rates[99:]), -2e-4 / 101)
+    assert 0 < rates[-1] < 2e-4 / 100
+
+
+def test_help_documents_every_option():
+    help_text = train.build_parser().format_help()
+    for option in ("--dataroot", "--name", "--runs-root", "--image-size", "--max-steps", "--resume",
+                   "--seed", "--batch-size", "--ngf", "--ndf", "--n-res-blocks", "--lambda-cycle",
+                   "--lambda-identity", "--pool-size", "--lr", "--beta1", "--epochs", "--epochs-decay",
+                   "--sample-every", "--save-every"):
+        assert option in help_text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataroot", "x", "--image-size", "30"], "multiple of 4"),
+    (["--dataroot", "x", "--image-size", "16"], "at least 32"),
+    (["--dataroot", "x", "--batch-size", "0"], "positive integer"),
+    (["--dataroot", "x", "--max-steps", "-3"], "positive integer"),
+])
+def test_bad_numbers_are_refused_by_the_parser(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_config(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_dataroot_is_one_line_and_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--dataroot",
+                             str(tmp_path / "nowhere"), "--runs-root", str(tmp_path / "runs")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: --dataroot") and "nowhere" in last and "trainA" in last
+    assert not (tmp_path / "runs").exists()
+
+
+def test_two_step_run_writes_tags_checkpoint_generators_and_config(trained_run, dataset):
+    accumulator = events(trained_run)
+    tags = accumulator.Tags()["tensors"]
+    for tag in LOSS_TAGS + ["learning_rate", "samples/AtoB", "samples/BtoA"]:
+        assert tag in tags
+    assert scalar_steps(accumulator, "loss/D_A") == [1, 2]
+    assert all(np.isfinite(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors("loss/G_total"))
+    grid = tf.make_ndarray(accumulator.Tensors("samples/AtoB")[-1].tensor_proto)
+    assert (int(grid[0]), int(grid[1])) == (3 * 32, 3 * 32)  # real | translated | reconstructed x 3 test images
+    assert train.checkpoint_paths(trained_run)[-1].endswith("step-000000002.npz")
+    for name in ("generator_ab.keras", "generator_ba.keras", "config.json"):
+        assert os.path.isfile(os.path.join(trained_run, name))
+    config = json.load(open(os.path.join(trained_run, "config.json")))
+    assert config["dataroot"] == dataset and config["ngf"] == 4 and config["lambda_cycle"] == 10.0
+    samples = set(os.listdir(os.path.join(trained_run, "samples")))
+    assert {"AtoB_step0000002.png", "BtoA_step0000002.png"} <= samples
+
+
+def test_resume_restores_identical_weights_and_continues_the_step_count(trained_run, tmp_path):
+    import shutil
+    run_dir = str(tmp_path / "tiny")
+    shutil.copytree(trained_run, run_dir)
+    checkpoint = train.checkpoint_paths(run_dir)[-1]
+
+    config = train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "tiny"])
+    gan = train.CycleGAN(config)
+    rng = np.random.default_rng(9)
+    pools = {"A": train.HistoryPool(50, rng), "B": train.HistoryPool(50, rng)}
+    assert train.load_checkpoint(checkpoint, gan, pools, rng) == (2, 0)
+    saved = np.load(checkpoint)
+    for name, model in gan.models.items():
+        for index, weight in enumerate(model.get_weights()):
+            np.testing.assert_array_equal(weight, saved[f"weights/{name}/{index}"])
+    assert int(gan.combined.optimizer.iterations) == 2
+    assert len(pools["A"].images) == 2
+
+    written = train.train(train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "tiny",
+                                              "--max-steps", "4"]), verbose=0)
+    assert written["step"] == 4
+    assert train.checkpoint_paths(run_dir)[-1].endswith("step-000000004.npz")
+    assert sorted(scalar_steps(events(run_dir), "loss/D_A")) == [1, 2, 3, 4]
+
+
+def test_resume_refuses_a_contradicting_network_size(trained_run):
+    runs_root, name = os.path.split(trained_run)
+    with pytest.raises(data.UsageError, match="--ngf 8 contradicts"):
+        train.parse_config(["--resume", "--runs-root", runs_root, "--name", name, "--ngf", "8"])
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path):
+    with pytest.raises(data.UsageError, match="config.json: not found"):
+        train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "nothing", *TINY])
