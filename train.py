@@ -5,6 +5,8 @@
 
 Everything of a run lands in RUNS_ROOT/NAME/: config.json, TensorBoard event files, checkpoints/,
 samples/, and the final generator_ab.keras / generator_ba.keras that generate.py loads.
+
+Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits 0; `--resume` continues.
 """
 import argparse
 import glob
@@ -335,10 +337,8 @@ def load_checkpoint(path, gan, pools, rng):
             arrays = {key: archive[key] for key in archive.files}
         rng_state = json.loads(arrays["rng"].tobytes().decode())
         step, epoch = int(arrays["step"]), int(arrays["epoch"])
-        stored = {name: [arrays[f"weights/{name}/{i}"] for i in range(len(model.weights))]
-                  for name, model in gan.models.items()}
-        slots = {name: [arrays[f"optimizer/{name}/{i}"] for i in range(len(optimizer.variables))]
-                 for name, optimizer in gan.optimizers.items()}
+        stored = {name: _numbered(arrays, f"weights/{name}") for name in gan.models}
+        slots = {name: _numbered(arrays, f"optimizer/{name}") for name in gan.optimizers}
         pool_images = {name: list(arrays[f"pool/{name}"]) for name in pools}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         reason = " ".join(str(error).splitlines()[:1])
@@ -346,11 +346,12 @@ def load_checkpoint(path, gan, pools, rng):
     for name, model in gan.models.items():
         expected = [tuple(w.shape) for w in model.weights]
         found = [w.shape for w in stored[name]]
-        if found != expected or f"weights/{name}/{len(expected)}" in arrays:
-            mismatch = next(((e, f) for e, f in zip(expected, found) if e != f), (len(expected), "more"))
-            raise data.UsageError(
-                f"{path}: its {name} does not fit the configured network (weight shape {mismatch[1]}, "
-                f"expected {mismatch[0]}); resume with the network options it was trained with")
+        if found != expected:
+            difference = (f"{len(found)} weight arrays, expected {len(expected)}" if len(found) != len(expected)
+                          else "weight shape {}, expected {}".format(*next(
+                              (f, e) for f, e in zip(found, expected) if f != e)))
+            raise data.UsageError(f"{path}: its {name} does not fit the configured network ({difference}); "
+                                  "resume with the network options it was trained with")
     for name, model in gan.models.items():
         model.set_weights(stored[name])
     for name, optimizer in gan.optimizers.items():
@@ -360,6 +361,12 @@ def load_checkpoint(path, gan, pools, rng):
         pool.images = pool_images[name]
     rng.bit_generator.state = rng_state
     return step, epoch
+
+
+def _numbered(arrays, prefix):
+    """arrays PREFIX/0, PREFIX/1, ... as a list (KeyError when one in between is missing)."""
+    count = sum(key.startswith(f"{prefix}/") for key in arrays)
+    return [arrays[f"{prefix}/{index}"] for index in range(count)]
 
 
 def resume_checkpoint(run_dir, gan, pools, rng):

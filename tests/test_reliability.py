@@ -84,8 +84,9 @@ def copy_run(killed, tmp_path):
 
 @pytest.fixture(scope="module")
 def killed_run(dataset, tmp_path_factory):
-    """A run SIGKILLed right after its first checkpoint. A copy of it is resumed at once with a
-    diverging --lr, so that process runs beside the tests that follow."""
+    """A run SIGKILLed right after its first checkpoint. Two copies of it are resumed at once, one
+    plainly (to be stopped with SIGTERM) and one with a diverging --lr, so that these processes run
+    beside the tests that follow."""
     root = tmp_path_factory.mktemp("killed")
     process = start("train.py", ["--dataroot", dataset, "--runs-root", root, "--name", "run", *TINY,
                                  "--epochs", 1000, "--epochs-decay", 0, "--save-every", 1, "--seed", 0],
@@ -95,16 +96,17 @@ def killed_run(dataset, tmp_path_factory):
     process.wait()
     killed = SimpleNamespace(root=root, step=newest_step(root / "run"), process=process)
 
-    diverging_root = tmp_path_factory.mktemp("diverging") / "runs"
-    shutil.copytree(root, diverging_root)
-    killed.diverging_root = diverging_root
-    killed.diverging_checkpoints = file_bytes(diverging_root / "run" / "checkpoints")
-    killed.diverging = start("train.py", ["--runs-root", diverging_root, "--name", "run", "--resume",
-                                          "--lr", "1e30"], tmp_path_factory.mktemp("diverging_logs"))
+    for name, extra in (("resumed", []), ("diverging", ["--lr", "1e30"])):
+        copy = copy_run(killed, tmp_path_factory.mktemp(name))[0]
+        setattr(killed, f"{name}_root", copy)
+        setattr(killed, f"{name}_checkpoints", file_bytes(copy / "run" / "checkpoints"))
+        setattr(killed, name, start("train.py", ["--runs-root", copy, "--name", "run", "--resume", *extra],
+                                    tmp_path_factory.mktemp(f"{name}_logs")))
     yield killed
-    if killed.diverging.poll() is None:
-        killed.diverging.kill()
-        killed.diverging.wait()
+    for process in (killed.resumed, killed.diverging):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_sigkill_leaves_a_complete_checkpoint_that_resume_restores_exactly(killed_run, tmp_path, caplog, capsys):
@@ -127,9 +129,9 @@ def test_sigkill_leaves_a_complete_checkpoint_that_resume_restores_exactly(kille
             np.testing.assert_array_equal(arrays[key], value, err_msg=key)
 
 
-def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(killed_run, tmp_path):
-    root, run_dir, latest = copy_run(killed_run, tmp_path)
-    process = start("train.py", ["--runs-root", root, "--name", "run", "--resume"], tmp_path / "logs")
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(killed_run):
+    process, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
+    latest = run_dir / "checkpoints" / f"step-{killed_run.step:09d}.npz"
     wait_for(lambda: newest_step(run_dir) > killed_run.step, process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=PATIENCE) == 0
@@ -175,6 +177,19 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(killed_run, 
     assert not corrupt.exists() and Path(f"{corrupt}.corrupt").exists()
 
 
+def test_the_first_sigint_or_sigterm_is_a_stop_request_and_the_second_acts_as_usual():
+    for number in (signal.SIGINT, signal.SIGTERM):
+        default = signal.getsignal(number)
+        with train.GracefulStop() as stop:
+            signal.raise_signal(number)
+            assert stop.signal_name == signal.Signals(number).name
+            assert signal.getsignal(number) is default
+        assert signal.getsignal(number) is default
+    with train.GracefulStop(), pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+
+
 def cli_error(main_function, argv, program="train.py"):
     """The one line a script ends with on bad input (run_cli's SystemExit), checked to be one line."""
     with pytest.raises(SystemExit) as ended:
@@ -194,13 +209,18 @@ def test_resume_refuses_when_no_checkpoint_is_loadable(killed_run, tmp_path):
     assert file_bytes(run_dir / "checkpoints") == before
 
 
-def test_resume_refuses_a_checkpoint_of_other_network_sizes(killed_run, tmp_path):
+@pytest.mark.parametrize("change, difference", [
+    (dict(ngf=8), "(weight shape (7, 7, 3, 4), expected (7, 7, 3, 8))"),
+    (dict(n_res_blocks=2), "(30 weight arrays, expected 38)"),
+])
+def test_resume_refuses_a_checkpoint_of_other_network_sizes(killed_run, tmp_path, change, difference):
+    """As if the checkpoint came from another run: config.json says one size, the weights another."""
     root, run_dir, latest = copy_run(killed_run, tmp_path)
     config = json.loads((run_dir / "config.json").read_text())
-    (run_dir / "config.json").write_text(json.dumps(dict(config, ngf=8)))
+    (run_dir / "config.json").write_text(json.dumps(dict(config, **change)))
     before = file_bytes(run_dir / "checkpoints")
     message = cli_error(train.main, ["--runs-root", str(root), "--name", "run", "--resume"])
-    assert f"{latest}: its generator_ab does not fit the configured network" in message
+    assert f"{latest}: its generator_ab does not fit the configured network {difference}" in message
     assert file_bytes(run_dir / "checkpoints") == before
 
 
@@ -290,7 +310,7 @@ GENERATE_ERRORS = [
     (["--generator", "{models}/text.keras", "--input", "{data}/testA", "--output", "{tmp}/out"],
      "{models}/text.keras: not a Keras model file"),
     (["--generator", "{models}/lambda.keras", "--input", "{data}/testA", "--output", "{tmp}/out"],
-     "{models}/lambda.keras: not a Keras model file"),
+     "{models}/lambda.keras: not a Keras model file (Requested the deserialization of a `Lambda` layer"),
     (["--generator", "{models}/generator.keras", "--input", "{file}", "--output", "{tmp}/out"],
      "{file}: is a file, expected a folder of images"),
     (["--generator", "{models}/generator.keras", "--input", "{data}/testA", "--output", "{file}"],
