@@ -556,7 +556,7 @@ def main(argv=None):
     with GracefulStop() as stop:
         written = train(config, stop=stop)
     if written["stopped"]:
-        print(f"stopped by {written['stopped']} at step {written['step']}; continue with: python train.py "
+        print(f"\nstopped by {written['stopped']} at step {written['step']}; continue with: python train.py "
               f"--runs-root {config['runs_root']} --name {config['name']} --resume")
     print(f"trained {written['step']} steps in {written['seconds']:.0f} s")
     print(f"  TensorBoard:  tensorboard --logdir {config['runs_root']}")

@@ -122,6 +122,8 @@ def test_sigkill_leaves_a_complete_checkpoint_that_resume_restores_exactly(kille
     train.main(["--runs-root", str(root), "--name", "run", "--resume", "--max-steps", str(killed_run.step)])
 
     assert f"resumed {latest} at step {killed_run.step}" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "checkpoint" in r.getMessage()]
+    assert (latest.parent / "step-999999999.tmp4242.npz").read_bytes() == b"half a checkpoint, cut by a kill"
     assert f"trained {killed_run.step} steps" in capsys.readouterr().out
     with np.load(latest) as arrays:  # rewritten from the restored state: weights, optimizers, pools, rng
         assert sorted(arrays.files) == sorted(saved)
