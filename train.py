@@ -5,6 +5,8 @@
 
 Everything of a run lands in RUNS_ROOT/NAME/: config.json, TensorBoard event files, checkpoints/,
 samples/, and the final generator_ab.keras / generator_ba.keras that generate.py loads.
+
+Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits 0; `--resume` continues.
 """
 import argparse
 import glob
@@ -12,8 +14,12 @@ import json
 import logging
 import math
 import os
+import re
+import signal
 import sys
+import threading
 import time
+import zipfile
 
 import numpy as np
 
@@ -56,8 +62,8 @@ def non_negative_int(text):
 
 def non_negative_float(text):
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
 
 
@@ -123,6 +129,8 @@ def parse_config(argv=None):
         config["resume"] = True
     elif not config["dataroot"]:
         raise data.UsageError("--dataroot is required (the dataset folder with trainA/ and trainB/)")
+    if config["epochs"] + config["epochs_decay"] == 0:
+        raise data.UsageError("--epochs and --epochs-decay are both 0: nothing to train")
     config["run_dir"] = run_dir
     return config
 
@@ -157,6 +165,8 @@ def write_atomically(path, write):
     temporary = f"{base}.tmp{os.getpid()}{ext}"
     try:
         write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -278,9 +288,17 @@ def train_discriminator(discriminator, real, fake):
 
 # ---- checkpoints -------------------------------------------------------------------------------
 
+CHECKPOINT_NAME = re.compile(r"step-\d+\.npz")
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file that is truncated, corrupt or not one of ours."""
+
+
 def checkpoint_paths(run_dir):
-    """The run's checkpoints, oldest first."""
-    return sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step-*.npz")))
+    """The run's complete checkpoints, oldest first (half-written temporaries of a killed run are not)."""
+    paths = glob.glob(os.path.join(run_dir, "checkpoints", "step-*.npz"))
+    return sorted(p for p in paths if CHECKPOINT_NAME.fullmatch(os.path.basename(p)))
 
 
 def save_checkpoint(run_dir, gan, step, epoch, pools, rng, keep=2):
@@ -289,6 +307,9 @@ def save_checkpoint(run_dir, gan, step, epoch, pools, rng, keep=2):
     arrays = {"step": np.array(step), "epoch": np.array(epoch)}
     for name, model in gan.models.items():
         for index, weight in enumerate(model.get_weights()):
+            if not np.isfinite(weight).all():
+                raise data.UsageError(f"step {step}: {name} has non-finite weights; not saved over the last "
+                                      "good checkpoint (try a lower --lr)")
             arrays[f"weights/{name}/{index}"] = weight
     for name, optimizer in gan.optimizers.items():
         for index, variable in enumerate(optimizer.variables):
@@ -306,17 +327,69 @@ def save_checkpoint(run_dir, gan, step, epoch, pools, rng, keep=2):
 
 
 def load_checkpoint(path, gan, pools, rng):
-    """Restores what save_checkpoint wrote; returns (step, epoch)."""
-    with np.load(path) as arrays:
-        for name, model in gan.models.items():
-            model.set_weights([arrays[f"weights/{name}/{i}"] for i in range(len(model.weights))])
-        for name, optimizer in gan.optimizers.items():
-            for index, variable in enumerate(optimizer.variables):
-                variable.assign(arrays[f"optimizer/{name}/{index}"])
-        for name, pool in pools.items():
-            pool.images = list(arrays[f"pool/{name}"])
-        rng.bit_generator.state = json.loads(arrays["rng"].tobytes().decode())
-        return int(arrays["step"]), int(arrays["epoch"])
+    """Restores what save_checkpoint wrote; returns (step, epoch).
+
+    The whole file is read and checked first (zip CRCs, every array present, shapes that fit the
+    configured networks), so a bad file changes nothing: UnreadableCheckpoint if it is damaged,
+    data.UsageError if it holds networks of other sizes. No pickles: np.load's default is safe.
+    """
+    try:
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        rng_state = json.loads(arrays["rng"].tobytes().decode())
+        step, epoch = int(arrays["step"]), int(arrays["epoch"])
+        stored = {name: _numbered(arrays, f"weights/{name}") for name in gan.models}
+        slots = {name: _numbered(arrays, f"optimizer/{name}") for name in gan.optimizers}
+        pool_images = {name: list(arrays[f"pool/{name}"]) for name in pools}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        reason = " ".join(str(error).splitlines()[:1])
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({type(error).__name__}: {reason})") from None
+    for name, model in gan.models.items():
+        expected = [tuple(w.shape) for w in model.weights]
+        found = [w.shape for w in stored[name]]
+        if found != expected:
+            difference = (f"{len(found)} weight arrays, expected {len(expected)}" if len(found) != len(expected)
+                          else "weight shape {}, expected {}".format(*next(
+                              (f, e) for f, e in zip(found, expected) if f != e)))
+            raise data.UsageError(f"{path}: its {name} does not fit the configured network ({difference}); "
+                                  "resume with the network options it was trained with")
+    for name, model in gan.models.items():
+        model.set_weights(stored[name])
+    for name, optimizer in gan.optimizers.items():
+        for variable, value in zip(optimizer.variables, slots[name]):
+            variable.assign(value)
+    for name, pool in pools.items():
+        pool.images = pool_images[name]
+    rng.bit_generator.state = rng_state
+    return step, epoch
+
+
+def _numbered(arrays, prefix):
+    """arrays PREFIX/0, PREFIX/1, ... as a list (KeyError when one in between is missing)."""
+    count = sum(key.startswith(f"{prefix}/") for key in arrays)
+    return [arrays[f"{prefix}/{index}"] for index in range(count)]
+
+
+def resume_checkpoint(run_dir, gan, pools, rng):
+    """Loads the newest loadable checkpoint; returns (path, step, epoch).
+
+    A damaged newer one is reported with a warning and, once an older one has loaded, set aside as
+    NAME.corrupt (kept for inspection, no longer picked). With none loadable nothing is changed.
+    """
+    damaged, errors = [], []
+    for path in reversed(checkpoint_paths(run_dir)):
+        try:
+            step, epoch = load_checkpoint(path, gan, pools, rng)
+        except UnreadableCheckpoint as error:
+            log.warning("%s; trying the previous checkpoint", error)
+            damaged.append(path)
+            errors.append(str(error))
+            continue
+        for bad in damaged:
+            os.replace(bad, bad + ".corrupt")
+            log.warning("set the damaged checkpoint aside as %s.corrupt", bad)
+        return path, step, epoch
+    raise data.UsageError(f"no loadable checkpoint to resume from, nothing changed ({'; '.join(errors)})")
 
 
 def save_generators(run_dir, gan):
@@ -360,9 +433,56 @@ def write_samples(run_dir, writer, gan, samples, step):
 
 # ---- the loop ----------------------------------------------------------------------------------
 
-def train(config, verbose=1):
-    """Runs (or resumes) a training run; returns a dict of what it wrote."""
+class GracefulStop:
+    """While active, the first SIGINT or SIGTERM only sets `signal_name`: the loop finishes its step,
+    writes a checkpoint and returns. A second signal acts as usual (Ctrl-C twice stops at once)."""
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._receive)
+                              for number in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _receive(self, number, frame):
+        self.signal_name = signal.Signals(number).name
+        self._restore()
+
+    def _restore(self):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def __exit__(self, *exception):
+        self._restore()
+
+
+def check_run_dir(config):
+    """A resumed run needs a checkpoint, a fresh run never writes into a run that has one, and runs
+    cannot go where a file is."""
     run_dir = config["run_dir"]
+    for folder in (config["runs_root"], run_dir):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise data.UsageError(f"{folder}: is a file, expected a folder for the runs")
+    if config.get("resume") and not checkpoint_paths(run_dir):
+        raise data.UsageError(f"{run_dir}: no checkpoint to resume from")
+    if not config.get("resume") and checkpoint_paths(run_dir):
+        raise data.UsageError(f"{run_dir} already holds a run with checkpoints: continue it with --resume, "
+                              "or give another --name")
+
+
+def train(config, verbose=1, stop=None):
+    """Runs (or resumes) a training run; returns a dict of what it wrote.
+
+    `stop` (a GracefulStop) ends the run early after a signal, with a checkpoint of the last step.
+    A non-finite loss ends it with data.UsageError before anything of that step is saved.
+    """
+    run_dir = config["run_dir"]
+    stop = stop or GracefulStop()
+    check_run_dir(config)
     if config.get("seed") is not None:
         keras.utils.set_random_seed(config["seed"])
     dataset, steps_per_epoch = data.train_dataset(
@@ -379,11 +499,8 @@ def train(config, verbose=1):
     pools = {"A": HistoryPool(config["pool_size"], rng), "B": HistoryPool(config["pool_size"], rng)}
     step = epoch = 0
     if config.get("resume"):
-        checkpoints = checkpoint_paths(run_dir)
-        if not checkpoints:
-            raise data.UsageError(f"{run_dir}: no checkpoint to resume from")
-        step, epoch = load_checkpoint(checkpoints[-1], gan, pools, rng)
-        log.info("resumed %s at step %d (epoch %d)", checkpoints[-1], step, epoch)
+        path, step, epoch = resume_checkpoint(run_dir, gan, pools, rng)
+        log.info("resumed %s at step %d (epoch %d)", path, step, epoch)
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "config.json"),
                {k: v for k, v in config.items() if k not in ("resume", "run_dir")})
@@ -392,7 +509,7 @@ def train(config, verbose=1):
     batches = iter(dataset)
     written = {"run_dir": run_dir, "checkpoint": None, "samples": []}
     started = time.time()
-    while step < total_steps:
+    while step < total_steps and not stop.signal_name:
         learning_rate = learning_rate_at(epoch, config["lr"], config["epochs"], config["epochs_decay"])
         gan.set_learning_rate(learning_rate)
         steps_this_epoch = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
@@ -402,6 +519,11 @@ def train(config, verbose=1):
         for index in range(steps_this_epoch):
             real_a, real_b = next(batches)
             losses = gan.train_step(real_a.numpy(), real_b.numpy(), pools["A"], pools["B"])
+            diverged = ", ".join(f"{k} {v}" for k, v in losses.items() if not math.isfinite(v))
+            if diverged:
+                last_good = (checkpoint_paths(run_dir) or ["none"])[-1]
+                raise data.UsageError(f"step {step + 1}: non-finite loss ({diverged}); stopped without saving, "
+                                      f"last good checkpoint: {last_good} (try a lower --lr)")
             step += 1
             with writer.as_default():
                 for name, value in losses.items():
@@ -410,9 +532,12 @@ def train(config, verbose=1):
             if step % config["sample_every"] == 0 or step == total_steps:
                 written["samples"] = write_samples(run_dir, writer, gan, samples, step)
             bar.update(index + 1, [("D_A", losses["D_A"]), ("D_B", losses["D_B"]), ("G", losses["G_total"])])
+            if stop.signal_name:
+                log.warning("%s: stopping after step %d", stop.signal_name, step)
+                break
         if step % steps_per_epoch == 0:
             epoch += 1
-        if epoch % config["save_every"] == 0 or step >= total_steps:
+        if epoch % config["save_every"] == 0 or step >= total_steps or stop.signal_name:
             written["checkpoint"] = save_checkpoint(
                 run_dir, gan, step, epoch, pools, rng, config["keep_checkpoints"])
     writer.flush()
@@ -421,6 +546,7 @@ def train(config, verbose=1):
         written["samples"] = write_samples(run_dir, writer, gan, samples, step)
     written["generators"] = save_generators(run_dir, gan)
     written["step"] = step
+    written["stopped"] = stop.signal_name
     written["seconds"] = time.time() - started
     return written
 
@@ -428,7 +554,11 @@ def train(config, verbose=1):
 def main(argv=None):
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
     config = parse_config(argv)
-    written = train(config)
+    with GracefulStop() as stop:
+        written = train(config, stop=stop)
+    if written["stopped"]:
+        print(f"\nstopped by {written['stopped']} at step {written['step']}; continue with: python train.py "
+              f"--runs-root {config['runs_root']} --name {config['name']} --resume")
     print(f"trained {written['step']} steps in {written['seconds']:.0f} s")
     print(f"  TensorBoard:  tensorboard --logdir {config['runs_root']}")
     print(f"  checkpoint:   {written['checkpoint']}")
@@ -440,7 +570,7 @@ def run_cli(main_function, program):
     """Runs a script's main; bad input ends with one line on stderr and exit status 2."""
     try:
         main_function()
-    except data.UsageError as error:
+    except (data.UsageError, OSError) as error:
         sys.exit(f"{program}: error: {error}")
     except KeyboardInterrupt:
         sys.exit(f"{program}: interrupted")

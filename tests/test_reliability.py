@@ -1,0 +1,354 @@
+"""Crash-safe training and bad input, tried for real: a killed process, signals, damaged checkpoints,
+a diverging loss, and every bad option answered with one line and nothing written over.
+
+The training runs are real train.py processes on a tiny dataset; the checks that need no separate
+process call main() in this one (each process start costs seconds of imports)."""
+import json
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import data
+import generate
+import train
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1"]
+PATIENCE = 300  # seconds a train.py process may take to reach a checkpoint on a slow, shared CPU
+
+
+def write_images(folder, count, seed):
+    import imageio.v3 as iio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        iio.imwrite(folder / f"{index}.png", rng.integers(0, 256, (36, 36, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """4 images a domain (4 steps an epoch), plus a corrupt one that training must skip."""
+    root = tmp_path_factory.mktemp("tiny")
+    for seed, folder in enumerate(("trainA", "trainB", "testA", "testB")):
+        write_images(root / folder, 4, seed)
+    (root / "trainA" / "broken.png").write_bytes(b"this is not a PNG")
+    return root
+
+
+def start(script, args, log_dir):
+    """A script in its own process, stdout and stderr to files (a full pipe would block it)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "stdout", "w") as stdout, open(log_dir / "stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, script, *map(str, args)], cwd=REPO,
+                                   stdout=stdout, stderr=stderr)
+    process.log_dir = log_dir
+    return process
+
+
+def output(process):
+    return (process.log_dir / "stdout").read_text(), (process.log_dir / "stderr").read_text()
+
+
+def wait_for(condition, process):
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        assert process.poll() is None, f"train.py ended early:\n{output(process)[1][-3000:]}"
+        assert time.monotonic() < deadline, "train.py did not get there in time"
+        time.sleep(0.2)
+
+
+def newest_step(run_dir):
+    paths = train.checkpoint_paths(run_dir)
+    return int(re.search(r"step-(\d+)", paths[-1]).group(1)) if paths else -1
+
+
+def file_bytes(folder):
+    return {path.name: path.read_bytes() for path in sorted(Path(folder).iterdir())}
+
+
+def copy_run(killed, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(killed.root, root)
+    return root, root / "run", Path(train.checkpoint_paths(root / "run")[-1])
+
+
+@pytest.fixture(scope="module")
+def killed_run(dataset, tmp_path_factory):
+    """A run SIGKILLed right after its first checkpoint. Two copies of it are resumed at once, one
+    plainly (to be stopped with SIGTERM) and one with a diverging --lr, so that these processes run
+    beside the tests that follow."""
+    root = tmp_path_factory.mktemp("killed")
+    process = start("train.py", ["--dataroot", dataset, "--runs-root", root, "--name", "run", *TINY,
+                                 "--epochs", 1000, "--epochs-decay", 0, "--save-every", 1, "--seed", 0],
+                    tmp_path_factory.mktemp("killed_logs"))
+    wait_for(lambda: train.checkpoint_paths(root / "run"), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = SimpleNamespace(root=root, step=newest_step(root / "run"), process=process)
+
+    for name, extra in (("resumed", []), ("diverging", ["--lr", "1e30"])):
+        copy = copy_run(killed, tmp_path_factory.mktemp(name))[0]
+        setattr(killed, f"{name}_root", copy)
+        setattr(killed, f"{name}_checkpoints", file_bytes(copy / "run" / "checkpoints"))
+        setattr(killed, name, start("train.py", ["--runs-root", copy, "--name", "run", "--resume", *extra],
+                                    tmp_path_factory.mktemp(f"{name}_logs")))
+    yield killed
+    for process in (killed.resumed, killed.diverging):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_sigkill_leaves_a_complete_checkpoint_that_resume_restores_exactly(killed_run, tmp_path, caplog, capsys):
+    assert killed_run.process.returncode == -signal.SIGKILL
+    assert re.search(r"skipping \S+broken\.png: not a readable image", output(killed_run.process)[1])
+    root, run_dir, latest = copy_run(killed_run, tmp_path)
+    with np.load(latest) as arrays:
+        saved = {key: arrays[key] for key in arrays.files}
+    assert int(saved["step"]) == killed_run.step > 0
+    (latest.parent / "step-999999999.tmp4242.npz").write_bytes(b"half a checkpoint, cut by a kill")
+
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    train.main(["--runs-root", str(root), "--name", "run", "--resume", "--max-steps", str(killed_run.step)])
+
+    assert f"resumed {latest} at step {killed_run.step}" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "checkpoint" in r.getMessage()]
+    assert (latest.parent / "step-999999999.tmp4242.npz").read_bytes() == b"half a checkpoint, cut by a kill"
+    assert f"trained {killed_run.step} steps" in capsys.readouterr().out
+    with np.load(latest) as arrays:  # rewritten from the restored state: weights, optimizers, pools, rng
+        assert sorted(arrays.files) == sorted(saved)
+        for key, value in saved.items():
+            np.testing.assert_array_equal(arrays[key], value, err_msg=key)
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(killed_run):
+    process, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
+    latest = run_dir / "checkpoints" / f"step-{killed_run.step:09d}.npz"
+    wait_for(lambda: newest_step(run_dir) > killed_run.step, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=PATIENCE) == 0
+    stdout, stderr = output(process)
+
+    assert f"resumed {latest} at step {killed_run.step}" in stderr
+    stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+); continue with: .* --resume", stdout).group(1))
+    assert stopped_at > killed_run.step
+    checkpoint = train.checkpoint_paths(run_dir)[-1]
+    assert checkpoint.endswith(f"step-{stopped_at:09d}.npz") and f"checkpoint:   {checkpoint}" in stdout
+    with np.load(checkpoint) as arrays:
+        assert int(arrays["step"]) == stopped_at
+        assert np.isfinite(arrays["weights/generator_ab/0"]).all()
+    assert "Traceback" not in stderr
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(killed_run):
+    process = killed_run.diverging
+    assert process.wait(timeout=PATIENCE) == 1
+    stderr = output(process)[1]
+    last_line = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"train\.py: error: step (\d+): non-finite loss \((.*nan.*)\); stopped without saving, "
+                         r"last good checkpoint: (\S+) \(try a lower --lr\)", last_line)
+    assert match, last_line
+    assert int(match.group(1)) > killed_run.step
+    assert match.group(3) == train.checkpoint_paths(killed_run.diverging_root / "run")[-1]
+    assert file_bytes(killed_run.diverging_root / "run" / "checkpoints") == killed_run.diverging_checkpoints
+    assert not list((killed_run.diverging_root / "run").glob("*.keras"))
+    assert "Traceback" not in stderr
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(killed_run, tmp_path, caplog):
+    root, run_dir, previous = copy_run(killed_run, tmp_path)
+    corrupt = previous.parent / f"step-{killed_run.step + 4:09d}.npz"
+    corrupt.write_bytes(previous.read_bytes()[: previous.stat().st_size // 2])
+
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    train.main(["--runs-root", str(root), "--name", "run", "--resume", "--max-steps", str(killed_run.step)])
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith(f"{corrupt}: unreadable checkpoint") and "previous" in m for m in warnings), warnings
+    assert f"resumed {previous} at step {killed_run.step}" in caplog.text
+    assert not corrupt.exists() and Path(f"{corrupt}.corrupt").exists()
+
+
+def test_the_first_sigint_or_sigterm_is_a_stop_request_and_the_second_acts_as_usual():
+    for number in (signal.SIGINT, signal.SIGTERM):
+        default = signal.getsignal(number)
+        with train.GracefulStop() as stop:
+            signal.raise_signal(number)
+            assert stop.signal_name == signal.Signals(number).name
+            assert signal.getsignal(number) is default
+        assert signal.getsignal(number) is default
+    with train.GracefulStop(), pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+
+
+def cli_error(main_function, argv, program="train.py"):
+    """The one line a script ends with on bad input (run_cli's SystemExit), checked to be one line."""
+    with pytest.raises(SystemExit) as ended:
+        train.run_cli(lambda: main_function(argv), program)
+    message = str(ended.value.code)
+    assert message.startswith(f"{program}: error: ") and "\n" not in message, message
+    return message
+
+
+def test_resume_refuses_when_no_checkpoint_is_loadable(killed_run, tmp_path):
+    root, run_dir, _ = copy_run(killed_run, tmp_path)
+    for path in train.checkpoint_paths(run_dir):
+        Path(path).write_bytes(b"PK\x03\x04 damaged beyond repair")
+    before = file_bytes(run_dir / "checkpoints")
+    message = cli_error(train.main, ["--runs-root", str(root), "--name", "run", "--resume"])
+    assert "no loadable checkpoint to resume from, nothing changed" in message
+    assert file_bytes(run_dir / "checkpoints") == before
+
+
+@pytest.mark.parametrize("change, difference", [
+    (dict(ngf=8), "(weight shape (7, 7, 3, 4), expected (7, 7, 3, 8))"),
+    (dict(n_res_blocks=2), "(30 weight arrays, expected 38)"),
+])
+def test_resume_refuses_a_checkpoint_of_other_network_sizes(killed_run, tmp_path, change, difference):
+    """As if the checkpoint came from another run: config.json says one size, the weights another."""
+    root, run_dir, latest = copy_run(killed_run, tmp_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps(dict(config, **change)))
+    before = file_bytes(run_dir / "checkpoints")
+    message = cli_error(train.main, ["--runs-root", str(root), "--name", "run", "--resume"])
+    assert f"{latest}: its generator_ab does not fit the configured network {difference}" in message
+    assert file_bytes(run_dir / "checkpoints") == before
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def places(dataset, tmp_path):
+    """Paths for the bad-input cases: {data} a good dataset, {file} a plain file, {runs} a runs root
+    whose run "old" has a checkpoint and "empty" has a config but none."""
+    (tmp_path / "file.txt").write_text("a file")
+    for name, folder in (("a_file", "trainA"), ("empty", "trainB")):
+        shutil.copytree(dataset, tmp_path / name)
+        shutil.rmtree(tmp_path / name / folder)
+    (tmp_path / "a_file" / "trainA").write_text("a file")
+    (tmp_path / "empty" / "trainB").mkdir()
+    for run in ("old", "empty"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "config.json").write_text(json.dumps(dict(train.DEFAULTS, dataroot=str(dataset), ngf=4)))
+    (tmp_path / "runs" / "old" / "checkpoints").mkdir()
+    (tmp_path / "runs" / "old" / "checkpoints" / "step-000000004.npz").write_bytes(b"kept as it is")
+    return dict(data=dataset, file=tmp_path / "file.txt", runs=tmp_path / "runs", tmp=tmp_path)
+
+
+def fill(argv, places):
+    return [arg.format(**places) for arg in argv]
+
+
+TRAIN_ERRORS = [
+    ([], "--dataroot is required"),
+    (["--dataroot", "{tmp}/missing", "--runs-root", "{runs}"], "--dataroot {tmp}/missing: not a folder"),
+    (["--dataroot", "{file}", "--runs-root", "{runs}"], "--dataroot {file}: not a folder"),
+    (["--dataroot", "{tmp}/a_file", "--runs-root", "{runs}"], "{tmp}/a_file/trainA: is a file, expected a folder of images"),
+    (["--dataroot", "{tmp}/empty", "--runs-root", "{runs}"], "{tmp}/empty/trainB: no readable images"),
+    (["--dataroot", "{data}", "--epochs", "0", "--epochs-decay", "0", "--runs-root", "{runs}"], "both 0: nothing to train"),
+    (["--dataroot", "{data}", "--runs-root", "{file}"], "{file}: is a file, expected a folder for the runs"),
+    (["--dataroot", "{data}", "--runs-root", "{runs}", "--name", "old"], "already holds a run with checkpoints"),
+    (["--resume", "--runs-root", "{runs}", "--name", "none"], "{runs}/none/config.json: not found"),
+    (["--resume", "--runs-root", "{runs}", "--name", "empty"], "{runs}/empty: no checkpoint to resume from"),
+    (["--resume", "--runs-root", "{runs}", "--name", "old", "--ngf", "8"], "--ngf 8 contradicts the run"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", TRAIN_ERRORS)
+def test_train_bad_input_is_one_line_and_writes_nothing(places, argv, expected):
+    before = sorted(p for p in places["tmp"].rglob("*"))
+    message = cli_error(train.main, fill(argv, places))
+    assert expected.format(**places) in message
+    assert sorted(p for p in places["tmp"].rglob("*")) == before
+    assert (places["runs"] / "old" / "checkpoints" / "step-000000004.npz").read_bytes() == b"kept as it is"
+
+
+OPTION_ERRORS = [
+    (["--image-size", "30"], "argument --image-size: expected a multiple of 4 that is at least 32, got 30"),
+    (["--image-size", "28"], "argument --image-size: expected a multiple of 4 that is at least 32, got 28"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+    (["--epochs", "-1"], "argument --epochs: expected an integer >= 0, got -1"),
+    (["--max-steps", "0"], "argument --max-steps: expected a positive integer, got 0"),
+    (["--lr", "inf"], "argument --lr: expected a finite number >= 0, got inf"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", OPTION_ERRORS)
+def test_train_bad_option_values_are_refused_by_the_parser(argv, expected, capsys):
+    with pytest.raises(SystemExit) as ended:
+        train.main(["--dataroot", "unused", *argv])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f": error: {expected}")
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """A real generator, a file that is not a model, and a model whose Lambda layer would run code."""
+    import keras
+
+    import networks
+
+    folder = tmp_path_factory.mktemp("models")
+    networks.build_generator(4, 1, name="generator_ab").save(folder / "generator.keras")
+    (folder / "text.keras").write_text("not a model")
+    keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)]).save(folder / "lambda.keras")
+    return folder
+
+
+GENERATE_ERRORS = [
+    (["--run-dir", "{runs}/empty"], "{runs}/empty/generator_ab.keras: no such model file"),
+    (["--run-dir", "{tmp}/missing"], "--run-dir {tmp}/missing: no such folder"),
+    (["--generator", "{models}/text.keras", "--input", "{data}/testA", "--output", "{tmp}/out"],
+     "{models}/text.keras: not a Keras model file"),
+    (["--generator", "{models}/lambda.keras", "--input", "{data}/testA", "--output", "{tmp}/out"],
+     "{models}/lambda.keras: not a Keras model file (Requested the deserialization of a `Lambda` layer"),
+    (["--generator", "{models}/generator.keras", "--input", "{file}", "--output", "{tmp}/out"],
+     "{file}: is a file, expected a folder of images"),
+    (["--generator", "{models}/generator.keras", "--input", "{data}/testA", "--output", "{file}"],
+     "File exists: '{file}'"),
+    (["--run-dir", "{runs}/old", "--batch-size", "0"], "--batch-size 0: expected a positive integer"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", GENERATE_ERRORS)
+def test_generate_bad_input_is_one_line_and_writes_nothing(places, model_files, argv, expected):
+    places = dict(places, models=model_files)
+    before = sorted(p for p in places["tmp"].rglob("*"))
+    message = cli_error(generate.main, fill(argv, places), "generate.py")
+    assert expected.format(**places) in message
+    assert sorted(p for p in places["tmp"].rglob("*")) == before
+
+
+def test_generate_unknown_direction_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as ended:
+        generate.main(["--direction", "AtoC"])
+    assert ended.value.code == 2
+    assert "argument --direction: invalid choice: 'AtoC'" in capsys.readouterr().err
+
+
+def test_real_processes_end_bad_input_without_a_traceback(places, model_files):
+    """Two processes at once (they mostly wait on imports): exit 1, one line, no traceback."""
+    runs = {
+        "train.py": (["--dataroot", places["tmp"] / "missing"], "not a folder"),
+        "generate.py": (["--generator", model_files / "text.keras", "--input", places["data"] / "testA",
+                         "--output", places["tmp"] / "out"], "not a Keras model file"),
+    }
+    processes = {script: start(script, args, places["tmp"] / "logs" / script) for script, (args, _) in runs.items()}
+    for script, process in processes.items():
+        assert process.wait(timeout=PATIENCE) == 1
+        stderr = output(process)[1]
+        assert "Traceback" not in stderr
+        last_line = stderr.strip().splitlines()[-1]
+        assert last_line.startswith(f"{script}: error: ") and runs[script][1] in last_line
+    assert not (places["tmp"] / "out").exists()
