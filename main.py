@@ -39,12 +39,21 @@ def ground_truth_scores(generator_path, test_dir, truth_dir, batch_size=8):
     return {"generator": scores(translated), "baseline": scores(inputs)}
 
 
+def free_run_name(runs_root, name):
+    """`name`, or name-2, name-3, ... when an earlier demo run is there: nothing is written over."""
+    candidate, number = name, 1
+    while os.path.exists(os.path.join(runs_root, candidate)):
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
+
+
 def build_parser():
     p = argparse.ArgumentParser(description="Offline CycleGAN demo: photos -> paintings, in minutes on a CPU.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataroot", default="datasets/demo", help="where the demo dataset is built")
     p.add_argument("--runs-root", default="runs", help="folder that holds the runs")
-    p.add_argument("--name", default="demo", help="run name")
+    p.add_argument("--name", default="demo", help="run name (NAME-2, NAME-3, ... if NAME exists)")
     p.add_argument("--max-steps", type=train.positive_int, help="stop early (default: the full 10 epochs)")
     return p
 
@@ -53,7 +62,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     print(f"building the demo dataset in {args.dataroot} (from scikit-image's photos, no network)")
     data.build_demo_dataset(args.dataroot)
-    train_args = ["--dataroot", args.dataroot, "--runs-root", args.runs_root, "--name", args.name]
+    name = free_run_name(args.runs_root, args.name)
+    train_args = ["--dataroot", args.dataroot, "--runs-root", args.runs_root, "--name", name]
     for key, value in DEMO.items():
         train_args += [f"--{key.replace('_', '-')}", str(value)]
     if args.max_steps:

@@ -18,6 +18,13 @@ def test_demo_runs_end_to_end_through_the_same_code(tmp_path, capsys):
     assert 0 < scores["baseline"]["ssim"] < 0.8 and 5 < scores["baseline"]["psnr"] < 30
 
 
+def test_a_second_demo_run_gets_its_own_name(tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo-2").mkdir()
+    assert main.free_run_name(str(tmp_path), "demo") == "demo-3"
+    assert main.free_run_name(str(tmp_path), "other") == "other"
+
+
 def test_ground_truth_scores_of_a_perfect_and_a_do_nothing_generator(tmp_path):
     from conftest import write_images
     truths = tmp_path / "gt"
