@@ -269,7 +269,7 @@ class Evaluator:
                 log(self.fid_skipped)
         self.extract_features = extract_features
         self.classifier, self.classifier_facts = domain_classifier(dataroot, classifier_path, log)
-        self.penultimate = keras.Model(self.classifier.inputs, self.classifier.get_layer("features").output)
+        self.penultimate = keras.Model(self.classifier.input, self.classifier.get_layer("features").output)
         self.real = {d: {"domain_features": apply(self.penultimate, classifier_input(images))}
                      for d, images in self.tests.items()}
         if self.extract_features:
