@@ -10,33 +10,13 @@ functions as train.py and generate.py, on a small network sized to finish in min
 import argparse
 import os
 
-import numpy as np
-
 import data
 import generate
 import train
+from evaluate import ground_truth_scores
 
 DEMO = dict(image_size=64, ngf=16, ndf=32, n_res_blocks=4, upsample="resize", epochs=5, epochs_decay=5,
             sample_every=250, save_every=5, seed=0)
-
-
-def ground_truth_scores(generator_path, test_dir, truth_dir, batch_size=8):
-    """Mean SSIM and PSNR of G(test images) and of the images themselves against the truth."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    paths = data.list_images(test_dir)
-    truths = [data.to_uint8(generate.read_image(os.path.join(truth_dir, os.path.basename(p)))) for p in paths]
-    inputs = [generate.read_image(p) for p in paths]
-    translated = generate.translate_images(generate.load_generator(generator_path), inputs, batch_size)
-
-    def scores(images):
-        images = [data.to_uint8(i) for i in images]
-        ssim = [structural_similarity(t, i, channel_axis=-1, data_range=255) for t, i in zip(truths, images)]
-        with np.errstate(divide="ignore"):
-            psnr = [min(peak_signal_noise_ratio(t, i, data_range=255), 100.0) for t, i in zip(truths, images)]
-        return {"ssim": float(np.mean(ssim)), "psnr": float(np.mean(psnr))}
-
-    return {"generator": scores(translated), "baseline": scores(inputs)}
 
 
 def free_run_name(runs_root, name):

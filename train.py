@@ -38,7 +38,7 @@ DEFAULTS = dict(
     ngf=64, ndf=64, n_res_blocks=9, upsample="transpose", sigmoid=False,
     lambda_cycle=networks.LAMBDA_CYCLE, lambda_identity=networks.LAMBDA_IDENTITY,
     pool_size=50, lr=networks.LEARNING_RATE, beta1=networks.BETA_1,
-    sample_every=500, sample_count=4, save_every=5, keep_checkpoints=2, seed=None, jit=False,
+    sample_every=500, sample_count=4, save_every=5, keep_checkpoints=2, seed=None, jit=False, eval_every=0,
 )
 NETWORK_KEYS = ("ngf", "ndf", "n_res_blocks", "upsample", "sigmoid")
 LOSS_NAMES = ("adversarial_a", "adversarial_b", "cycle_a", "cycle_b", "identity_a", "identity_b")
@@ -106,6 +106,8 @@ def build_parser():
     p.add_argument("--keep-checkpoints", type=positive_int, help="checkpoints kept on disk")
     p.add_argument("--seed", type=int, help="random seed for weights, shuffling and augmentation")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train functions")
+    p.add_argument("--eval-every", type=non_negative_int,
+                   help="epochs between evaluate.py's scores on the test split, logged as eval/* (0: never)")
     p.set_defaults(**{k: v for k, v in DEFAULTS.items() if v is not None})
     return p
 
@@ -507,6 +509,7 @@ def train(config, verbose=1, stop=None):
     writer = tf.summary.create_file_writer(run_dir)
 
     batches = iter(dataset)
+    evaluator = None
     written = {"run_dir": run_dir, "checkpoint": None, "samples": []}
     started = time.time()
     while step < total_steps and not stop.signal_name:
@@ -537,6 +540,12 @@ def train(config, verbose=1, stop=None):
                 break
         if step % steps_per_epoch == 0:
             epoch += 1
+            if config.get("eval_every") and epoch % config["eval_every"] == 0:
+                import evaluate  # here: evaluate imports generate, which imports this module
+                evaluator = evaluator or evaluate.Evaluator(
+                    config["dataroot"], config["image_size"], ("AtoB", "BtoA"),
+                    evaluate.default_classifier_path(config["dataroot"], run_dir))
+                evaluator.log_to_tensorboard(writer, {"AtoB": gan.generator_ab, "BtoA": gan.generator_ba}, step)
         if epoch % config["save_every"] == 0 or step >= total_steps or stop.signal_name:
             written["checkpoint"] = save_checkpoint(
                 run_dir, gan, step, epoch, pools, rng, config["keep_checkpoints"])
