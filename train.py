@@ -7,12 +7,15 @@ Everything of a run lands in RUNS_ROOT/NAME/: config.json, TensorBoard event fil
 samples/, and the final generator_ab.keras / generator_ba.keras that generate.py loads.
 """
 import argparse
+import atexit
 import glob
 import json
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -32,8 +35,10 @@ DEFAULTS = dict(
     lambda_cycle=networks.LAMBDA_CYCLE, lambda_identity=networks.LAMBDA_IDENTITY,
     pool_size=50, lr=networks.LEARNING_RATE, beta1=networks.BETA_1,
     sample_every=500, sample_count=4, save_every=5, keep_checkpoints=2, seed=None, jit=False,
+    distribute=None, mixed_precision=False,
 )
 NETWORK_KEYS = ("ngf", "ndf", "n_res_blocks", "upsample", "sigmoid")
+DISTRIBUTE_CHOICES = ("none", "mirrored", "multiworker")
 LOSS_NAMES = ("adversarial_a", "adversarial_b", "cycle_a", "cycle_b", "identity_a", "identity_b")
 
 log = logging.getLogger("cyclegan")
@@ -99,6 +104,13 @@ def build_parser():
     p.add_argument("--keep-checkpoints", type=positive_int, help="checkpoints kept on disk")
     p.add_argument("--seed", type=int, help="random seed for weights, shuffling and augmentation")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train functions")
+    p.add_argument("--distribute", choices=DISTRIBUTE_CHOICES,
+                   help="none: one device; mirrored: all GPUs of this machine (all CPUs without one); "
+                        "multiworker: several machines, configured by TF_CONFIG "
+                        "(default: mirrored when TensorFlow sees more than one GPU, else none); "
+                        "--batch-size is the global batch, split across the replicas")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 compute with loss scaling (GPUs with tensor cores)")
     p.set_defaults(**{k: v for k, v in DEFAULTS.items() if v is not None})
     return p
 
@@ -275,6 +287,91 @@ def train_discriminator(discriminator, real, fake):
         discriminator.trainable = False
 
 
+# ---- distribution ------------------------------------------------------------------------------
+
+def make_strategy(name=None):
+    """The tf.distribute strategy for --distribute; None picks mirrored with more than one GPU.
+
+    Call it before anything else touches TensorFlow: the multi-worker strategy configures the
+    collective runtime, which only works at program start.
+    """
+    if name is None:
+        name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise data.UsageError("--distribute multiworker needs the TF_CONFIG environment variable "
+                                  "(cluster addresses and this worker's task; see README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """True for the one process that writes the run's files: the only one, or TF_CONFIG's chief
+    (worker 0 when the cluster names no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
+                                             and resolver.task_id == 0)
+
+
+def writable_run_dir(run_dir, strategy):
+    """Where this process writes: RUN_DIR on the chief; a temporary folder, removed at exit, on the
+    other workers, which run every step (and its collective ops) exactly as the chief does."""
+    if is_chief(strategy):
+        return run_dir
+    scratch = tempfile.mkdtemp(prefix="cyclegan-worker-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return scratch
+
+
+def replica_slices(strategy, batch):
+    """A nested batch of arrays as per-replica values: replica i of n gets the i-th of n equal slices."""
+    replicas = strategy.num_replicas_in_sync
+
+    def slice_for(context):
+        index = context.replica_id_in_sync_group
+        return tf.nest.map_structure(
+            lambda array: tf.convert_to_tensor(np.array_split(np.asarray(array), replicas)[index]), batch)
+
+    return strategy.experimental_distribute_values_from_function(slice_for)
+
+
+def split_batches(model, strategy):
+    """Makes model.train_on_batch and predict_on_batch split their batch across the replicas.
+
+    Keras 3 hands the arrays given to these methods whole to every replica: the gradients still
+    average right, but each replica would compute the full global batch. Wrapping the model's
+    train and predict functions gives each replica its slice instead.
+    """
+    model.make_train_function()
+    model.make_predict_function()
+    for attribute in ("train_function", "predict_function"):
+        keras_function = getattr(model, attribute)
+        setattr(model, attribute, lambda batches, run=keras_function: run(
+            [replica_slices(strategy, tuple(x for x in batch if x is not None)) for batch in batches]))
+
+
+def build_gan(config, strategy):
+    """The CycleGAN in the run's precision, built and compiled under the strategy's scope."""
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.get("mixed_precision") else "float32")
+    replicas = strategy.num_replicas_in_sync
+    if config["batch_size"] % replicas:
+        raise data.UsageError(f"--batch-size {config['batch_size']}: the global batch must be a multiple "
+                              f"of the {replicas} replicas")
+    with strategy.scope():
+        gan = CycleGAN(config)
+    if replicas > 1:
+        for model in (gan.generator_ab, gan.generator_ba, gan.discriminator_a, gan.discriminator_b,
+                      gan.combined):
+            split_batches(model, strategy)
+    return gan
+
+
 # ---- checkpoints -------------------------------------------------------------------------------
 
 def checkpoint_paths(run_dir):
@@ -361,7 +458,8 @@ def write_samples(run_dir, writer, gan, samples, step):
 
 def train(config, verbose=1):
     """Runs (or resumes) a training run; returns a dict of what it wrote."""
-    run_dir = config["run_dir"]
+    strategy = make_strategy(config.get("distribute"))
+    run_dir = writable_run_dir(config["run_dir"], strategy)
     if config.get("seed") is not None:
         keras.utils.set_random_seed(config["seed"])
     dataset, steps_per_epoch = data.train_dataset(
@@ -373,14 +471,14 @@ def train(config, verbose=1):
     if config.get("max_steps"):
         total_steps = min(total_steps, config["max_steps"])
 
-    gan = CycleGAN(config)
+    gan = build_gan(config, strategy)
     rng = np.random.default_rng(config.get("seed"))
     pools = {"A": HistoryPool(config["pool_size"], rng), "B": HistoryPool(config["pool_size"], rng)}
     step = epoch = 0
     if config.get("resume"):
-        checkpoints = checkpoint_paths(run_dir)
+        checkpoints = checkpoint_paths(config["run_dir"])
         if not checkpoints:
-            raise data.UsageError(f"{run_dir}: no checkpoint to resume from")
+            raise data.UsageError(f"{config['run_dir']}: no checkpoint to resume from")
         step, epoch = load_checkpoint(checkpoints[-1], gan, pools, rng)
         log.info("resumed %s at step %d (epoch %d)", checkpoints[-1], step, epoch)
     os.makedirs(run_dir, exist_ok=True)
