@@ -345,15 +345,23 @@ def split_batches(model, strategy):
     """Makes model.train_on_batch and predict_on_batch split their batch across the replicas.
 
     Keras 3 hands the arrays given to these methods whole to every replica: the gradients still
-    average right, but each replica would compute the full global batch. Wrapping the model's
-    train and predict functions gives each replica its slice instead.
+    average right, but each replica would compute the full global batch. The model's train function
+    is replaced by one that runs its train_step on each replica's slice and averages the replicas'
+    logs (Keras' own reduction fails on scalar logs under the multi-worker strategy); its predict
+    function gets the slices too.
     """
-    model.make_train_function()
+    step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)),
+                       reduce_retracing=True, jit_compile=model.jit_compile)
+
+    def train_function(batches):
+        for batch in batches:
+            logs = step(replica_slices(strategy, tuple(x for x in batch if x is not None)))
+        return {name: strategy.reduce("MEAN", value, axis=None) for name, value in logs.items()}
+
+    model.train_function = train_function
     model.make_predict_function()
-    for attribute in ("train_function", "predict_function"):
-        keras_function = getattr(model, attribute)
-        setattr(model, attribute, lambda batches, run=keras_function: run(
-            [replica_slices(strategy, tuple(x for x in batch if x is not None)) for batch in batches]))
+    predict = model.predict_function
+    model.predict_function = lambda batches: predict([replica_slices(strategy, batch) for batch in batches])
 
 
 def build_gan(config, strategy):
