@@ -82,7 +82,7 @@ def build_parser():
     p.add_argument("--resume", action="store_true",
                    help="continue RUNS_ROOT/NAME from its latest checkpoint (same step and LR schedule)")
     p.add_argument("--image-size", type=image_size, help="training crop size (multiple of 4, >= 32)")
-    p.add_argument("--batch-size", type=positive_int, help="images of each domain per step")
+    p.add_argument("--batch-size", type=positive_int, help="images of each domain per step (the global batch: split across replicas)")
     p.add_argument("--epochs", type=non_negative_int, help="epochs at the initial learning rate")
     p.add_argument("--epochs-decay", type=non_negative_int, help="epochs of linear decay to zero")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many steps (quick runs)")
@@ -301,9 +301,11 @@ def make_strategy(name=None):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multiworker":
-        if not os.environ.get("TF_CONFIG"):
-            raise data.UsageError("--distribute multiworker needs the TF_CONFIG environment variable "
-                                  "(cluster addresses and this worker's task; see README)")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except (KeyError, ValueError):
+            raise data.UsageError("--distribute multiworker needs the TF_CONFIG environment variable set to "
+                                  "JSON naming the cluster and this process's task (see README)") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -350,8 +352,7 @@ def split_batches(model, strategy):
     logs (Keras' own reduction fails on scalar logs under the multi-worker strategy); its predict
     function gets the slices too.
     """
-    step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)),
-                       reduce_retracing=True, jit_compile=model.jit_compile)
+    step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)), reduce_retracing=True)
 
     def train_function(batches):
         for batch in batches:
@@ -369,8 +370,11 @@ def build_gan(config, strategy):
     keras.mixed_precision.set_global_policy("mixed_float16" if config.get("mixed_precision") else "float32")
     replicas = strategy.num_replicas_in_sync
     if config["batch_size"] % replicas:
-        raise data.UsageError(f"--batch-size {config['batch_size']}: the global batch must be a multiple "
-                              f"of the {replicas} replicas")
+        raise data.UsageError(f"--batch-size {config['batch_size']}: the global batch is split across "
+                              f"{replicas} replicas; give a multiple of {replicas} (or --distribute none)")
+    if config.get("jit") and replicas > 1:
+        raise data.UsageError(f"--jit: XLA cannot compile a step that spans {replicas} replicas; "
+                              "use --jit with --distribute none")
     with strategy.scope():
         gan = CycleGAN(config)
     if replicas > 1:

@@ -64,6 +64,9 @@ def test_mirrored_splits_the_global_batch_and_matches_one_device(tmp_path):
     assert len(report["free_biases"]) == 2 * 7 + 2 * 3
     assert report["free_bias_difference"] <= 2 * train_lr()
     assert report["cli"]["step"] == 2
+    assert len(report["refusals"]) == 2
+    assert report["refusals"][0].startswith("--batch-size 3: the global batch is split across 2 replicas")
+    assert report["refusals"][1].startswith("--jit: XLA cannot compile a step that spans 2 replicas")
     assert os.path.exists(report["cli"]["checkpoint"])
 
 
@@ -97,6 +100,12 @@ def mirrored_child(out):
         return result
 
     mirrored, single = run("mirrored", 3), run("none", 1)
+    refusals = []
+    for bad in (dict(batch_size=3), dict(jit=True)):
+        try:
+            train.build_gan(dict(config, **bad), mirrored["strategy"])
+        except train.data.UsageError as error:
+            refusals.append(str(error))
     differences = {name: float(np.abs(w - mirrored["weights"][name]).max()) for name, w in single["weights"].items()}
     free = sorted(single["free"])
     dataroot = make_dataset(os.path.join(out, "data"))
@@ -114,6 +123,7 @@ def mirrored_child(out):
         free_biases=free,
         free_bias_difference=max(differences[name] for name in free),
         cli={"step": cli["step"], "checkpoint": cli["checkpoint"]},
+        refusals=refusals,
     )
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f)
@@ -219,6 +229,19 @@ def test_multiworker_only_the_chief_writes_and_its_checkpoint_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at step 2" in resumed.stderr
     assert "trained 3 steps" in resumed.stdout
+
+
+def test_multiworker_without_tf_config_is_a_usage_error(monkeypatch):
+    import pytest
+
+    import train
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(train.data.UsageError, match="needs the TF_CONFIG environment variable"):
+        train.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "{cluster")
+    with pytest.raises(train.data.UsageError, match="needs the TF_CONFIG environment variable"):
+        train.make_strategy("multiworker")
 
 
 # ---- mixed precision ---------------------------------------------------------------------------
