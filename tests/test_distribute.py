@@ -22,7 +22,7 @@ TINY_ARGS = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks",
 # (about lr = 2e-4 per weight) weights agree to a tenth of a step.
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 2e-5
-SUBPROCESS_TIMEOUT = 100
+SUBPROCESS_TIMEOUT = 300
 # The loss scale starts at 2**15: the first steps overflow float16, are skipped and halve it.
 MIXED_PRECISION_STEPS = 8
 
@@ -64,6 +64,7 @@ def test_mirrored_splits_the_global_batch_and_matches_one_device(tmp_path):
     assert len(report["free_biases"]) == 2 * 7 + 2 * 3
     assert report["free_bias_difference"] <= 2 * train_lr()
     assert report["cli"]["step"] == 2
+    assert report["resumed"] == {"at": [2, 1], "spread": 0.0, "difference": 0.0}
     assert len(report["refusals"]) == 2
     assert report["refusals"][0].startswith("--batch-size 3: the global batch is split across 2 replicas")
     assert report["refusals"][1].startswith("--jit: XLA cannot compile a step that spans 2 replicas")
@@ -89,14 +90,15 @@ def mirrored_child(out):
         strategy = train.make_strategy(distribute)
         gan = train.build_gan(config, strategy)
         rng = np.random.default_rng(0)
-        pools = [train.HistoryPool(config["pool_size"], rng) for _ in "AB"]
+        pools = {domain: train.HistoryPool(config["pool_size"], rng) for domain in "AB"}
         result = dict(strategy=strategy, initial=weights_by_name(gan), spreads=[],
                       free=biases_normalised_away(gan))
         for real_a, real_b in batches[:steps]:
-            losses = gan.train_step(real_a, real_b, *pools)
+            losses = gan.train_step(real_a, real_b, pools["A"], pools["B"])
             result["spreads"].append(replica_spread(strategy, gan))
             result.setdefault("losses", {name: float(value) for name, value in losses.items()})
             result.setdefault("weights", weights_by_name(gan))
+        result["gan"], result["pools"], result["rng"] = gan, pools, rng
         return result
 
     mirrored, single = run("mirrored", 3), run("none", 1)
@@ -112,7 +114,13 @@ def mirrored_child(out):
     cli = train.train(train.parse_config(["--dataroot", dataroot, "--runs-root", os.path.join(out, "runs"),
                                           "--name", "mirrored", "--distribute", "mirrored",
                                           "--batch-size", "2", "--max-steps", "2", *TINY_ARGS]), verbose=0)
+    resumed_at = train.load_checkpoint(cli["checkpoint"], mirrored["gan"], mirrored["pools"], mirrored["rng"])
+    with np.load(cli["checkpoint"]) as saved:
+        resumed_difference = max(float(np.abs(w - saved[f"weights/generator_ab/{i}"]).max())
+                                 for i, w in enumerate(mirrored["gan"].generator_ab.get_weights()))
     report = dict(
+        resumed={"at": resumed_at, "spread": replica_spread(mirrored["strategy"], mirrored["gan"]),
+                 "difference": resumed_difference},
         replicas=mirrored["strategy"].num_replicas_in_sync,
         probe_batch_sizes=probe_batch_sizes(mirrored["strategy"], global_batch=4),
         replica_spread=mirrored["spreads"],
@@ -130,7 +138,7 @@ def mirrored_child(out):
 
 
 def weights_by_name(gan):
-    return {f"{name}/{w.path}": np.array(w) for name, model in gan.models.items() for w in model.weights}
+    return {f"{name}/{w.path}": w.numpy() for name, model in gan.models.items() for w in model.weights}
 
 
 def biases_normalised_away(gan):
