@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=32, ngf=4, ndf=8, n_res_blocks=1, pool_size=2, seed=0)
@@ -62,7 +63,7 @@ def test_mirrored_splits_the_global_batch_and_matches_one_device(tmp_path):
     assert report["weight_change"] > 5 * WEIGHT_TOLERANCE, "the first step must move every weight"
     assert report["weight_difference"] <= WEIGHT_TOLERANCE
     assert len(report["free_biases"]) == 2 * 7 + 2 * 3
-    assert report["free_bias_difference"] <= 2 * train_lr()
+    assert report["free_bias_difference"] <= 2 * report["learning_rate"]
     assert report["cli"]["step"] == 2
     assert report["resumed"] == {"at": [2, 1], "spread": 0.0, "difference": 0.0}
     assert len(report["refusals"]) == 2
@@ -132,6 +133,7 @@ def mirrored_child(out):
         free_bias_difference=max(differences[name] for name in free),
         cli={"step": cli["step"], "checkpoint": cli["checkpoint"]},
         refusals=refusals,
+        learning_rate=config["lr"],
     )
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f)
@@ -189,13 +191,6 @@ def probe_batch_sizes(strategy, global_batch):
 
 # ---- multi-worker ------------------------------------------------------------------------------
 
-def train_lr():
-    sys.path.insert(0, ROOT)
-    import train
-
-    return train.DEFAULTS["lr"]
-
-
 def free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
@@ -240,8 +235,6 @@ def test_multiworker_only_the_chief_writes_and_its_checkpoint_resumes(tmp_path):
 
 
 def test_multiworker_without_tf_config_is_a_usage_error(monkeypatch):
-    import pytest
-
     import train
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
