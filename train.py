@@ -349,8 +349,9 @@ def split_batches(model, strategy):
     Keras 3 hands the arrays given to these methods whole to every replica: the gradients still
     average right, but each replica would compute the full global batch. The model's train function
     is replaced by one that runs its train_step on each replica's slice and averages the replicas'
-    logs (Keras' own reduction fails on scalar logs under the multi-worker strategy); its predict
-    function gets the slices too.
+    logs (Keras' own reduction fails on scalar logs under the multi-worker strategy). Predicting
+    (one input: the generators' samples) pads the batch to a multiple of the replicas, as a replica
+    cannot run on zero images, and returns the batch's own rows.
     """
     step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)), reduce_retracing=True)
 
@@ -362,7 +363,15 @@ def split_batches(model, strategy):
     model.train_function = train_function
     model.make_predict_function()
     predict = model.predict_function
-    model.predict_function = lambda batches: predict([replica_slices(strategy, batch) for batch in batches])
+    replicas = strategy.num_replicas_in_sync
+
+    def predict_function(batches):
+        (images,), = batches
+        count = len(images)
+        padded = np.concatenate([images, np.repeat(images[-1:], -count % replicas, axis=0)])
+        return predict([replica_slices(strategy, (padded,))])[:count]
+
+    model.predict_function = predict_function
 
 
 def build_gan(config, strategy):

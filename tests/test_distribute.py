@@ -64,6 +64,8 @@ def test_mirrored_splits_the_global_batch_and_matches_one_device(tmp_path):
     assert report["weight_difference"] <= WEIGHT_TOLERANCE
     assert len(report["free_biases"]) == 2 * 7 + 2 * 3
     assert report["free_bias_difference"] <= 2 * report["learning_rate"]
+    assert report["predicted"]["shape"] == [3, 32, 32, 3], "an odd batch predicts its own rows"
+    assert report["predicted"]["difference"] <= WEIGHT_TOLERANCE
     assert report["cli"]["step"] == 2
     assert report["resumed"] == {"at": [2, 1], "spread": 0.0, "difference": 0.0}
     assert len(report["refusals"]) == 2
@@ -119,7 +121,11 @@ def mirrored_child(out):
     with np.load(cli["checkpoint"]) as saved:
         resumed_difference = max(float(np.abs(w - saved[f"weights/generator_ab/{i}"]).max())
                                  for i, w in enumerate(mirrored["gan"].generator_ab.get_weights()))
+    odd_batch = batches[0, 0][[0, 1, 0]]
+    predicted = mirrored["gan"].generator_ab.predict_on_batch(odd_batch)
     report = dict(
+        predicted={"shape": list(predicted.shape),
+                   "difference": float(np.abs(predicted - mirrored["gan"].generator_ab(odd_batch)).max())},
         resumed={"at": resumed_at, "spread": replica_spread(mirrored["strategy"], mirrored["gan"]),
                  "difference": resumed_difference},
         replicas=mirrored["strategy"].num_replicas_in_sync,
