@@ -107,7 +107,8 @@ def build_parser():
     p.add_argument("--distribute", choices=DISTRIBUTE_CHOICES,
                    help="none: one device; mirrored: all GPUs of this machine (all CPUs without one); "
                         "multiworker: several machines, configured by TF_CONFIG "
-                        "(default: mirrored when TensorFlow sees more than one GPU, else none); "
+                        "(default: mirrored when TensorFlow sees more than one GPU and the batch "
+                        "splits across them, else none); "
                         "--batch-size is the global batch, split across the replicas")
     p.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 compute with loss scaling (GPUs with tensor cores)")
@@ -289,14 +290,18 @@ def train_discriminator(discriminator, real, fake):
 
 # ---- distribution ------------------------------------------------------------------------------
 
-def make_strategy(name=None):
-    """The tf.distribute strategy for --distribute; None picks mirrored with more than one GPU.
+def make_strategy(name=None, batch_size=None):
+    """The tf.distribute strategy for --distribute; None picks mirrored with more than one GPU when
+    the global batch splits evenly across them.
 
     Call it before anything else touches TensorFlow: the multi-worker strategy configures the
     collective runtime, which only works at program start.
     """
     if name is None:
-        name = "mirrored" if len(tf.config.list_physical_devices("GPU")) > 1 else "none"
+        gpus = len(tf.config.list_physical_devices("GPU"))
+        name = "mirrored" if gpus > 1 and (batch_size or gpus) % gpus == 0 else "none"
+        if gpus > 1 and name == "none":
+            log.warning("training on one of %d GPUs: --batch-size %d does not split across them", gpus, batch_size)
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
@@ -479,7 +484,7 @@ def write_samples(run_dir, writer, gan, samples, step):
 
 def train(config, verbose=1):
     """Runs (or resumes) a training run; returns a dict of what it wrote."""
-    strategy = make_strategy(config.get("distribute"))
+    strategy = make_strategy(config.get("distribute"), config["batch_size"])
     run_dir = writable_run_dir(config["run_dir"], strategy)
     if config.get("seed") is not None:
         keras.utils.set_random_seed(config["seed"])
