@@ -145,12 +145,12 @@ def build_combined(generator_ab, generator_ba, discriminator_a, discriminator_b,
     fake_b = generator_ab(real_a)
     fake_a = generator_ba(real_b)
     outputs = [
-        layers.Identity(name="adversarial_a")(discriminator_a(fake_a)),
-        layers.Identity(name="adversarial_b")(discriminator_b(fake_b)),
-        layers.Identity(name="cycle_a")(generator_ba(fake_b)),
-        layers.Identity(name="cycle_b")(generator_ab(fake_a)),
-        layers.Identity(name="identity_a")(generator_ba(real_a)),
-        layers.Identity(name="identity_b")(generator_ab(real_b)),
+        layers.Identity(name="adversarial_a", dtype="float32")(discriminator_a(fake_a)),
+        layers.Identity(name="adversarial_b", dtype="float32")(discriminator_b(fake_b)),
+        layers.Identity(name="cycle_a", dtype="float32")(generator_ba(fake_b)),
+        layers.Identity(name="cycle_b", dtype="float32")(generator_ab(fake_a)),
+        layers.Identity(name="identity_a", dtype="float32")(generator_ba(real_a)),
+        layers.Identity(name="identity_b", dtype="float32")(generator_ab(real_b)),
     ]
     combined = keras.Model([real_a, real_b], outputs, name="combined")
     combined.compile(

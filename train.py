@@ -9,14 +9,17 @@ samples/, and the final generator_ab.keras / generator_ba.keras that generate.py
 Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits 0; `--resume` continues.
 """
 import argparse
+import atexit
 import glob
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -39,8 +42,10 @@ DEFAULTS = dict(
     lambda_cycle=networks.LAMBDA_CYCLE, lambda_identity=networks.LAMBDA_IDENTITY,
     pool_size=50, lr=networks.LEARNING_RATE, beta1=networks.BETA_1,
     sample_every=500, sample_count=4, save_every=5, keep_checkpoints=2, seed=None, jit=False, eval_every=0,
+    distribute=None, mixed_precision=False,
 )
 NETWORK_KEYS = ("ngf", "ndf", "n_res_blocks", "upsample", "sigmoid")
+DISTRIBUTE_CHOICES = ("none", "mirrored", "multiworker")
 LOSS_NAMES = ("adversarial_a", "adversarial_b", "cycle_a", "cycle_b", "identity_a", "identity_b")
 
 log = logging.getLogger("cyclegan")
@@ -84,7 +89,7 @@ def build_parser():
     p.add_argument("--resume", action="store_true",
                    help="continue RUNS_ROOT/NAME from its latest checkpoint (same step and LR schedule)")
     p.add_argument("--image-size", type=image_size, help="training crop size (multiple of 4, >= 32)")
-    p.add_argument("--batch-size", type=positive_int, help="images of each domain per step")
+    p.add_argument("--batch-size", type=positive_int, help="images of each domain per step (the global batch: split across replicas)")
     p.add_argument("--epochs", type=non_negative_int, help="epochs at the initial learning rate")
     p.add_argument("--epochs-decay", type=non_negative_int, help="epochs of linear decay to zero")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many steps (quick runs)")
@@ -108,6 +113,14 @@ def build_parser():
     p.add_argument("--jit", action="store_true", help="XLA-compile the train functions")
     p.add_argument("--eval-every", type=non_negative_int,
                    help="epochs between evaluate.py's scores on the test split, logged as eval/* (0: never)")
+    p.add_argument("--distribute", choices=DISTRIBUTE_CHOICES,
+                   help="none: one device; mirrored: all GPUs of this machine (all CPUs without one); "
+                        "multiworker: several machines, configured by TF_CONFIG "
+                        "(default: mirrored when TensorFlow sees more than one GPU and the batch "
+                        "splits across them, else none); "
+                        "--batch-size is the global batch, split across the replicas")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 compute with loss scaling (GPUs with tensor cores)")
     p.set_defaults(**{k: v for k, v in DEFAULTS.items() if v is not None})
     return p
 
@@ -286,6 +299,116 @@ def train_discriminator(discriminator, real, fake):
         return float(discriminator.train_on_batch(np.concatenate([real, fake]), labels))
     finally:
         discriminator.trainable = False
+
+
+# ---- distribution ------------------------------------------------------------------------------
+
+def make_strategy(name=None, batch_size=None):
+    """The tf.distribute strategy for --distribute; None picks mirrored with more than one GPU when
+    the global batch splits evenly across them.
+
+    Call it before anything else touches TensorFlow: the multi-worker strategy configures the
+    collective runtime, which only works at program start.
+    """
+    if name is None:
+        gpus = len(tf.config.list_physical_devices("GPU"))
+        name = "mirrored" if gpus > 1 and (batch_size or gpus) % gpus == 0 else "none"
+        if gpus > 1 and name == "none":
+            log.warning("training on one of %d GPUs: --batch-size %d does not split across them", gpus, batch_size)
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "multiworker":
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except (KeyError, ValueError):
+            raise data.UsageError("--distribute multiworker needs the TF_CONFIG environment variable set to "
+                                  "JSON naming the cluster and this process's task (see README)") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """True for the one process that writes the run's files: the only one, or TF_CONFIG's chief
+    (worker 0 when the cluster names no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
+                                             and resolver.task_id == 0)
+
+
+def writable_run_dir(run_dir, strategy):
+    """Where this process writes: RUN_DIR on the chief; a temporary folder, removed at exit, on the
+    other workers, which run every step (and its collective ops) exactly as the chief does."""
+    if is_chief(strategy):
+        return run_dir
+    scratch = tempfile.mkdtemp(prefix="cyclegan-worker-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return scratch
+
+
+def replica_slices(strategy, batch):
+    """A nested batch of arrays as per-replica values: replica i of n gets the i-th of n equal slices."""
+    replicas = strategy.num_replicas_in_sync
+
+    def slice_for(context):
+        index = context.replica_id_in_sync_group
+        return tf.nest.map_structure(
+            lambda array: tf.convert_to_tensor(np.array_split(np.asarray(array), replicas)[index]), batch)
+
+    return strategy.experimental_distribute_values_from_function(slice_for)
+
+
+def split_batches(model, strategy):
+    """Makes model.train_on_batch and predict_on_batch split their batch across the replicas.
+
+    Keras 3 hands the arrays given to these methods whole to every replica: the gradients still
+    average right, but each replica would compute the full global batch. The model's train function
+    is replaced by one that runs its train_step on each replica's slice and averages the replicas'
+    logs (Keras' own reduction fails on scalar logs under the multi-worker strategy). Predicting
+    (one input: the generators' samples) pads the batch to a multiple of the replicas, as a replica
+    cannot run on zero images, and returns the batch's own rows.
+    """
+    step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)), reduce_retracing=True)
+
+    def train_function(batches):
+        for batch in batches:
+            logs = step(replica_slices(strategy, tuple(x for x in batch if x is not None)))
+        return {name: strategy.reduce("MEAN", value, axis=None) for name, value in logs.items()}
+
+    model.train_function = train_function
+    model.make_predict_function()
+    predict = model.predict_function
+    replicas = strategy.num_replicas_in_sync
+
+    def predict_function(batches):
+        (images,), = batches
+        count = len(images)
+        padded = np.concatenate([images, np.repeat(images[-1:], -count % replicas, axis=0)])
+        return predict([replica_slices(strategy, (padded,))])[:count]
+
+    model.predict_function = predict_function
+
+
+def build_gan(config, strategy):
+    """The CycleGAN in the run's precision, built and compiled under the strategy's scope."""
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.get("mixed_precision") else "float32")
+    replicas = strategy.num_replicas_in_sync
+    if config["batch_size"] % replicas:
+        raise data.UsageError(f"--batch-size {config['batch_size']}: the global batch is split across "
+                              f"{replicas} replicas; give a multiple of {replicas} (or --distribute none)")
+    if config.get("jit") and replicas > 1:
+        raise data.UsageError(f"--jit: XLA cannot compile a step that spans {replicas} replicas; "
+                              "use --jit with --distribute none")
+    with strategy.scope():
+        gan = CycleGAN(config)
+    if replicas > 1:
+        for model in (gan.generator_ab, gan.generator_ba, gan.discriminator_a, gan.discriminator_b,
+                      gan.combined):
+            split_batches(model, strategy)
+    return gan
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -482,9 +605,10 @@ def train(config, verbose=1, stop=None):
     `stop` (a GracefulStop) ends the run early after a signal, with a checkpoint of the last step.
     A non-finite loss ends it with data.UsageError before anything of that step is saved.
     """
-    run_dir = config["run_dir"]
     stop = stop or GracefulStop()
     check_run_dir(config)
+    strategy = make_strategy(config.get("distribute"), config["batch_size"])
+    run_dir = writable_run_dir(config["run_dir"], strategy)
     if config.get("seed") is not None:
         keras.utils.set_random_seed(config["seed"])
     dataset, steps_per_epoch = data.train_dataset(
@@ -496,12 +620,12 @@ def train(config, verbose=1, stop=None):
     if config.get("max_steps"):
         total_steps = min(total_steps, config["max_steps"])
 
-    gan = CycleGAN(config)
+    gan = build_gan(config, strategy)
     rng = np.random.default_rng(config.get("seed"))
     pools = {"A": HistoryPool(config["pool_size"], rng), "B": HistoryPool(config["pool_size"], rng)}
     step = epoch = 0
     if config.get("resume"):
-        path, step, epoch = resume_checkpoint(run_dir, gan, pools, rng)
+        path, step, epoch = resume_checkpoint(config["run_dir"], gan, pools, rng)
         log.info("resumed %s at step %d (epoch %d)", path, step, epoch)
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "config.json"),

@@ -1,0 +1,287 @@
+"""train.py --distribute / --mixed-precision on the CPU: mirrored over two logical CPU devices,
+two multi-worker processes on 127.0.0.1, and a step under the mixed_float16 policy.
+
+The logical devices must be configured before TensorFlow starts, and the multi-worker strategy
+needs a fresh process too, so those parts run in subprocesses: this file, run as a script, is the
+mirrored child; train.py itself is the multi-worker child.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(image_size=32, ngf=4, ndf=8, n_res_blocks=1, pool_size=2, seed=0)
+TINY_ARGS = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1", "--pool-size", "2",
+             "--seed", "0", "--sample-count", "2", "--sample-every", "1000"]
+# Mirrored replicas each reduce half the batch and the all-reduce adds the halves: the same sums in
+# another order, so float32 rounding differs. Losses agree to 1e-5 relative; after Adam's first step
+# (about lr = 2e-4 per weight) weights agree to a tenth of a step.
+LOSS_TOLERANCE = 1e-5
+WEIGHT_TOLERANCE = 2e-5
+SUBPROCESS_TIMEOUT = 300
+# The loss scale starts at 2**15: the first steps overflow float16, are skipped and halve it.
+MIXED_PRECISION_STEPS = 8
+
+
+def make_dataset(root, count=4, size=36):
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    for folder in ("trainA", "trainB", "testA", "testB"):
+        os.makedirs(os.path.join(root, folder))
+        for index in range(count):
+            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            iio.imwrite(os.path.join(root, folder, f"{index}.png"), image)
+    return str(root)
+
+
+def run_python(args, env=None, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT)
+
+
+# ---- mirrored ----------------------------------------------------------------------------------
+
+def test_mirrored_splits_the_global_batch_and_matches_one_device(tmp_path):
+    result = run_python([os.path.abspath(__file__), str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+
+    assert report["replicas"] == 2
+    assert report["probe_batch_sizes"] == [2, 2], "each replica must see half of the global batch of 4"
+    assert len(report["replica_spread"]) == 3
+    assert all(spread == 0.0 for spread in report["replica_spread"]), report["replica_spread"]
+    single, mirrored = report["first_losses"]["none"], report["first_losses"]["mirrored"]
+    assert set(single) == set(mirrored) and len(single) == 9
+    for name in single:
+        assert abs(single[name] - mirrored[name]) <= LOSS_TOLERANCE * max(1.0, abs(single[name])), name
+    assert report["weight_change"] > 5 * WEIGHT_TOLERANCE, "the first step must move every weight"
+    assert report["weight_difference"] <= WEIGHT_TOLERANCE
+    assert len(report["free_biases"]) == 2 * 7 + 2 * 3
+    assert report["free_bias_difference"] <= 2 * report["learning_rate"]
+    assert report["predicted"]["shape"] == [3, 32, 32, 3], "an odd batch predicts its own rows"
+    assert report["predicted"]["difference"] <= WEIGHT_TOLERANCE
+    assert report["cli"]["step"] == 2
+    assert report["resumed"] == {"at": [2, 1], "spread": 0.0, "difference": 0.0}
+    assert len(report["refusals"]) == 2
+    assert report["refusals"][0].startswith("--batch-size 3: the global batch is split across 2 replicas")
+    assert report["refusals"][1].startswith("--jit: XLA cannot compile a step that spans 2 replicas")
+    assert os.path.exists(report["cli"]["checkpoint"])
+
+
+def mirrored_child(out):
+    """Runs in a fresh process: two logical CPU devices, then the same steps mirrored and on one device."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+
+    sys.path.insert(0, ROOT)
+    import train
+
+    config = dict(train.DEFAULTS, **TINY, batch_size=2)
+    batches = np.random.default_rng(1).uniform(-1, 1, (3, 2, 2, 32, 32, 3)).astype(np.float32)
+
+    def run(distribute, steps):
+        keras.utils.set_random_seed(0)
+        strategy = train.make_strategy(distribute)
+        gan = train.build_gan(config, strategy)
+        rng = np.random.default_rng(0)
+        pools = {domain: train.HistoryPool(config["pool_size"], rng) for domain in "AB"}
+        result = dict(strategy=strategy, initial=weights_by_name(gan), spreads=[],
+                      free=biases_normalised_away(gan))
+        for real_a, real_b in batches[:steps]:
+            losses = gan.train_step(real_a, real_b, pools["A"], pools["B"])
+            result["spreads"].append(replica_spread(strategy, gan))
+            result.setdefault("losses", {name: float(value) for name, value in losses.items()})
+            result.setdefault("weights", weights_by_name(gan))
+        result["gan"], result["pools"], result["rng"] = gan, pools, rng
+        return result
+
+    mirrored, single = run("mirrored", 3), run("none", 1)
+    refusals = []
+    for bad in (dict(batch_size=3), dict(jit=True)):
+        try:
+            train.build_gan(dict(config, **bad), mirrored["strategy"])
+        except train.data.UsageError as error:
+            refusals.append(str(error))
+    differences = {name: float(np.abs(w - mirrored["weights"][name]).max()) for name, w in single["weights"].items()}
+    free = sorted(single["free"])
+    dataroot = make_dataset(os.path.join(out, "data"))
+    cli = train.train(train.parse_config(["--dataroot", dataroot, "--runs-root", os.path.join(out, "runs"),
+                                          "--name", "mirrored", "--distribute", "mirrored",
+                                          "--batch-size", "2", "--max-steps", "2", *TINY_ARGS]), verbose=0)
+    resumed_at = train.load_checkpoint(cli["checkpoint"], mirrored["gan"], mirrored["pools"], mirrored["rng"])
+    with np.load(cli["checkpoint"]) as saved:
+        resumed_difference = max(float(np.abs(w - saved[f"weights/generator_ab/{i}"]).max())
+                                 for i, w in enumerate(mirrored["gan"].generator_ab.get_weights()))
+    odd_batch = batches[0, 0][[0, 1, 0]]
+    predicted = mirrored["gan"].generator_ab.predict_on_batch(odd_batch)
+    report = dict(
+        predicted={"shape": list(predicted.shape),
+                   "difference": float(np.abs(predicted - mirrored["gan"].generator_ab(odd_batch)).max())},
+        resumed={"at": resumed_at, "spread": replica_spread(mirrored["strategy"], mirrored["gan"]),
+                 "difference": resumed_difference},
+        replicas=mirrored["strategy"].num_replicas_in_sync,
+        probe_batch_sizes=probe_batch_sizes(mirrored["strategy"], global_batch=4),
+        replica_spread=mirrored["spreads"],
+        first_losses={"mirrored": mirrored["losses"], "none": single["losses"]},
+        weight_change=min(float(np.abs(w - single["initial"][name]).max())
+                          for name, w in single["weights"].items() if name not in free),
+        weight_difference=max(d for name, d in differences.items() if name not in free),
+        free_biases=free,
+        free_bias_difference=max(differences[name] for name in free),
+        cli={"step": cli["step"], "checkpoint": cli["checkpoint"]},
+        refusals=refusals,
+        learning_rate=config["lr"],
+    )
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f)
+
+
+def weights_by_name(gan):
+    return {f"{name}/{w.path}": w.numpy() for name, model in gan.models.items() for w in model.weights}
+
+
+def biases_normalised_away(gan):
+    """The biases of convolutions followed by an instance norm ("res1_a_conv" before "res1_a_norm",
+    "conv2" before "conv2_norm"). Their true gradient is zero, so Adam's first step, about
+    lr * g / |g|, moves them by rounding noise in either direction: no device comparison holds there."""
+    names = set()
+    for name, model in gan.models.items():
+        layer_names = {layer.name for layer in model.layers}
+        for layer in model.layers:
+            if f"{layer.name.removesuffix('_conv')}_norm" in layer_names and getattr(layer, "bias", None) is not None:
+                names.add(f"{name}/{layer.bias.path}")
+    return names
+
+
+def replica_spread(strategy, gan):
+    """The largest difference between any variable's copies on the replicas (0 when in sync)."""
+    spread = 0.0
+    for model in gan.models.values():
+        for variable in model.weights:
+            copies = [np.asarray(c) for c in strategy.experimental_local_results(variable.value)]
+            spread = max([spread] + [float(np.abs(c - copies[0]).max()) for c in copies[1:]])
+    return spread
+
+
+def probe_batch_sizes(strategy, global_batch):
+    """The batch size each replica's train step is traced with, seen by a layer that records it."""
+    import keras
+    import tensorflow as tf
+
+    import train
+
+    seen = []
+
+    class BatchProbe(keras.layers.Layer):
+        def call(self, x):
+            if not tf.distribute.in_cross_replica_context():
+                seen.append(x.shape[0])
+            return x
+
+    with strategy.scope():
+        probe = keras.Sequential([keras.Input((3,)), BatchProbe(), keras.layers.Dense(1)])
+        probe.compile(optimizer="sgd", loss="mse")
+    train.split_batches(probe, strategy)
+    probe.train_on_batch(np.zeros((global_batch, 3), np.float32), np.zeros((global_batch, 1), np.float32))
+    return seen
+
+
+# ---- multi-worker ------------------------------------------------------------------------------
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multiworker_only_the_chief_writes_and_its_checkpoint_resumes(tmp_path):
+    dataroot = make_dataset(tmp_path / "data")
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        command = [sys.executable, "train.py", "--dataroot", dataroot, "--runs-root", str(tmp_path / f"runs{index}"),
+                   "--name", "mw", "--distribute", "multiworker", "--batch-size", "2", "--max-steps", "2",
+                   *TINY_ARGS]
+        workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+    try:
+        outputs = [worker.communicate(timeout=SUBPROCESS_TIMEOUT) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-3000:]
+        assert "trained 2 steps" in stdout
+
+    chief_run = tmp_path / "runs0" / "mw"
+    assert [p.name for p in (chief_run / "checkpoints").iterdir()] == ["step-000000002.npz"]
+    assert list(chief_run.glob("events.out.tfevents.*"))
+    assert (chief_run / "generator_ab.keras").exists()
+    assert not (tmp_path / "runs1").exists(), "the non-chief worker must leave no files"
+
+    resumed = run_python(["train.py", "--resume", "--runs-root", str(tmp_path / "runs0"), "--name", "mw",
+                          "--distribute", "none", "--max-steps", "3"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 2" in resumed.stderr
+    assert "trained 3 steps" in resumed.stdout
+
+
+def test_multiworker_without_tf_config_is_a_usage_error(monkeypatch):
+    import train
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(train.data.UsageError, match="needs the TF_CONFIG environment variable"):
+        train.make_strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", "{cluster")
+    with pytest.raises(train.data.UsageError, match="needs the TF_CONFIG environment variable"):
+        train.make_strategy("multiworker")
+
+
+# ---- mixed precision ---------------------------------------------------------------------------
+
+def test_mixed_precision_step_keeps_outputs_float32_and_losses_finite():
+    import keras
+    import tensorflow as tf
+
+    import train
+
+    config = dict(train.DEFAULTS, **TINY, mixed_precision=True)
+    try:
+        gan = train.build_gan(config, train.make_strategy("none"))
+        assert gan.generator_ab.get_layer("c7s1_conv").compute_dtype == "float16"
+        assert isinstance(gan.combined.optimizer, keras.optimizers.LossScaleOptimizer)
+        real = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+        outputs = gan.combined([real, real])
+        assert [o.dtype for o in outputs] == [tf.float32] * 6
+        assert gan.generator_ab(real).dtype == tf.float32
+        pools = [train.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
+        before = gan.generator_ab.get_weights()
+        optimizer = gan.combined.optimizer
+        for _ in range(MIXED_PRECISION_STEPS):
+            losses = gan.train_step(real, real, *pools)
+            assert all(np.isfinite(value) for value in losses.values()), losses
+            if any(np.abs(a - b).max() > 0 for a, b in zip(before, gan.generator_ab.get_weights())):
+                break
+        else:
+            raise AssertionError(f"no generator update in {MIXED_PRECISION_STEPS} steps")
+        assert float(optimizer.dynamic_scale) < optimizer.initial_scale, "overflowing steps lower the scale"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+if __name__ == "__main__":
+    mirrored_child(sys.argv[1])
