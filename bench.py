@@ -15,7 +15,6 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -132,8 +131,9 @@ def measured_peak_gflops(config, repeats=10):
     x = tf.random.normal((1, side, side, channels))
     k = tf.random.normal((3, 3, channels, channels))
     kernels = {
-        "matmul": (tf.function(lambda: tf.matmul(a, a)), 2 * 1024 ** 3),
-        "conv3x3": (tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME")), 2 * side * side * 9 * channels ** 2),
+        "matmul": (tf.function(lambda: tf.matmul(a, a), autograph=False), 2 * 1024 ** 3),
+        "conv3x3": (tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"), autograph=False),
+                    2 * side * side * 9 * channels ** 2),
     }
     result = {}
     for name, (function, flops) in kernels.items():
@@ -207,7 +207,7 @@ def bench_fused(config, steps, warmup, rng):
 
 def bench_inference(generator, size, rng, batches=(1, 8), repeats=3):
     """Generator images/s at each batch size, compiled as generate.py runs it (training=False)."""
-    translate = tf.function(lambda x: generator(x, training=False))
+    translate = tf.function(lambda x: generator(x, training=False), autograph=False)
     result = {}
     for batch in batches:
         images = tf.constant(random_images(rng, batch, size))
@@ -223,8 +223,8 @@ def write_jpegs(root, count, size, rng):
         os.makedirs(folder)
         for index in range(count):
             coarse = rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
-            image = tf.cast(tf.image.resize(coarse, [size, size], "bicubic")[0] + rng.normal(0, 8, (size, size, 3)),
-                            tf.float32)
+            noise = rng.normal(0, 8, (size, size, 3)).astype(np.float32)
+            image = tf.image.resize(coarse, [size, size], "bicubic")[0] + noise
             encoded = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), quality=90)
             tf.io.write_file(os.path.join(folder, f"{index:04d}.jpg"), encoded)
     return root
@@ -238,7 +238,7 @@ def bench_pipeline(dataroot, config, images):
     count = max(1, images // config["batch_size"])
     started = time.perf_counter()
     for _ in range(count):
-        real_a, real_b = next(batches)
+        next(batches)
     return 2 * count * config["batch_size"] / (time.perf_counter() - started)
 
 
