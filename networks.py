@@ -35,9 +35,37 @@ class ReflectionPadding2D(layers.Layer):
         return {**super().get_config(), "padding": self.padding}
 
 
+@keras.saving.register_keras_serializable(package="cyclegan")
+class InstanceNormalization(layers.Layer):
+    """Normalises each sample and channel over H and W (channels-last), with a learned affine.
+
+    The maths of GroupNormalization(groups=-1) with the same gamma/beta weights, but one moments call
+    over the image axes and one multiply-add, with no reshape into groups: faster forward and backward.
+    """
+
+    def __init__(self, epsilon=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def call(self, inputs):
+        mean, variance = ops.moments(inputs, axes=[1, 2], keepdims=True)
+        scale = self.gamma * ops.rsqrt(variance + self.epsilon)
+        return inputs * scale + (self.beta - mean * scale)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
 def instance_norm(name=None):
-    """Normalises each sample and channel over H and W (channels-last), with a learned affine."""
-    return layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
+    return InstanceNormalization(epsilon=1e-5, name=name)
 
 
 def _conv_norm_relu(x, filters, kernel_size, strides=1, reflect=0, name=None):
@@ -128,6 +156,12 @@ def compile_discriminator(discriminator, learning_rate=LEARNING_RATE, beta_1=BET
     discriminator.optimizer.build(discriminator.trainable_variables)
 
 
+def _shared_pass(generator, first, second):
+    """generator(first), generator(second) as one call on both stacked along the batch: fewer, larger
+    convolutions, and exact, since instance norm normalises each sample on its own."""
+    return ops.split(generator(ops.concatenate([first, second], axis=0)), 2, axis=0)
+
+
 def build_combined(generator_ab, generator_ba, discriminator_a, discriminator_b,
                    lambda_cycle=LAMBDA_CYCLE, lambda_identity=LAMBDA_IDENTITY,
                    learning_rate=LEARNING_RATE, beta_1=BETA_1, jit_compile=False):
@@ -142,15 +176,15 @@ def build_combined(generator_ab, generator_ba, discriminator_a, discriminator_b,
     discriminator_b.trainable = False
     real_a = keras.Input(shape=(None, None, 3), name="real_a")
     real_b = keras.Input(shape=(None, None, 3), name="real_b")
-    fake_b = generator_ab(real_a)
-    fake_a = generator_ba(real_b)
+    fake_b, same_b = _shared_pass(generator_ab, real_a, real_b)
+    fake_a, same_a = _shared_pass(generator_ba, real_b, real_a)
     outputs = [
         layers.Identity(name="adversarial_a", dtype="float32")(discriminator_a(fake_a)),
         layers.Identity(name="adversarial_b", dtype="float32")(discriminator_b(fake_b)),
         layers.Identity(name="cycle_a", dtype="float32")(generator_ba(fake_b)),
         layers.Identity(name="cycle_b", dtype="float32")(generator_ab(fake_a)),
-        layers.Identity(name="identity_a", dtype="float32")(generator_ba(real_a)),
-        layers.Identity(name="identity_b", dtype="float32")(generator_ab(real_b)),
+        layers.Identity(name="identity_a", dtype="float32")(same_a),
+        layers.Identity(name="identity_b", dtype="float32")(same_b),
     ]
     combined = keras.Model([real_a, real_b], outputs, name="combined")
     combined.compile(

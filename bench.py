@@ -1,0 +1,334 @@
+"""Benchmark one CycleGAN training iteration: the project's loop beside a fused step and PyTorch.
+
+    python bench.py --config S --steps 10
+    python bench.py --config P --steps 3 --warmup 1 --torch /tmp/torchvenv/bin/python
+
+Prints, from one run: seconds per iteration of train.CycleGAN.train_step (the code train.py runs) and
+of a plain fused GradientTape step over the same networks (the yardstick), their analytic FLOPs against
+this machine's matmul/conv peak measured in the same run, generator inference images/s, input-pipeline
+images/s on a folder of JPEGs (data.train_dataset) and peak resident memory. With --torch, the PyTorch
+reference step (../shared/bench/torch_reference_step.py, run by that interpreter) is timed back to back.
+The last line, `BENCH {...}`, is the same report as JSON.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import data  # noqa: E402
+import networks  # noqa: E402
+import train  # noqa: E402
+
+# The two configurations of the PyTorch yardstick: the book's network and the paper's.
+CONFIGS = {
+    "S": dict(image_size=128, ngf=32, n_res_blocks=6),
+    "P": dict(image_size=256, ngf=64, n_res_blocks=9),
+}
+STEPS = 10
+WARMUP = 2
+PIPELINE_IMAGES = 64
+TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "bench",
+                            "torch_reference_step.py")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", choices=sorted(CONFIGS), default="S",
+                   help="S: 128x128, ngf 32, 6 blocks; P: 256x256, ngf 64, 9 blocks")
+    p.add_argument("--steps", type=train.positive_int, default=STEPS, help="timed iterations of each step")
+    p.add_argument("--warmup", type=train.non_negative_int, default=WARMUP,
+                   help="untimed iterations first (the first one traces and compiles)")
+    p.add_argument("--image-size", type=train.image_size, help="override the config's image size")
+    p.add_argument("--ngf", type=train.positive_int, help="override the config's generator filters")
+    p.add_argument("--ndf", type=train.positive_int, default=train.DEFAULTS["ndf"], help="discriminator filters")
+    p.add_argument("--n-res-blocks", type=train.positive_int, help="override the config's residual blocks")
+    p.add_argument("--jit", action="store_true", help="XLA-compile the train functions (train.py --jit)")
+    p.add_argument("--dataroot", help="JPEG dataset for the input-pipeline figure (default: synthetic JPEGs)")
+    p.add_argument("--pipeline-images", type=train.positive_int, default=PIPELINE_IMAGES,
+                   help="images read per domain when timing the input pipeline")
+    p.add_argument("--torch", metavar="PYTHON",
+                   help="interpreter with torch installed: also time the PyTorch reference step")
+    p.add_argument("--torch-script", default=TORCH_SCRIPT, help="the PyTorch yardstick script")
+    return p
+
+
+def parse_config(argv=None):
+    args = build_parser().parse_args(argv)
+    overrides = {k: getattr(args, k) for k in CONFIGS["S"] if getattr(args, k) is not None}
+    if args.torch and overrides:
+        raise data.UsageError("--torch compares only the plain S and P configs: drop "
+                              + ", ".join(f"--{k.replace('_', '-')}" for k in overrides))
+    if args.torch and not os.path.isfile(args.torch_script):
+        raise data.UsageError(f"--torch-script {args.torch_script}: not found")
+    config = dict(train.DEFAULTS, **{**CONFIGS[args.config], **overrides})
+    config.update(ndf=args.ndf, jit=args.jit)
+    return args, config
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(function, steps, warmup):
+    """Seconds of each of `steps` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return np.array(times)
+
+
+def summary(times):
+    return {"median_s": float(np.median(times)), "min_s": float(times.min()), "max_s": float(times.max())}
+
+
+# ---- FLOPs and the machine's peak ---------------------------------------------------------------
+
+def conv_macs(model, height, width, batch=1):
+    """Multiply-accumulates of one forward pass, from each convolution's kernel and output size."""
+    shape = (batch, height, width, 3)
+    total = 0
+    for layer in model.layers[1:]:
+        if isinstance(layer, keras.layers.Add):
+            continue
+        out = layer.compute_output_shape(shape)
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            spatial = shape if isinstance(layer, keras.layers.Conv2DTranspose) else out
+            kernel = int(np.prod(layer.kernel.shape))
+            total += batch * spatial[1] * spatial[2] * kernel
+        shape = out
+    return total
+
+
+def iteration_flops(generator, discriminator, size):
+    """FLOPs of one iteration as the reference does it (batch 1): six generator passes and their
+    backward (2x), discriminators forward + input gradient in the generator step, and forward +
+    backward on real and fake in the discriminator step. Counting each translation once makes this
+    the minimal work, whatever an implementation recomputes."""
+    g = conv_macs(generator, size, size)
+    d = conv_macs(discriminator, size, size)
+    return 2 * (6 * g * 3 + 2 * d * 2 + 4 * d * 3)
+
+
+def measured_peak_gflops(config, repeats=10):
+    """Best GFLOP/s of a 1024^3 matmul and of the generator's residual 3x3 convolution, here and now."""
+    a = tf.random.normal((1024, 1024))
+    channels = 4 * config["ngf"]
+    side = config["image_size"] // 4
+    x = tf.random.normal((1, side, side, channels))
+    k = tf.random.normal((3, 3, channels, channels))
+    kernels = {
+        "matmul": (tf.function(lambda: tf.matmul(a, a), autograph=False), 2 * 1024 ** 3),
+        "conv3x3": (tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"), autograph=False),
+                    2 * side * side * 9 * channels ** 2),
+    }
+    result = {}
+    for name, (function, flops) in kernels.items():
+        times = timed(lambda: function().numpy(), repeats, 2)
+        result[f"{name}_gflops"] = flops / times.min() / 1e9
+    return result
+
+
+# ---- the fused yardstick ------------------------------------------------------------------------
+
+def fused_step(generator_ab, generator_ba, discriminator_a, discriminator_b, config):
+    """The straightforward Keras 3 step: one GradientTape over all four networks, the reference's
+    order (generators, then discriminators on the same, detached fakes), one Adam per side."""
+    lambda_cycle = config["lambda_cycle"]
+    lambda_identity = lambda_cycle * config["lambda_identity"]
+    generator_vars = generator_ab.trainable_variables + generator_ba.trainable_variables
+    discriminator_vars = discriminator_a.trainable_variables + discriminator_b.trainable_variables
+    optimizer_g, optimizer_d = networks.adam(config["lr"]), networks.adam(config["lr"])
+    optimizer_g.build(generator_vars)
+    optimizer_d.build(discriminator_vars)
+
+    def mse(prediction, target):
+        return tf.reduce_mean(tf.square(prediction - target))
+
+    def mae(prediction, target):
+        return tf.reduce_mean(tf.abs(prediction - target))
+
+    def step(real_a, real_b):
+        with tf.GradientTape(persistent=True) as tape:
+            fake_b = generator_ab(real_a, training=True)
+            fake_a = generator_ba(real_b, training=True)
+            generator_loss = (
+                mse(discriminator_a(fake_a), 1.0) + mse(discriminator_b(fake_b), 1.0)
+                + lambda_cycle * (mae(generator_ba(fake_b), real_a) + mae(generator_ab(fake_a), real_b))
+                + lambda_identity * (mae(generator_ba(real_a), real_a) + mae(generator_ab(real_b), real_b)))
+            discriminator_loss = 0.5 * (
+                mse(discriminator_a(real_a), 1.0) + mse(discriminator_a(tf.stop_gradient(fake_a)), 0.0)
+                + mse(discriminator_b(real_b), 1.0) + mse(discriminator_b(tf.stop_gradient(fake_b)), 0.0))
+        optimizer_g.apply_gradients(zip(tape.gradient(generator_loss, generator_vars), generator_vars))
+        optimizer_d.apply_gradients(
+            zip(tape.gradient(discriminator_loss, discriminator_vars), discriminator_vars))
+        return generator_loss, discriminator_loss
+
+    return tf.function(step, jit_compile=config["jit"])
+
+
+# ---- the measurements ---------------------------------------------------------------------------
+
+def random_images(rng, batch, size):
+    return rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+
+
+def bench_loop(config, steps, warmup, rng):
+    """train.CycleGAN.train_step, called as train.train calls it."""
+    gan = train.CycleGAN(config)
+    pools = [train.HistoryPool(config["pool_size"], rng) for _ in "AB"]
+    real_a, real_b = (random_images(rng, config["batch_size"], config["image_size"]) for _ in "AB")
+    times = timed(lambda: gan.train_step(real_a, real_b, *pools), steps, warmup)
+    return gan, summary(times)
+
+
+def bench_fused(config, steps, warmup, rng):
+    nets = [networks.build_generator(config["ngf"], config["n_res_blocks"], config["upsample"], f"fused_g{i}")
+            for i in range(2)]
+    nets += [networks.build_discriminator(config["ndf"], config["sigmoid"], f"fused_d{i}") for i in range(2)]
+    step = fused_step(*nets, config)
+    real_a, real_b = (tf.constant(random_images(rng, 1, config["image_size"])) for _ in "AB")
+    times = timed(lambda: [loss.numpy() for loss in step(real_a, real_b)], steps, warmup)
+    return summary(times)
+
+
+def bench_inference(generator, size, rng, batches=(1, 8), repeats=3):
+    """Generator images/s at each batch size, compiled as generate.py runs it (training=False)."""
+    translate = tf.function(lambda x: generator(x, training=False), autograph=False)
+    result = {}
+    for batch in batches:
+        images = tf.constant(random_images(rng, batch, size))
+        times = timed(lambda: translate(images).numpy(), repeats, 1)
+        result[f"batch{batch}_images_per_s"] = batch / float(np.median(times))
+    return result
+
+
+def write_jpegs(root, count, size, rng):
+    """A dataset of `count` smooth random JPEGs per domain, size x size like horse2zebra's."""
+    for domain in "AB":
+        folder = os.path.join(root, f"train{domain}")
+        os.makedirs(folder)
+        for index in range(count):
+            coarse = rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
+            noise = rng.normal(0, 8, (size, size, 3)).astype(np.float32)
+            image = tf.image.resize(coarse, [size, size], "bicubic")[0] + noise
+            encoded = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), quality=90)
+            tf.io.write_file(os.path.join(folder, f"{index:04d}.jpg"), encoded)
+    return root
+
+
+def bench_pipeline(dataroot, config, images):
+    """Images/s (both domains counted) out of data.train_dataset, after its first batch."""
+    dataset, _ = data.train_dataset(dataroot, config["image_size"], config["batch_size"], seed=0)
+    batches = iter(dataset)
+    next(batches)
+    count = max(1, images // config["batch_size"])
+    started = time.perf_counter()
+    for _ in range(count):
+        next(batches)
+    return 2 * count * config["batch_size"] / (time.perf_counter() - started)
+
+
+def bench_torch(python, script, config_name, steps, warmup):
+    """The PyTorch reference step in its own process; its RESULT line as a dict."""
+    env = dict(os.environ, TORCH_THREADS=os.environ.get("TORCH_THREADS", str(os.cpu_count())))
+    try:
+        done = subprocess.run([python, os.path.basename(script), config_name, "eager", str(warmup), str(steps)],
+                              cwd=os.path.dirname(script), env=env, capture_output=True, text=True)
+    except OSError as error:
+        raise data.UsageError(f"--torch {python}: cannot run ({error})") from None
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise data.UsageError(f"--torch {python}: the yardstick failed: {done.stderr.strip()[-300:]}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    return {"median_s": result["median"], "min_s": result["min"], "max_s": result["max"],
+            "peak_rss_mb": result["peak_rss_MB"], "version": result["torch"]}
+
+
+def run(args, config):
+    rng = np.random.default_rng(0)
+    size = config["image_size"]
+    report = {"config": args.config, "image_size": size, "ngf": config["ngf"], "ndf": config["ndf"],
+              "n_res_blocks": config["n_res_blocks"], "batch_size": config["batch_size"], "steps": args.steps,
+              "warmup": args.warmup, "jit": config["jit"], "tensorflow": tf.__version__,
+              "cpu_count": os.cpu_count(), "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+    if args.torch:
+        report["torch"] = bench_torch(args.torch, args.torch_script, args.config, args.steps, args.warmup)
+    gan, report["loop"] = bench_loop(config, args.steps, args.warmup, rng)
+    report["loop"]["peak_rss_mb"] = peak_rss_mb()
+    report["fused"] = bench_fused(config, args.steps, args.warmup, rng)
+    report["loop_over_fused"] = report["loop"]["median_s"] / report["fused"]["median_s"]
+    if args.torch:
+        report["loop_over_torch"] = report["loop"]["median_s"] / report["torch"]["median_s"]
+        report["fused_over_torch"] = report["fused"]["median_s"] / report["torch"]["median_s"]
+    flops = iteration_flops(gan.generator_ab, gan.discriminator_a, size)
+    report["flops"] = {"iteration_gflop": flops / 1e9, **measured_peak_gflops(config),
+                       "loop_gflops": flops / report["loop"]["median_s"] / 1e9,
+                       "fused_gflops": flops / report["fused"]["median_s"] / 1e9}
+    report["flops"]["loop_fraction_of_peak"] = report["flops"]["loop_gflops"] / max(
+        report["flops"]["matmul_gflops"], report["flops"]["conv3x3_gflops"])
+    report["inference"] = bench_inference(gan.generator_ab, size, rng)
+    with tempfile.TemporaryDirectory() as scratch:
+        dataroot = args.dataroot or write_jpegs(scratch, min(args.pipeline_images, 64), 256, rng)
+        pipeline = bench_pipeline(dataroot, config, args.pipeline_images)
+    consumed = 2 * config["batch_size"] / report["loop"]["median_s"]
+    report["pipeline"] = {"images_per_s": pipeline, "training_consumes_images_per_s": consumed,
+                          "headroom": pipeline / consumed}
+    report["peak_rss_mb"] = peak_rss_mb()
+    return report
+
+
+def print_report(report):
+    def line(label, result):
+        print(f"  {label:<34} {result['median_s']:8.3f} s/iter  (min {result['min_s']:.3f}, "
+              f"max {result['max_s']:.3f})")
+
+    print(f"config {report['config']}: {report['image_size']}x{report['image_size']}, ngf {report['ngf']}, "
+          f"{report['n_res_blocks']} blocks, ndf {report['ndf']}, batch {report['batch_size']}, "
+          f"jit {report['jit']}, {report['steps']} steps after {report['warmup']} warm-up, "
+          f"TensorFlow {report['tensorflow']}, {report['cpu_count']} CPUs")
+    if "torch" in report:
+        line(f"PyTorch {report['torch']['version']} reference step", report["torch"])
+    line("project loop (CycleGAN.train_step)", report["loop"])
+    line("fused GradientTape step", report["fused"])
+    print(f"  loop / fused {report['loop_over_fused']:.2f}", end="")
+    if "torch" in report:
+        print(f"   loop / PyTorch {report['loop_over_torch']:.2f}   fused / PyTorch {report['fused_over_torch']:.2f}",
+              end="")
+    flops = report["flops"]
+    print(f"\n  {flops['iteration_gflop']:.1f} GFLOP per iteration: loop {flops['loop_gflops']:.1f} GFLOP/s, "
+          f"fused {flops['fused_gflops']:.1f} GFLOP/s; measured peak matmul {flops['matmul_gflops']:.1f}, "
+          f"conv3x3 {flops['conv3x3_gflops']:.1f} GFLOP/s (loop at {100 * flops['loop_fraction_of_peak']:.0f}%)")
+    inference = report["inference"]
+    print(f"  generator inference: {inference['batch1_images_per_s']:.2f} images/s at batch 1, "
+          f"{inference['batch8_images_per_s']:.2f} at batch 8")
+    pipeline = report["pipeline"]
+    print(f"  input pipeline: {pipeline['images_per_s']:.0f} images/s; training consumes "
+          f"{pipeline['training_consumes_images_per_s']:.2f} images/s ({pipeline['headroom']:.0f}x headroom)")
+    rss = f"  peak RSS: {report['loop']['peak_rss_mb']:.0f} MB after the loop, {report['peak_rss_mb']:.0f} MB at the end"
+    if "torch" in report:
+        rss += f"; PyTorch {report['torch']['peak_rss_mb']:.0f} MB"
+    print(rss)
+    print("BENCH " + json.dumps(report, sort_keys=True))
+
+
+def main(argv=None):
+    args, config = parse_config(argv)
+    print_report(run(args, config))
+
+
+if __name__ == "__main__":
+    train.run_cli(main, "bench.py")

@@ -1,0 +1,59 @@
+import json
+import math
+import sys
+import tempfile
+
+import pytest
+
+import bench
+import data
+import networks
+
+TINY = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1",
+        "--steps", "2", "--warmup", "0", "--pipeline-images", "8"]
+
+
+def numbers(report, prefix=""):
+    """Every leaf of the report that should be a measurement, as (name, value)."""
+    for key, value in report.items():
+        if isinstance(value, dict):
+            yield from numbers(value, f"{prefix}{key}.")
+        elif key not in ("config", "tensorflow", "onednn", "jit", "version", "warmup"):
+            yield f"{prefix}{key}", value
+
+
+def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    bench.main(TINY)
+    printed = capsys.readouterr().out
+    last = printed.strip().splitlines()[-1]
+    assert last.startswith("BENCH ")
+    report = json.loads(last[len("BENCH "):])
+    assert (report["image_size"], report["ngf"], report["n_res_blocks"], report["steps"]) == (32, 4, 1, 2)
+    expected = {"loop.median_s", "loop.min_s", "loop.max_s", "loop.peak_rss_mb", "fused.median_s",
+                "loop_over_fused", "flops.iteration_gflop", "flops.matmul_gflops", "flops.conv3x3_gflops",
+                "flops.loop_gflops", "inference.batch1_images_per_s", "inference.batch8_images_per_s",
+                "pipeline.images_per_s", "pipeline.training_consumes_images_per_s", "peak_rss_mb"}
+    values = dict(numbers(report))
+    assert expected <= set(values)
+    for name, value in values.items():
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (name, value)
+    assert report["loop"]["min_s"] <= report["loop"]["median_s"] <= report["loop"]["max_s"]
+    assert report["loop_over_fused"] == pytest.approx(report["loop"]["median_s"] / report["fused"]["median_s"])
+    consumed = report["pipeline"]["training_consumes_images_per_s"]
+    assert consumed == pytest.approx(2 / report["loop"]["median_s"])
+    assert "project loop (CycleGAN.train_step)" in printed and "fused GradientTape step" in printed
+
+
+def test_conv_macs_counts_each_convolution_of_the_discriminator():
+    discriminator = networks.build_discriminator(ndf=8)
+    # 32 -> 16 -> 8 -> 4 -> 2 through the stride-2 4x4 convs, then a 4x4 valid conv on the padded 2x2.
+    expected = (16 * 16 * 16 * 3 * 8 + 8 * 8 * 16 * 8 * 16 + 4 * 4 * 16 * 16 * 32
+                + 2 * 2 * 16 * 32 * 64 + 1 * 1 * 16 * 64 * 1)
+    assert bench.conv_macs(discriminator, 32, 32) == expected
+    assert bench.conv_macs(discriminator, 32, 32, batch=3) == 3 * expected
+
+
+def test_torch_comparison_refuses_a_resized_config():
+    with pytest.raises(data.UsageError, match="--image-size"):
+        bench.parse_config(["--torch", sys.executable, "--image-size", "64"])
