@@ -20,13 +20,12 @@ import time
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import data  # first: it imports TensorFlow without the start-up noise
+import keras
+import tensorflow as tf
 
-import data  # noqa: E402
-import networks  # noqa: E402
-import train  # noqa: E402
+import networks
+import train
 
 # The two configurations of the PyTorch yardstick: the book's network and the paper's.
 CONFIGS = {

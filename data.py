@@ -23,8 +23,25 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import tensorflow as tf  # noqa: E402
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with its C++ start-up notes (CUDA probing, oneDNN) kept off stderr: they
+    are printed before any log level applies. Errors still surface as Python exceptions."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401  (imports TensorFlow's backend too)
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return tensorflow
+
+
+tf = _import_tensorflow_quietly()
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 LAYOUT = "expected DATAROOT/trainA/ and DATAROOT/trainB/ with .jpg/.png/.bmp images (plus testA/ testB/)"

@@ -23,13 +23,12 @@ import time
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import data  # first: it imports TensorFlow without the start-up noise
+import keras
+import tensorflow as tf
 
-import data  # noqa: E402
-import generate  # noqa: E402
-from train import read_json, run_cli, write_atomically, write_json  # noqa: E402
+import generate
+from train import read_json, run_cli, write_atomically, write_json
 
 INCEPTION_SIZE = 299
 INCEPTION_WEIGHTS = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"

@@ -13,13 +13,12 @@ from collections import defaultdict
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import data  # first: it imports TensorFlow without the start-up noise
+import keras
+import tensorflow as tf
 
-import data  # noqa: E402
-import networks  # noqa: E402,F401  (registers the custom layers the saved generators use)
-from train import read_json, run_cli  # noqa: E402
+import networks  # noqa: F401  (registers the custom layers the saved generators use)
+from train import read_json, run_cli
 
 DIRECTIONS = {"AtoB": ("generator_ab", "generator_ba", "A"), "BtoA": ("generator_ba", "generator_ab", "B")}
 

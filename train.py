@@ -26,12 +26,11 @@ import zipfile
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import data  # first: it imports TensorFlow without the start-up noise
+import keras
+import tensorflow as tf
 
-import data  # noqa: E402
-import networks  # noqa: E402
+import networks
 
 # Defaults: the reference implementation's (the paper's 256x256 network; on a CPU, try
 # --image-size 128 --ngf 32 --n-res-blocks 6, the book's size, about 15x cheaper per step).
