@@ -38,6 +38,7 @@ def _import_tensorflow_quietly():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    tensorflow.get_logger().setLevel("ERROR")  # e.g. retracing notes when images of many sizes go through
     return tensorflow
 
 
