@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import imageio.v3 as iio
-import keras
 import numpy as np
 import pytest
 
