@@ -41,7 +41,7 @@ TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "s
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=data.HelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="S",
                    help="S: 128x128, ngf 32, 6 blocks; P: 256x256, ngf 64, 9 blocks")
     p.add_argument("--steps", type=train.positive_int, default=STEPS, help="timed iterations of each step")
@@ -330,4 +330,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    train.run_cli(main, "bench.py")
+    data.run_cli(main, "bench.py")

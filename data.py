@@ -65,6 +65,24 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line and a non-zero exit, never a traceback."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default in (None, False) else super()._get_help_string(action)
+
+
+def run_cli(main_function, program, interrupted="interrupted"):
+    """Runs a script's main: bad input (UsageError, or an OSError such as a full disk) ends with one
+    line on stderr and exit status 1, Ctrl-C with `interrupted`."""
+    try:
+        main_function()
+    except (UsageError, OSError) as error:
+        sys.exit(f"{program}: error: {error}")
+    except KeyboardInterrupt:
+        sys.exit(f"{program}: {interrupted}")
+
+
 def list_images(folder):
     """Sorted image paths in `folder` (jpg/png/bmp, any case); other files are ignored."""
     if not os.path.exists(folder):
@@ -417,7 +435,7 @@ def build_parser():
     download = commands.add_parser(
         "download", help="download and unpack an official CycleGAN dataset",
         description="Download and unpack an official CycleGAN dataset into ROOT/NAME/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     download.add_argument("name", nargs="?", help="dataset name (see --list)")
     download.add_argument("--list", action="store_true", help="print the official dataset names and exit")
     download.add_argument("--root", default="datasets", help="folder that receives ROOT/NAME/")
@@ -437,9 +455,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (UsageError, OSError) as error:
-        sys.exit(f"data.py: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("data.py: interrupted; run the same command again to resume the download")
+    run_cli(main, "data.py", "interrupted; run the same command again to resume the download")

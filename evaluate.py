@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 import generate
-from train import read_json, run_cli, write_atomically, write_json
+from checkpoints import read_json, write_atomically, write_json
 
 INCEPTION_SIZE = 299
 INCEPTION_WEIGHTS = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -341,7 +341,7 @@ def format_table(direction, scores):
 def build_parser():
     p = argparse.ArgumentParser(
         description="Score a trained CycleGAN on its dataset's test split: FID/KID, ground truth, domain score.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=data.HelpFormatter)
     p.add_argument("--run-dir", required=True, help="a run made by train.py (holds config.json and the generators)")
     p.add_argument("--dataroot", help="dataset with testA/ testB/ trainA/ trainB/ (default: the run's)")
     p.add_argument("--direction", choices=("AtoB", "BtoA", "both"), default="both", help="directions to score")
@@ -381,4 +381,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main, "evaluate.py")
+    data.run_cli(main, "evaluate.py")

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 import networks  # noqa: F401  (registers the custom layers the saved generators use)
-from train import read_json, run_cli
+from checkpoints import read_json
 
 DIRECTIONS = {"AtoB": ("generator_ab", "generator_ba", "A"), "BtoA": ("generator_ba", "generator_ab", "B")}
 
@@ -26,7 +26,7 @@ DIRECTIONS = {"AtoB": ("generator_ab", "generator_ba", "A"), "BtoA": ("generator
 def build_parser():
     p = argparse.ArgumentParser(
         description="Translate a folder of images with a trained CycleGAN and draw sample grids.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=data.HelpFormatter)
     p.add_argument("--run-dir", help="a run made by train.py (holds config.json and the generators)")
     p.add_argument("--direction", choices=sorted(DIRECTIONS), default="AtoB", help="translation direction")
     p.add_argument("--input", help="folder of images (default: the run's dataset testA/ or testB/)")
@@ -168,4 +168,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main, "generate.py")
+    data.run_cli(main, "generate.py")

@@ -30,7 +30,7 @@ def free_run_name(runs_root, name):
 
 def build_parser():
     p = argparse.ArgumentParser(description="Offline CycleGAN demo: photos -> paintings, in minutes on a CPU.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=data.HelpFormatter)
     p.add_argument("--dataroot", default="datasets/demo", help="where the demo dataset is built")
     p.add_argument("--runs-root", default="runs", help="folder that holds the runs")
     p.add_argument("--name", default="demo", help="run name (NAME-2, NAME-3, ... if NAME exists)")
@@ -67,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    train.run_cli(main, "main.py")
+    data.run_cli(main, "main.py")

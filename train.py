@@ -9,20 +9,12 @@ samples/, and the final generator_ab.keras / generator_ba.keras that generate.py
 Ctrl-C or SIGTERM finishes the current step, writes a checkpoint and exits 0; `--resume` continues.
 """
 import argparse
-import atexit
-import glob
-import json
 import logging
 import math
 import os
-import re
-import shutil
 import signal
-import sys
-import tempfile
 import threading
 import time
-import zipfile
 
 import numpy as np
 
@@ -30,6 +22,8 @@ import data  # first: it imports TensorFlow without the start-up noise
 import keras
 import tensorflow as tf
 
+import checkpoints
+import distribute
 import networks
 
 # Defaults: the reference implementation's (the paper's 256x256 network; on a CPU, try
@@ -81,7 +75,7 @@ def image_size(text):
 def build_parser():
     p = argparse.ArgumentParser(
         description="Train a CycleGAN on an unpaired dataset (trainA/ trainB/ testA/ testB/).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=data.HelpFormatter)
     p.add_argument("--dataroot", help="dataset folder in the standard layout (required unless --resume)")
     p.add_argument("--name", help="run name: everything is written to RUNS_ROOT/NAME/")
     p.add_argument("--runs-root", help="folder that holds the runs")
@@ -132,7 +126,7 @@ def parse_config(argv=None):
     config = dict(DEFAULTS, **vars(args))
     run_dir = os.path.join(config["runs_root"], config["name"])
     if args.resume:
-        saved = read_json(os.path.join(run_dir, "config.json"))
+        saved = checkpoints.read_json(os.path.join(run_dir, "config.json"))
         for key in NETWORK_KEYS:
             if key in explicit and explicit[key] != saved[key]:
                 raise data.UsageError(
@@ -161,37 +155,6 @@ def _explicit_options(parser, argv):
                 kwargs["type"] = action.type
             silent.add_argument(*action.option_strings, **kwargs)
     return vars(silent.parse_known_args(argv)[0])
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise data.UsageError(f"{path}: not found (is this a run directory made by train.py?)") from None
-    except (OSError, ValueError) as error:
-        raise data.UsageError(f"{path}: unreadable ({error})") from None
-
-
-def write_atomically(path, write):
-    """Calls write(temporary_path), then renames it over `path`: a reader never sees half a file."""
-    base, ext = os.path.splitext(path)
-    temporary = f"{base}.tmp{os.getpid()}{ext}"
-    try:
-        write(temporary)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def write_json(path, value):
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True)
-    write_atomically(path, write)
 
 
 class HistoryPool:
@@ -300,97 +263,6 @@ def train_discriminator(discriminator, real, fake):
         discriminator.trainable = False
 
 
-# ---- distribution ------------------------------------------------------------------------------
-
-def make_strategy(name=None, batch_size=None):
-    """The tf.distribute strategy for --distribute; None picks mirrored with more than one GPU when
-    the global batch splits evenly across them.
-
-    Call it before anything else touches TensorFlow: the multi-worker strategy configures the
-    collective runtime, which only works at program start.
-    """
-    if name is None:
-        gpus = len(tf.config.list_physical_devices("GPU"))
-        name = "mirrored" if gpus > 1 and (batch_size or gpus) % gpus == 0 else "none"
-        if gpus > 1 and name == "none":
-            log.warning("training on one of %d GPUs: --batch-size %d does not split across them", gpus, batch_size)
-    if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([device.name for device in devices])
-    if name == "multiworker":
-        try:
-            json.loads(os.environ["TF_CONFIG"])
-        except (KeyError, ValueError):
-            raise data.UsageError("--distribute multiworker needs the TF_CONFIG environment variable set to "
-                                  "JSON naming the cluster and this process's task (see README)") from None
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_chief(strategy):
-    """True for the one process that writes the run's files: the only one, or TF_CONFIG's chief
-    (worker 0 when the cluster names no chief)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or resolver.task_type is None:
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
-                                             and resolver.task_id == 0)
-
-
-def writable_run_dir(run_dir, strategy):
-    """Where this process writes: RUN_DIR on the chief; a temporary folder, removed at exit, on the
-    other workers, which run every step (and its collective ops) exactly as the chief does."""
-    if is_chief(strategy):
-        return run_dir
-    scratch = tempfile.mkdtemp(prefix="cyclegan-worker-")
-    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-    return scratch
-
-
-def replica_slices(strategy, batch):
-    """A nested batch of arrays as per-replica values: replica i of n gets the i-th of n equal slices."""
-    replicas = strategy.num_replicas_in_sync
-
-    def slice_for(context):
-        index = context.replica_id_in_sync_group
-        return tf.nest.map_structure(
-            lambda array: tf.convert_to_tensor(np.array_split(np.asarray(array), replicas)[index]), batch)
-
-    return strategy.experimental_distribute_values_from_function(slice_for)
-
-
-def split_batches(model, strategy):
-    """Makes model.train_on_batch and predict_on_batch split their batch across the replicas.
-
-    Keras 3 hands the arrays given to these methods whole to every replica: the gradients still
-    average right, but each replica would compute the full global batch. The model's train function
-    is replaced by one that runs its train_step on each replica's slice and averages the replicas'
-    logs (Keras' own reduction fails on scalar logs under the multi-worker strategy). Predicting
-    (one input: the generators' samples) pads the batch to a multiple of the replicas, as a replica
-    cannot run on zero images, and returns the batch's own rows.
-    """
-    step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)), reduce_retracing=True)
-
-    def train_function(batches):
-        for batch in batches:
-            logs = step(replica_slices(strategy, tuple(x for x in batch if x is not None)))
-        return {name: strategy.reduce("MEAN", value, axis=None) for name, value in logs.items()}
-
-    model.train_function = train_function
-    model.make_predict_function()
-    predict = model.predict_function
-    replicas = strategy.num_replicas_in_sync
-
-    def predict_function(batches):
-        (images,), = batches
-        count = len(images)
-        padded = np.concatenate([images, np.repeat(images[-1:], -count % replicas, axis=0)])
-        return predict([replica_slices(strategy, (padded,))])[:count]
-
-    model.predict_function = predict_function
-
-
 def build_gan(config, strategy):
     """The CycleGAN in the run's precision, built and compiled under the strategy's scope."""
     keras.mixed_precision.set_global_policy("mixed_float16" if config.get("mixed_precision") else "float32")
@@ -406,123 +278,8 @@ def build_gan(config, strategy):
     if replicas > 1:
         for model in (gan.generator_ab, gan.generator_ba, gan.discriminator_a, gan.discriminator_b,
                       gan.combined):
-            split_batches(model, strategy)
+            distribute.split_batches(model, strategy)
     return gan
-
-
-# ---- checkpoints -------------------------------------------------------------------------------
-
-CHECKPOINT_NAME = re.compile(r"step-\d+\.npz")
-
-
-class UnreadableCheckpoint(Exception):
-    """A checkpoint file that is truncated, corrupt or not one of ours."""
-
-
-def checkpoint_paths(run_dir):
-    """The run's complete checkpoints, oldest first (half-written temporaries of a killed run are not)."""
-    paths = glob.glob(os.path.join(run_dir, "checkpoints", "step-*.npz"))
-    return sorted(p for p in paths if CHECKPOINT_NAME.fullmatch(os.path.basename(p)))
-
-
-def save_checkpoint(run_dir, gan, step, epoch, pools, rng, keep=2):
-    """All four networks, the three optimizers' states, the step, epoch and history pools, in one
-    .npz written atomically; the `keep` newest checkpoints stay on disk."""
-    arrays = {"step": np.array(step), "epoch": np.array(epoch)}
-    for name, model in gan.models.items():
-        for index, weight in enumerate(model.get_weights()):
-            if not np.isfinite(weight).all():
-                raise data.UsageError(f"step {step}: {name} has non-finite weights; not saved over the last "
-                                      "good checkpoint (try a lower --lr)")
-            arrays[f"weights/{name}/{index}"] = weight
-    for name, optimizer in gan.optimizers.items():
-        for index, variable in enumerate(optimizer.variables):
-            arrays[f"optimizer/{name}/{index}"] = np.asarray(variable)
-    for name, pool in pools.items():
-        arrays[f"pool/{name}"] = np.array(pool.images, np.float32)
-    arrays["rng"] = np.frombuffer(json.dumps(rng.bit_generator.state).encode(), np.uint8)
-    folder = os.path.join(run_dir, "checkpoints")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"step-{step:09d}.npz")
-    write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
-    for old in checkpoint_paths(run_dir)[:-keep]:
-        os.remove(old)
-    return path
-
-
-def load_checkpoint(path, gan, pools, rng):
-    """Restores what save_checkpoint wrote; returns (step, epoch).
-
-    The whole file is read and checked first (zip CRCs, every array present, shapes that fit the
-    configured networks), so a bad file changes nothing: UnreadableCheckpoint if it is damaged,
-    data.UsageError if it holds networks of other sizes. No pickles: np.load's default is safe.
-    """
-    try:
-        with np.load(path) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        rng_state = json.loads(arrays["rng"].tobytes().decode())
-        step, epoch = int(arrays["step"]), int(arrays["epoch"])
-        stored = {name: _numbered(arrays, f"weights/{name}") for name in gan.models}
-        slots = {name: _numbered(arrays, f"optimizer/{name}") for name in gan.optimizers}
-        pool_images = {name: list(arrays[f"pool/{name}"]) for name in pools}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        reason = " ".join(str(error).splitlines()[:1])
-        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({type(error).__name__}: {reason})") from None
-    for name, model in gan.models.items():
-        expected = [tuple(w.shape) for w in model.weights]
-        found = [w.shape for w in stored[name]]
-        if found != expected:
-            difference = (f"{len(found)} weight arrays, expected {len(expected)}" if len(found) != len(expected)
-                          else "weight shape {}, expected {}".format(*next(
-                              (f, e) for f, e in zip(found, expected) if f != e)))
-            raise data.UsageError(f"{path}: its {name} does not fit the configured network ({difference}); "
-                                  "resume with the network options it was trained with")
-    for name, model in gan.models.items():
-        model.set_weights(stored[name])
-    for name, optimizer in gan.optimizers.items():
-        for variable, value in zip(optimizer.variables, slots[name]):
-            variable.assign(value)
-    for name, pool in pools.items():
-        pool.images = pool_images[name]
-    rng.bit_generator.state = rng_state
-    return step, epoch
-
-
-def _numbered(arrays, prefix):
-    """arrays PREFIX/0, PREFIX/1, ... as a list (KeyError when one in between is missing)."""
-    count = sum(key.startswith(f"{prefix}/") for key in arrays)
-    return [arrays[f"{prefix}/{index}"] for index in range(count)]
-
-
-def resume_checkpoint(run_dir, gan, pools, rng):
-    """Loads the newest loadable checkpoint; returns (path, step, epoch).
-
-    A damaged newer one is reported with a warning and, once an older one has loaded, set aside as
-    NAME.corrupt (kept for inspection, no longer picked). With none loadable nothing is changed.
-    """
-    damaged, errors = [], []
-    for path in reversed(checkpoint_paths(run_dir)):
-        try:
-            step, epoch = load_checkpoint(path, gan, pools, rng)
-        except UnreadableCheckpoint as error:
-            log.warning("%s; trying the previous checkpoint", error)
-            damaged.append(path)
-            errors.append(str(error))
-            continue
-        for bad in damaged:
-            os.replace(bad, bad + ".corrupt")
-            log.warning("set the damaged checkpoint aside as %s.corrupt", bad)
-        return path, step, epoch
-    raise data.UsageError(f"no loadable checkpoint to resume from, nothing changed ({'; '.join(errors)})")
-
-
-def save_generators(run_dir, gan):
-    paths = []
-    for name in ("generator_ab", "generator_ba"):
-        path = os.path.join(run_dir, f"{name}.keras")
-        write_atomically(path, gan.models[name].save)
-        paths.append(path)
-    return paths
 
 
 # ---- samples -----------------------------------------------------------------------------------
@@ -591,9 +348,9 @@ def check_run_dir(config):
     for folder in (config["runs_root"], run_dir):
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise data.UsageError(f"{folder}: is a file, expected a folder for the runs")
-    if config.get("resume") and not checkpoint_paths(run_dir):
+    if config.get("resume") and not checkpoints.checkpoint_paths(run_dir):
         raise data.UsageError(f"{run_dir}: no checkpoint to resume from")
-    if not config.get("resume") and checkpoint_paths(run_dir):
+    if not config.get("resume") and checkpoints.checkpoint_paths(run_dir):
         raise data.UsageError(f"{run_dir} already holds a run with checkpoints: continue it with --resume, "
                               "or give another --name")
 
@@ -606,8 +363,8 @@ def train(config, verbose=1, stop=None):
     """
     stop = stop or GracefulStop()
     check_run_dir(config)
-    strategy = make_strategy(config.get("distribute"), config["batch_size"])
-    run_dir = writable_run_dir(config["run_dir"], strategy)
+    strategy = distribute.make_strategy(config.get("distribute"), config["batch_size"])
+    run_dir = distribute.writable_run_dir(config["run_dir"], strategy)
     if config.get("seed") is not None:
         keras.utils.set_random_seed(config["seed"])
     dataset, steps_per_epoch = data.train_dataset(
@@ -624,10 +381,10 @@ def train(config, verbose=1, stop=None):
     pools = {"A": HistoryPool(config["pool_size"], rng), "B": HistoryPool(config["pool_size"], rng)}
     step = epoch = 0
     if config.get("resume"):
-        path, step, epoch = resume_checkpoint(config["run_dir"], gan, pools, rng)
+        path, step, epoch = checkpoints.resume_checkpoint(config["run_dir"], gan, pools, rng)
         log.info("resumed %s at step %d (epoch %d)", path, step, epoch)
     os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, "config.json"),
+    checkpoints.write_json(os.path.join(run_dir, "config.json"),
                {k: v for k, v in config.items() if k not in ("resume", "run_dir")})
     writer = tf.summary.create_file_writer(run_dir)
 
@@ -647,7 +404,7 @@ def train(config, verbose=1, stop=None):
             losses = gan.train_step(real_a.numpy(), real_b.numpy(), pools["A"], pools["B"])
             diverged = ", ".join(f"{k} {v}" for k, v in losses.items() if not math.isfinite(v))
             if diverged:
-                last_good = (checkpoint_paths(run_dir) or ["none"])[-1]
+                last_good = (checkpoints.checkpoint_paths(run_dir) or ["none"])[-1]
                 raise data.UsageError(f"step {step + 1}: non-finite loss ({diverged}); stopped without saving, "
                                       f"last good checkpoint: {last_good} (try a lower --lr)")
             step += 1
@@ -670,13 +427,13 @@ def train(config, verbose=1, stop=None):
                     evaluate.default_classifier_path(config["dataroot"], run_dir))
                 evaluator.log_to_tensorboard(writer, {"AtoB": gan.generator_ab, "BtoA": gan.generator_ba}, step)
         if epoch % config["save_every"] == 0 or step >= total_steps or stop.signal_name:
-            written["checkpoint"] = save_checkpoint(
+            written["checkpoint"] = checkpoints.save_checkpoint(
                 run_dir, gan, step, epoch, pools, rng, config["keep_checkpoints"])
     writer.flush()
     if written["checkpoint"] is None or not written["samples"]:
-        written["checkpoint"] = save_checkpoint(run_dir, gan, step, epoch, pools, rng, config["keep_checkpoints"])
+        written["checkpoint"] = checkpoints.save_checkpoint(run_dir, gan, step, epoch, pools, rng, config["keep_checkpoints"])
         written["samples"] = write_samples(run_dir, writer, gan, samples, step)
-    written["generators"] = save_generators(run_dir, gan)
+    written["generators"] = checkpoints.save_generators(run_dir, gan)
     written["step"] = step
     written["stopped"] = stop.signal_name
     written["seconds"] = time.time() - started
@@ -698,15 +455,5 @@ def main(argv=None):
     print(f"  generators:   {', '.join(written['generators'])}")
 
 
-def run_cli(main_function, program):
-    """Runs a script's main; bad input ends with one line on stderr and exit status 2."""
-    try:
-        main_function()
-    except (data.UsageError, OSError) as error:
-        sys.exit(f"{program}: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(f"{program}: interrupted")
-
-
 if __name__ == "__main__":
-    run_cli(main, "train.py")
+    data.run_cli(main, "train.py")

@@ -14,6 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import make_dataset
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=32, ngf=4, ndf=8, n_res_blocks=1, pool_size=2, seed=0)
 TINY_ARGS = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1", "--pool-size", "2",
@@ -26,18 +28,6 @@ WEIGHT_TOLERANCE = 2e-5
 SUBPROCESS_TIMEOUT = 300
 # The loss scale starts at 2**15: the first steps overflow float16, are skipped and halve it.
 MIXED_PRECISION_STEPS = 8
-
-
-def make_dataset(root, count=4, size=36):
-    import imageio.v3 as iio
-
-    rng = np.random.default_rng(0)
-    for folder in ("trainA", "trainB", "testA", "testB"):
-        os.makedirs(os.path.join(root, folder))
-        for index in range(count):
-            image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            iio.imwrite(os.path.join(root, folder, f"{index}.png"), image)
-    return str(root)
 
 
 def run_python(args, env=None, cwd=ROOT):
@@ -83,14 +73,16 @@ def mirrored_child(out):
     import keras
 
     sys.path.insert(0, ROOT)
+    import checkpoints
+    import distribute
     import train
 
     config = dict(train.DEFAULTS, **TINY, batch_size=2)
     batches = np.random.default_rng(1).uniform(-1, 1, (3, 2, 2, 32, 32, 3)).astype(np.float32)
 
-    def run(distribute, steps):
+    def run(strategy_name, steps):
         keras.utils.set_random_seed(0)
-        strategy = train.make_strategy(distribute)
+        strategy = distribute.make_strategy(strategy_name)
         gan = train.build_gan(config, strategy)
         rng = np.random.default_rng(0)
         pools = {domain: train.HistoryPool(config["pool_size"], rng) for domain in "AB"}
@@ -113,11 +105,11 @@ def mirrored_child(out):
             refusals.append(str(error))
     differences = {name: float(np.abs(w - mirrored["weights"][name]).max()) for name, w in single["weights"].items()}
     free = sorted(single["free"])
-    dataroot = make_dataset(os.path.join(out, "data"))
+    dataroot = make_dataset(os.path.join(out, "data"), counts=(4, 4, 4, 4), size=(36, 36))
     cli = train.train(train.parse_config(["--dataroot", dataroot, "--runs-root", os.path.join(out, "runs"),
                                           "--name", "mirrored", "--distribute", "mirrored",
                                           "--batch-size", "2", "--max-steps", "2", *TINY_ARGS]), verbose=0)
-    resumed_at = train.load_checkpoint(cli["checkpoint"], mirrored["gan"], mirrored["pools"], mirrored["rng"])
+    resumed_at = checkpoints.load_checkpoint(cli["checkpoint"], mirrored["gan"], mirrored["pools"], mirrored["rng"])
     with np.load(cli["checkpoint"]) as saved:
         resumed_difference = max(float(np.abs(w - saved[f"weights/generator_ab/{i}"]).max())
                                  for i, w in enumerate(mirrored["gan"].generator_ab.get_weights()))
@@ -177,7 +169,7 @@ def probe_batch_sizes(strategy, global_batch):
     import keras
     import tensorflow as tf
 
-    import train
+    import distribute
 
     seen = []
 
@@ -190,7 +182,7 @@ def probe_batch_sizes(strategy, global_batch):
     with strategy.scope():
         probe = keras.Sequential([keras.Input((3,)), BatchProbe(), keras.layers.Dense(1)])
         probe.compile(optimizer="sgd", loss="mse")
-    train.split_batches(probe, strategy)
+    distribute.split_batches(probe, strategy)
     probe.train_on_batch(np.zeros((global_batch, 3), np.float32), np.zeros((global_batch, 1), np.float32))
     return seen
 
@@ -208,7 +200,7 @@ def free_ports(count):
 
 
 def test_multiworker_only_the_chief_writes_and_its_checkpoint_resumes(tmp_path):
-    dataroot = make_dataset(tmp_path / "data")
+    dataroot = make_dataset(tmp_path / "data", counts=(4, 4, 4, 4), size=(36, 36))
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     workers = []
     for index in range(2):
@@ -241,14 +233,15 @@ def test_multiworker_only_the_chief_writes_and_its_checkpoint_resumes(tmp_path):
 
 
 def test_multiworker_without_tf_config_is_a_usage_error(monkeypatch):
+    import distribute
     import train
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(train.data.UsageError, match="needs the TF_CONFIG environment variable"):
-        train.make_strategy("multiworker")
+        distribute.make_strategy("multiworker")
     monkeypatch.setenv("TF_CONFIG", "{cluster")
     with pytest.raises(train.data.UsageError, match="needs the TF_CONFIG environment variable"):
-        train.make_strategy("multiworker")
+        distribute.make_strategy("multiworker")
 
 
 # ---- mixed precision ---------------------------------------------------------------------------
@@ -257,11 +250,12 @@ def test_mixed_precision_step_keeps_outputs_float32_and_losses_finite():
     import keras
     import tensorflow as tf
 
+    import distribute
     import train
 
     config = dict(train.DEFAULTS, **TINY, mixed_precision=True)
     try:
-        gan = train.build_gan(config, train.make_strategy("none"))
+        gan = train.build_gan(config, distribute.make_strategy("none"))
         assert gan.generator_ab.get_layer("c7s1_conv").compute_dtype == "float16"
         assert isinstance(gan.combined.optimizer, keras.optimizers.LossScaleOptimizer)
         real = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)

@@ -17,29 +17,22 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import checkpoints
+import data
 import generate
 import train
+from conftest import make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1"]
 PATIENCE = 300  # seconds a train.py process may take to reach a checkpoint on a slow, shared CPU
 
 
-def write_images(folder, count, seed):
-    import imageio.v3 as iio
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        iio.imwrite(folder / f"{index}.png", rng.integers(0, 256, (36, 36, 3), dtype=np.uint8))
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """4 images a domain (4 steps an epoch), plus a corrupt one that training must skip."""
     root = tmp_path_factory.mktemp("tiny")
-    for seed, folder in enumerate(("trainA", "trainB", "testA", "testB")):
-        write_images(root / folder, 4, seed)
+    make_dataset(root, counts=(4, 4, 4, 4), size=(36, 36))
     (root / "trainA" / "broken.png").write_bytes(b"this is not a PNG")
     return root
 
@@ -67,7 +60,7 @@ def wait_for(condition, process):
 
 
 def newest_step(run_dir):
-    paths = train.checkpoint_paths(run_dir)
+    paths = checkpoints.checkpoint_paths(run_dir)
     return int(re.search(r"step-(\d+)", paths[-1]).group(1)) if paths else -1
 
 
@@ -78,7 +71,7 @@ def file_bytes(folder):
 def copy_run(killed, tmp_path):
     root = tmp_path / "runs"
     shutil.copytree(killed.root, root)
-    return root, root / "run", Path(train.checkpoint_paths(root / "run")[-1])
+    return root, root / "run", Path(checkpoints.checkpoint_paths(root / "run")[-1])
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +83,7 @@ def killed_run(dataset, tmp_path_factory):
     process = start("train.py", ["--dataroot", dataset, "--runs-root", root, "--name", "run", *TINY,
                                  "--epochs", 1000, "--epochs-decay", 0, "--save-every", 1, "--seed", 0],
                     tmp_path_factory.mktemp("killed_logs"))
-    wait_for(lambda: train.checkpoint_paths(root / "run"), process)
+    wait_for(lambda: checkpoints.checkpoint_paths(root / "run"), process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed = SimpleNamespace(root=root, step=newest_step(root / "run"), process=process)
@@ -141,7 +134,7 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(killed_run):
     assert f"resumed {latest} at step {killed_run.step}" in stderr
     stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+); continue with: .* --resume", stdout).group(1))
     assert stopped_at > killed_run.step
-    checkpoint = train.checkpoint_paths(run_dir)[-1]
+    checkpoint = checkpoints.checkpoint_paths(run_dir)[-1]
     assert checkpoint.endswith(f"step-{stopped_at:09d}.npz") and f"checkpoint:   {checkpoint}" in stdout
     with np.load(checkpoint) as arrays:
         assert int(arrays["step"]) == stopped_at
@@ -158,7 +151,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
                          r"last good checkpoint: (\S+) \(try a lower --lr\)", last_line)
     assert match, last_line
     assert int(match.group(1)) > killed_run.step
-    assert match.group(3) == train.checkpoint_paths(killed_run.diverging_root / "run")[-1]
+    assert match.group(3) == checkpoints.checkpoint_paths(killed_run.diverging_root / "run")[-1]
     assert file_bytes(killed_run.diverging_root / "run" / "checkpoints") == killed_run.diverging_checkpoints
     assert not list((killed_run.diverging_root / "run").glob("*.keras"))
     assert "Traceback" not in stderr
@@ -194,7 +187,7 @@ def test_the_first_sigint_or_sigterm_is_a_stop_request_and_the_second_acts_as_us
 def cli_error(main_function, argv, program="train.py"):
     """The one line a script ends with on bad input (run_cli's SystemExit), checked to be one line."""
     with pytest.raises(SystemExit) as ended:
-        train.run_cli(lambda: main_function(argv), program)
+        data.run_cli(lambda: main_function(argv), program)
     message = str(ended.value.code)
     assert message.startswith(f"{program}: error: ") and "\n" not in message, message
     return message
@@ -202,7 +195,7 @@ def cli_error(main_function, argv, program="train.py"):
 
 def test_resume_refuses_when_no_checkpoint_is_loadable(killed_run, tmp_path):
     root, run_dir, _ = copy_run(killed_run, tmp_path)
-    for path in train.checkpoint_paths(run_dir):
+    for path in checkpoints.checkpoint_paths(run_dir):
         Path(path).write_bytes(b"PK\x03\x04 damaged beyond repair")
     before = file_bytes(run_dir / "checkpoints")
     message = cli_error(train.main, ["--runs-root", str(root), "--name", "run", "--resume"])

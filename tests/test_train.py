@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import checkpoints
 import data
 import train
 from conftest import TINY
@@ -92,7 +93,7 @@ def test_two_step_run_writes_tags_checkpoint_generators_and_config(trained_run, 
     assert all(np.isfinite(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors("loss/G_total"))
     grid = tf.make_ndarray(accumulator.Tensors("samples/AtoB")[-1].tensor_proto)
     assert (int(grid[0]), int(grid[1])) == (3 * 32, 3 * 32)  # real | translated | reconstructed x 3 test images
-    assert train.checkpoint_paths(trained_run)[-1].endswith("step-000000002.npz")
+    assert checkpoints.checkpoint_paths(trained_run)[-1].endswith("step-000000002.npz")
     for name in ("generator_ab.keras", "generator_ba.keras", "config.json"):
         assert os.path.isfile(os.path.join(trained_run, name))
     config = json.load(open(os.path.join(trained_run, "config.json")))
@@ -105,13 +106,13 @@ def test_resume_restores_identical_weights_and_continues_the_step_count(trained_
     import shutil
     run_dir = str(tmp_path / "tiny")
     shutil.copytree(trained_run, run_dir)
-    checkpoint = train.checkpoint_paths(run_dir)[-1]
+    checkpoint = checkpoints.checkpoint_paths(run_dir)[-1]
 
     config = train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "tiny"])
     gan = train.CycleGAN(config)
     rng = np.random.default_rng(9)
     pools = {"A": train.HistoryPool(50, rng), "B": train.HistoryPool(50, rng)}
-    assert train.load_checkpoint(checkpoint, gan, pools, rng) == (2, 0)
+    assert checkpoints.load_checkpoint(checkpoint, gan, pools, rng) == (2, 0)
     saved = np.load(checkpoint)
     for name, model in gan.models.items():
         for index, weight in enumerate(model.get_weights()):
@@ -122,7 +123,7 @@ def test_resume_restores_identical_weights_and_continues_the_step_count(trained_
     written = train.train(train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "tiny",
                                               "--max-steps", "4"]), verbose=0)
     assert written["step"] == 4
-    assert train.checkpoint_paths(run_dir)[-1].endswith("step-000000004.npz")
+    assert checkpoints.checkpoint_paths(run_dir)[-1].endswith("step-000000004.npz")
     assert sorted(scalar_steps(events(run_dir), "loss/D_A")) == [1, 2, 3, 4]
 
 

@@ -1,0 +1,159 @@
+"""What a run keeps on disk, written so that a crash at any instant leaves it loadable: atomic files,
+checkpoints of the whole training state, and the final generators.
+"""
+import glob
+import json
+import logging
+import os
+import re
+import zipfile
+
+import numpy as np
+
+from data import UsageError
+
+log = logging.getLogger("cyclegan")
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: not found (is this a run directory made by train.py?)") from None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: unreadable ({error})") from None
+
+
+def write_atomically(path, write):
+    """Calls write(temporary_path), then renames it over `path`: a reader never sees half a file."""
+    base, ext = os.path.splitext(path)
+    temporary = f"{base}.tmp{os.getpid()}{ext}"
+    try:
+        write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path, value):
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=True)
+    write_atomically(path, write)
+
+
+CHECKPOINT_NAME = re.compile(r"step-\d+\.npz")
+
+
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file that is truncated, corrupt or not one of ours."""
+
+
+def checkpoint_paths(run_dir):
+    """The run's complete checkpoints, oldest first (half-written temporaries of a killed run are not)."""
+    paths = glob.glob(os.path.join(run_dir, "checkpoints", "step-*.npz"))
+    return sorted(p for p in paths if CHECKPOINT_NAME.fullmatch(os.path.basename(p)))
+
+
+def save_checkpoint(run_dir, gan, step, epoch, pools, rng, keep=2):
+    """All four networks, the three optimizers' states, the step, epoch and history pools, in one
+    .npz written atomically; the `keep` newest checkpoints stay on disk."""
+    arrays = {"step": np.array(step), "epoch": np.array(epoch)}
+    for name, model in gan.models.items():
+        for index, weight in enumerate(model.get_weights()):
+            if not np.isfinite(weight).all():
+                raise UsageError(f"step {step}: {name} has non-finite weights; not saved over the last "
+                                      "good checkpoint (try a lower --lr)")
+            arrays[f"weights/{name}/{index}"] = weight
+    for name, optimizer in gan.optimizers.items():
+        for index, variable in enumerate(optimizer.variables):
+            arrays[f"optimizer/{name}/{index}"] = np.asarray(variable)
+    for name, pool in pools.items():
+        arrays[f"pool/{name}"] = np.array(pool.images, np.float32)
+    arrays["rng"] = np.frombuffer(json.dumps(rng.bit_generator.state).encode(), np.uint8)
+    folder = os.path.join(run_dir, "checkpoints")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"step-{step:09d}.npz")
+    write_atomically(path, lambda temporary: np.savez(temporary, **arrays))
+    for old in checkpoint_paths(run_dir)[:-keep]:
+        os.remove(old)
+    return path
+
+
+def load_checkpoint(path, gan, pools, rng):
+    """Restores what save_checkpoint wrote; returns (step, epoch).
+
+    The whole file is read and checked first (zip CRCs, every array present, shapes that fit the
+    configured networks), so a bad file changes nothing: UnreadableCheckpoint if it is damaged,
+    UsageError if it holds networks of other sizes. No pickles: np.load's default is safe.
+    """
+    try:
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        rng_state = json.loads(arrays["rng"].tobytes().decode())
+        step, epoch = int(arrays["step"]), int(arrays["epoch"])
+        stored = {name: _numbered(arrays, f"weights/{name}") for name in gan.models}
+        slots = {name: _numbered(arrays, f"optimizer/{name}") for name in gan.optimizers}
+        pool_images = {name: list(arrays[f"pool/{name}"]) for name in pools}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        reason = " ".join(str(error).splitlines()[:1])
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({type(error).__name__}: {reason})") from None
+    for name, model in gan.models.items():
+        expected = [tuple(w.shape) for w in model.weights]
+        found = [w.shape for w in stored[name]]
+        if found != expected:
+            difference = (f"{len(found)} weight arrays, expected {len(expected)}" if len(found) != len(expected)
+                          else "weight shape {}, expected {}".format(*next(
+                              (f, e) for f, e in zip(found, expected) if f != e)))
+            raise UsageError(f"{path}: its {name} does not fit the configured network ({difference}); "
+                                  "resume with the network options it was trained with")
+    for name, model in gan.models.items():
+        model.set_weights(stored[name])
+    for name, optimizer in gan.optimizers.items():
+        for variable, value in zip(optimizer.variables, slots[name]):
+            variable.assign(value)
+    for name, pool in pools.items():
+        pool.images = pool_images[name]
+    rng.bit_generator.state = rng_state
+    return step, epoch
+
+
+def _numbered(arrays, prefix):
+    """arrays PREFIX/0, PREFIX/1, ... as a list (KeyError when one in between is missing)."""
+    count = sum(key.startswith(f"{prefix}/") for key in arrays)
+    return [arrays[f"{prefix}/{index}"] for index in range(count)]
+
+
+def resume_checkpoint(run_dir, gan, pools, rng):
+    """Loads the newest loadable checkpoint; returns (path, step, epoch).
+
+    A damaged newer one is reported with a warning and, once an older one has loaded, set aside as
+    NAME.corrupt (kept for inspection, no longer picked). With none loadable nothing is changed.
+    """
+    damaged, errors = [], []
+    for path in reversed(checkpoint_paths(run_dir)):
+        try:
+            step, epoch = load_checkpoint(path, gan, pools, rng)
+        except UnreadableCheckpoint as error:
+            log.warning("%s; trying the previous checkpoint", error)
+            damaged.append(path)
+            errors.append(str(error))
+            continue
+        for bad in damaged:
+            os.replace(bad, bad + ".corrupt")
+            log.warning("set the damaged checkpoint aside as %s.corrupt", bad)
+        return path, step, epoch
+    raise UsageError(f"no loadable checkpoint to resume from, nothing changed ({'; '.join(errors)})")
+
+
+def save_generators(run_dir, gan):
+    paths = []
+    for name in ("generator_ab", "generator_ba"):
+        path = os.path.join(run_dir, f"{name}.keras")
+        write_atomically(path, gan.models[name].save)
+        paths.append(path)
+    return paths

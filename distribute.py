@@ -1,0 +1,104 @@
+"""Spreading the classic train_on_batch loop over tf.distribute: which strategy, who writes the run's
+files, and how each replica gets its own slice of the global batch.
+"""
+import atexit
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+from data import UsageError, tf
+
+log = logging.getLogger("cyclegan")
+
+
+def make_strategy(name=None, batch_size=None):
+    """The tf.distribute strategy for --distribute; None picks mirrored with more than one GPU when
+    the global batch splits evenly across them.
+
+    Call it before anything else touches TensorFlow: the multi-worker strategy configures the
+    collective runtime, which only works at program start.
+    """
+    if name is None:
+        gpus = len(tf.config.list_physical_devices("GPU"))
+        name = "mirrored" if gpus > 1 and (batch_size or gpus) % gpus == 0 else "none"
+        if gpus > 1 and name == "none":
+            log.warning("training on one of %d GPUs: --batch-size %d does not split across them", gpus, batch_size)
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "multiworker":
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except (KeyError, ValueError):
+            raise UsageError("--distribute multiworker needs the TF_CONFIG environment variable set to "
+                                  "JSON naming the cluster and this process's task (see README)") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """True for the one process that writes the run's files: the only one, or TF_CONFIG's chief
+    (worker 0 when the cluster names no chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker"
+                                             and resolver.task_id == 0)
+
+
+def writable_run_dir(run_dir, strategy):
+    """Where this process writes: RUN_DIR on the chief; a temporary folder, removed at exit, on the
+    other workers, which run every step (and its collective ops) exactly as the chief does."""
+    if is_chief(strategy):
+        return run_dir
+    scratch = tempfile.mkdtemp(prefix="cyclegan-worker-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return scratch
+
+
+def replica_slices(strategy, batch):
+    """A nested batch of arrays as per-replica values: replica i of n gets the i-th of n equal slices."""
+    replicas = strategy.num_replicas_in_sync
+
+    def slice_for(context):
+        index = context.replica_id_in_sync_group
+        return tf.nest.map_structure(
+            lambda array: tf.convert_to_tensor(np.array_split(np.asarray(array), replicas)[index]), batch)
+
+    return strategy.experimental_distribute_values_from_function(slice_for)
+
+
+def split_batches(model, strategy):
+    """Makes model.train_on_batch and predict_on_batch split their batch across the replicas.
+
+    Keras 3 hands the arrays given to these methods whole to every replica: the gradients still
+    average right, but each replica would compute the full global batch. The model's train function
+    is replaced by one that runs its train_step on each replica's slice and averages the replicas'
+    logs (Keras' own reduction fails on scalar logs under the multi-worker strategy). Predicting
+    (one input: the generators' samples) pads the batch to a multiple of the replicas, as a replica
+    cannot run on zero images, and returns the batch's own rows.
+    """
+    step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)), reduce_retracing=True)
+
+    def train_function(batches):
+        for batch in batches:
+            logs = step(replica_slices(strategy, tuple(x for x in batch if x is not None)))
+        return {name: strategy.reduce("MEAN", value, axis=None) for name, value in logs.items()}
+
+    model.train_function = train_function
+    model.make_predict_function()
+    predict = model.predict_function
+    replicas = strategy.num_replicas_in_sync
+
+    def predict_function(batches):
+        (images,), = batches
+        count = len(images)
+        padded = np.concatenate([images, np.repeat(images[-1:], -count % replicas, axis=0)])
+        return predict([replica_slices(strategy, (padded,))])[:count]
+
+    model.predict_function = predict_function
