@@ -52,6 +52,10 @@ def build_parser():
     p.add_argument("--ndf", type=train.positive_int, default=train.DEFAULTS["ndf"], help="discriminator filters")
     p.add_argument("--n-res-blocks", type=train.positive_int, help="override the config's residual blocks")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train functions (train.py --jit)")
+    p.add_argument("--mixed-precision", nargs="?", const="auto", choices=("auto",) + train.PRECISIONS,
+                   metavar="{float16,bfloat16}",
+                   help="run everything in train.py --mixed-precision's 16-bit policy (the PyTorch "
+                        "yardstick stays float32)")
     p.add_argument("--dataroot", help="JPEG dataset for the input-pipeline figure (default: synthetic JPEGs)")
     p.add_argument("--pipeline-images", type=train.positive_int, default=PIPELINE_IMAGES,
                    help="images read per domain when timing the input pipeline")
@@ -70,7 +74,7 @@ def parse_config(argv=None):
     if args.torch and not os.path.isfile(args.torch_script):
         raise data.UsageError(f"--torch-script {args.torch_script}: not found")
     config = dict(train.DEFAULTS, **{**CONFIGS[args.config], **overrides})
-    config.update(ndf=args.ndf, jit=args.jit)
+    config.update(ndf=args.ndf, jit=args.jit, mixed_precision=args.mixed_precision)
     return args, config
 
 
@@ -186,8 +190,9 @@ def random_images(rng, batch, size):
 
 
 def bench_loop(config, steps, warmup, rng):
-    """train.CycleGAN.train_step, called as train.train calls it."""
-    gan = train.CycleGAN(config)
+    """train.CycleGAN.train_step, called as train.train calls it (the precision policy it sets stays
+    for the other measurements)."""
+    gan = train.build_gan(config, tf.distribute.get_strategy())
     pools = [train.HistoryPool(config["pool_size"], rng) for _ in "AB"]
     real_a, real_b = (random_images(rng, config["batch_size"], config["image_size"]) for _ in "AB")
     times = timed(lambda: gan.train_step(real_a, real_b, *pools), steps, warmup)
@@ -263,6 +268,7 @@ def run(args, config):
     report = {"config": args.config, "image_size": size, "ngf": config["ngf"], "ndf": config["ndf"],
               "n_res_blocks": config["n_res_blocks"], "batch_size": config["batch_size"], "steps": args.steps,
               "warmup": args.warmup, "jit": config["jit"], "tensorflow": tf.__version__,
+              "policy": train.precision_policy(config["mixed_precision"]),
               "cpu_count": os.cpu_count(), "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
     if args.torch:
         report["torch"] = bench_torch(args.torch, args.torch_script, args.config, args.steps, args.warmup)
@@ -297,7 +303,7 @@ def print_report(report):
 
     print(f"config {report['config']}: {report['image_size']}x{report['image_size']}, ngf {report['ngf']}, "
           f"{report['n_res_blocks']} blocks, ndf {report['ndf']}, batch {report['batch_size']}, "
-          f"jit {report['jit']}, {report['steps']} steps after {report['warmup']} warm-up, "
+          f"jit {report['jit']}, {report['policy']}, {report['steps']} steps after {report['warmup']} warm-up, "
           f"TensorFlow {report['tensorflow']}, {report['cpu_count']} CPUs")
     if "torch" in report:
         line(f"PyTorch {report['torch']['version']} reference step", report["torch"])

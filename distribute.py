@@ -68,7 +68,8 @@ def replica_slices(strategy, batch):
     def slice_for(context):
         index = context.replica_id_in_sync_group
         return tf.nest.map_structure(
-            lambda array: tf.convert_to_tensor(np.array_split(np.asarray(array), replicas)[index]), batch)
+            lambda array: None if array is None
+            else tf.convert_to_tensor(np.array_split(np.asarray(array), replicas)[index]), batch)
 
     return strategy.experimental_distribute_values_from_function(slice_for)
 
@@ -79,7 +80,8 @@ def split_batches(model, strategy):
     Keras 3 hands the arrays given to these methods whole to every replica: the gradients still
     average right, but each replica would compute the full global batch. The model's train function
     is replaced by one that runs its train_step on each replica's slice and averages the replicas'
-    logs (Keras' own reduction fails on scalar logs under the multi-worker strategy). Predicting
+    scalar logs and joins the replicas' slices of image logs (Keras' own reduction fails on scalar
+    logs under the multi-worker strategy). Predicting
     (one input: the generators' samples) pads the batch to a multiple of the replicas, as a replica
     cannot run on zero images, and returns the batch's own rows.
     """
@@ -88,7 +90,11 @@ def split_batches(model, strategy):
     def train_function(batches):
         for batch in batches:
             logs = step(replica_slices(strategy, tuple(x for x in batch if x is not None)))
-        return {name: strategy.reduce("MEAN", value, axis=None) for name, value in logs.items()}
+        return {name: strategy.gather(value, axis=0) if is_batch(value) else strategy.reduce("MEAN", value, axis=None)
+                for name, value in logs.items()}
+
+    def is_batch(value):
+        return strategy.experimental_local_results(value)[0].shape.rank > 0
 
     model.train_function = train_function
     model.make_predict_function()

@@ -39,7 +39,7 @@ DEFAULTS = dict(
 )
 NETWORK_KEYS = ("ngf", "ndf", "n_res_blocks", "upsample", "sigmoid")
 DISTRIBUTE_CHOICES = ("none", "mirrored", "multiworker")
-LOSS_NAMES = ("adversarial_a", "adversarial_b", "cycle_a", "cycle_b", "identity_a", "identity_b")
+PRECISIONS = ("float16", "bfloat16")
 
 log = logging.getLogger("cyclegan")
 
@@ -112,8 +112,11 @@ def build_parser():
                         "(default: mirrored when TensorFlow sees more than one GPU and the batch "
                         "splits across them, else none); "
                         "--batch-size is the global batch, split across the replicas")
-    p.add_argument("--mixed-precision", action="store_true",
-                   help="mixed_float16 compute with loss scaling (GPUs with tensor cores)")
+    p.add_argument("--mixed-precision", nargs="?", const="auto", choices=("auto",) + PRECISIONS,
+                   metavar="{float16,bfloat16}",
+                   help="compute in 16 bits, weights and losses in float32: float16 with loss scaling "
+                        "(GPUs with tensor cores) or bfloat16 (CPUs with AVX512_BF16 or AMX, recent GPUs); "
+                        "given alone: float16 on a GPU, bfloat16 on a CPU")
     p.set_defaults(**{k: v for k, v in DEFAULTS.items() if v is not None})
     return p
 
@@ -151,6 +154,8 @@ def _explicit_options(parser, argv):
             kwargs = dict(dest=action.dest, default=argparse.SUPPRESS)
             if action.nargs == 0:
                 kwargs["action"] = "store_true"
+            elif action.nargs == "?":
+                kwargs.update(nargs="?", const=action.const, type=action.type)
             else:
                 kwargs["type"] = action.type
             silent.add_argument(*action.option_strings, **kwargs)
@@ -207,7 +212,6 @@ class CycleGAN:
             self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b,
             c["lambda_cycle"], c["lambda_identity"], c["lr"], c["beta1"], c["jit"])
         self.patch = networks.patch_shape(self.discriminator_a, c["image_size"], c["image_size"])
-        self._translate = tf.function(self._translate_both)
 
     @property
     def models(self):
@@ -224,25 +228,16 @@ class CycleGAN:
         for optimizer in self.optimizers.values():
             optimizer.learning_rate = value
 
-    def _translate_both(self, real_a, real_b):
-        return self.generator_ab(real_a, training=False), self.generator_ba(real_b, training=False)
-
-    def translate(self, real_a, real_b):
-        fake_b, fake_a = self._translate(real_a, real_b)
-        return fake_b.numpy(), fake_a.numpy()
-
     def train_step(self, real_a, real_b, pool_a, pool_b):
-        """One CycleGAN iteration; returns the losses by name."""
-        fake_b, fake_a = self.translate(real_a, real_b)
-        losses = {
-            "D_A": train_discriminator(self.discriminator_a, real_a, pool_a.query(fake_a)),
-            "D_B": train_discriminator(self.discriminator_b, real_b, pool_b.query(fake_b)),
-        }
-        ones = np.ones((real_a.shape[0],) + self.patch, np.float32)
+        """One CycleGAN iteration in the reference's order: the generators' step, then each
+        discriminator's step on the translations that step made (through its history pool).
+        Returns the losses by name."""
         logs = self.combined.train_on_batch(
-            [real_a, real_b], [ones, ones, real_a, real_b, real_a, real_b], return_dict=True)
-        losses.update({name: logs[f"{name}_loss"] for name in LOSS_NAMES})
+            [real_a, real_b], networks.combined_targets(real_a, real_b, self.patch), return_dict=True)
+        losses = {name: logs[f"{name}_loss"] for name in networks.LOSS_TERMS}
         losses["G_total"] = logs["loss"]
+        losses["D_A"] = train_discriminator(self.discriminator_a, real_a, pool_a.query(logs["fake_a"]))
+        losses["D_B"] = train_discriminator(self.discriminator_b, real_b, pool_b.query(logs["fake_b"]))
         return losses
 
 
@@ -263,9 +258,19 @@ def train_discriminator(discriminator, real, fake):
         discriminator.trainable = False
 
 
+def precision_policy(mixed_precision):
+    """The Keras dtype policy for --mixed-precision: off, float16, bfloat16 or auto (True in the
+    config.json of runs made before the option took a value)."""
+    if not mixed_precision:
+        return "float32"
+    if mixed_precision in (True, "auto"):
+        mixed_precision = "float16" if tf.config.list_physical_devices("GPU") else "bfloat16"
+    return f"mixed_{mixed_precision}"
+
+
 def build_gan(config, strategy):
     """The CycleGAN in the run's precision, built and compiled under the strategy's scope."""
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.get("mixed_precision") else "float32")
+    keras.mixed_precision.set_global_policy(precision_policy(config.get("mixed_precision")))
     replicas = strategy.num_replicas_in_sync
     if config["batch_size"] % replicas:
         raise data.UsageError(f"--batch-size {config['batch_size']}: the global batch is split across "

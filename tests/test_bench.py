@@ -18,7 +18,7 @@ def numbers(report, prefix=""):
     for key, value in report.items():
         if isinstance(value, dict):
             yield from numbers(value, f"{prefix}{key}.")
-        elif key not in ("config", "tensorflow", "onednn", "jit", "version", "warmup"):
+        elif key not in ("config", "tensorflow", "onednn", "jit", "policy", "version", "warmup"):
             yield f"{prefix}{key}", value
 
 
@@ -30,6 +30,7 @@ def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tm
     assert last.startswith("BENCH ")
     report = json.loads(last[len("BENCH "):])
     assert (report["image_size"], report["ngf"], report["n_res_blocks"], report["steps"]) == (32, 4, 1, 2)
+    assert report["policy"] == "float32"
     expected = {"loop.median_s", "loop.min_s", "loop.max_s", "loop.peak_rss_mb", "fused.median_s",
                 "loop_over_fused", "flops.iteration_gflop", "flops.matmul_gflops", "flops.conv3x3_gflops",
                 "flops.loop_gflops", "inference.batch1_images_per_s", "inference.batch8_images_per_s",

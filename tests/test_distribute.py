@@ -1,5 +1,5 @@
 """train.py --distribute / --mixed-precision on the CPU: mirrored over two logical CPU devices,
-two multi-worker processes on 127.0.0.1, and a step under the mixed_float16 policy.
+two multi-worker processes on 127.0.0.1, and steps under the mixed_float16 and mixed_bfloat16 policies.
 
 The logical devices must be configured before TensorFlow starts, and the multi-worker strategy
 needs a fresh process too, so those parts run in subprocesses: this file, run as a script, is the
@@ -253,14 +253,14 @@ def test_mixed_precision_step_keeps_outputs_float32_and_losses_finite():
     import distribute
     import train
 
-    config = dict(train.DEFAULTS, **TINY, mixed_precision=True)
+    config = dict(train.DEFAULTS, **TINY, mixed_precision="float16")
     try:
         gan = train.build_gan(config, distribute.make_strategy("none"))
         assert gan.generator_ab.get_layer("c7s1_conv").compute_dtype == "float16"
         assert isinstance(gan.combined.optimizer, keras.optimizers.LossScaleOptimizer)
         real = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
         outputs = gan.combined([real, real])
-        assert [o.dtype for o in outputs] == [tf.float32] * 6
+        assert [o.dtype for o in outputs] == [tf.float32] * 8
         assert gan.generator_ab(real).dtype == tf.float32
         pools = [train.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
         before = gan.generator_ab.get_weights()
@@ -273,6 +273,33 @@ def test_mixed_precision_step_keeps_outputs_float32_and_losses_finite():
         else:
             raise AssertionError(f"no generator update in {MIXED_PRECISION_STEPS} steps")
         assert float(optimizer.dynamic_scale) < optimizer.initial_scale, "overflowing steps lower the scale"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_bfloat16_step_trains_without_loss_scaling_and_auto_picks_it_on_a_cpu():
+    import keras
+    import tensorflow as tf
+
+    import distribute
+    import train
+
+    assert train.precision_policy("auto") == "mixed_bfloat16"  # this test machine has no GPU
+    assert train.precision_policy(None) == "float32"
+    config = dict(train.DEFAULTS, **TINY, mixed_precision="bfloat16")
+    try:
+        gan = train.build_gan(config, distribute.make_strategy("none"))
+        assert gan.generator_ab.get_layer("c7s1_conv").compute_dtype == "bfloat16"
+        assert gan.generator_ab.get_layer("c7s1_norm").gamma.dtype == "float32"
+        assert not isinstance(gan.combined.optimizer, keras.optimizers.LossScaleOptimizer)
+        real = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+        assert gan.generator_ab(real).dtype == tf.float32
+        pools = [train.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
+        before = {name: model.get_weights() for name, model in gan.models.items()}
+        losses = gan.train_step(real, real, *pools)
+        assert all(np.isfinite(value) for value in losses.values()), losses
+        for name, model in gan.models.items():
+            assert any(np.abs(a - b).max() > 0 for a, b in zip(before[name], model.get_weights())), name
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

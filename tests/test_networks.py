@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras
 from keras import layers
@@ -79,11 +80,10 @@ def test_freezing_really_works_in_keras_3():
     gan = train.CycleGAN(config)
     rng = np.random.default_rng(3)
     real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
-    ones = np.ones((1,) + gan.patch, "float32")
     step_a = lambda: train.train_discriminator(gan.discriminator_a, real_a, real_b)
     step_b = lambda: train.train_discriminator(gan.discriminator_b, real_b, real_a)
     step_combined = lambda: gan.combined.train_on_batch(
-        [real_a, real_b], [ones, ones, real_a, real_b, real_a, real_b])
+        [real_a, real_b], networks.combined_targets(real_a, real_b, gan.patch))
 
     for _ in range(2):  # the first round traces each train function, the second reuses them
         assert_changes_only(gan, step_a, {"discriminator_a"})
@@ -97,7 +97,7 @@ def test_combined_model_outputs_losses_and_weights():
     config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1,
                   lambda_cycle=10.0, lambda_identity=0.5)
     gan = train.CycleGAN(config)
-    assert list(gan.combined.output_names) == list(train.LOSS_NAMES)
+    assert list(gan.combined.output_names) == list(networks.LOSS_TERMS + networks.TRANSLATIONS)
     optimizers = list(gan.optimizers.values())
     assert len({id(o) for o in optimizers}) == 3
     for optimizer in optimizers:
@@ -105,11 +105,10 @@ def test_combined_model_outputs_losses_and_weights():
         assert np.isclose(float(optimizer.beta_1), 0.5)
     rng = np.random.default_rng(4)
     real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
-    ones = np.ones((1,) + gan.patch, "float32")
-    logs = gan.combined.test_on_batch([real_a, real_b], [ones, ones, real_a, real_b, real_a, real_b],
+    logs = gan.combined.test_on_batch([real_a, real_b], networks.combined_targets(real_a, real_b, gan.patch),
                                       return_dict=True)
-    weights = dict(zip(train.LOSS_NAMES, [1, 1, 10, 10, 5, 5]))
-    assert np.isclose(logs["loss"], sum(weights[n] * logs[f"{n}_loss"] for n in train.LOSS_NAMES), rtol=1e-5)
+    weights = dict(zip(networks.LOSS_TERMS, [1, 1, 10, 10, 5, 5]))
+    assert np.isclose(logs["loss"], sum(weights[n] * logs[f"{n}_loss"] for n in networks.LOSS_TERMS), rtol=1e-5)
 
     fake_b = gan.generator_ab.predict_on_batch(real_a)
     fake_a = gan.generator_ba.predict_on_batch(real_b)
@@ -135,6 +134,73 @@ def test_instance_norm_normalises_each_sample_and_channel_like_group_norm():
     np.testing.assert_allclose(np.asarray(norm(x)), np.asarray(group(x)), atol=1e-5)
 
 
+def test_instance_norm_of_one_image_takes_the_fused_kernel_with_the_same_values_and_gradients():
+    """A batch of one runs TensorFlow's fused batch-norm kernel; output and gradients (input, gamma,
+    beta) must be GroupNormalization(groups=-1)'s."""
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(1.0, 2.0, (1, 12, 9, 6)).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(1, 12, 9, 6)).astype(np.float32))
+    weights = [np.linspace(0.5, 2.0, 6, dtype=np.float32), np.linspace(-1.0, 1.0, 6, dtype=np.float32)]
+    norm, group = networks.instance_norm("norm"), layers.GroupNormalization(groups=-1, epsilon=1e-5)
+    results = []
+    for layer in (norm, group):
+        layer.build(x.shape)
+        layer.set_weights(weights)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * upstream)
+        results.append([y, *tape.gradient(loss, [x] + layer.trainable_weights)])
+    assert any(op.type == "FusedBatchNormV3" for op in
+               tf.function(norm.call).get_concrete_function(tf.TensorSpec((1, 12, 9, 6))).graph.get_operations())
+    for ours, theirs in zip(*results):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-4, atol=1e-4)
+
+
+def test_fused_adam_takes_the_same_steps_as_keras_adam():
+    rng = np.random.default_rng(6)
+    start = rng.normal(size=(4, 3)).astype(np.float32)
+    gradients = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(5)]
+    finals = []
+    for optimizer in (keras.optimizers.Adam(2e-4, beta_1=0.5), networks.adam(2e-4, 0.5)):
+        variable = keras.Variable(start)
+        optimizer.build([variable])
+        apply = tf.function(lambda gradient: optimizer.apply_gradients([(gradient, variable)]))
+        for gradient in gradients:
+            apply(tf.constant(gradient))
+        finals.append(variable.numpy())
+    assert isinstance(networks.adam(), networks.FusedAdam)
+    assert np.abs(finals[0] - start).max() > 5e-4
+    np.testing.assert_allclose(finals[1], finals[0], rtol=1e-6, atol=1e-7)
+
+
+def test_discriminators_train_on_the_translations_of_the_generators_step():
+    """The reference's order: the combined (generators') step first, then each discriminator on the
+    translations that step made, before its update, with no second translation."""
+    config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1, pool_size=0)
+    gan = train.CycleGAN(config)
+    rng = np.random.default_rng(7)
+    real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
+    before = {"fake_b": gan.generator_ab.predict_on_batch(real_a), "fake_a": gan.generator_ba.predict_on_batch(real_b)}
+    seen = {}
+    original = train.train_discriminator
+
+    def recording(discriminator, real, fake):
+        seen[discriminator.name] = np.array(fake)
+        seen[f"{discriminator.name} after generator steps"] = int(gan.combined.optimizer.iterations)
+        return original(discriminator, real, fake)
+
+    train.train_discriminator = recording
+    try:
+        gan.train_step(real_a, real_b, train.HistoryPool(0, rng), train.HistoryPool(0, rng))
+    finally:
+        train.train_discriminator = original
+    assert seen["discriminator_a after generator steps"] == seen["discriminator_b after generator steps"] == 1
+    np.testing.assert_allclose(seen["discriminator_a"], before["fake_a"], atol=1e-5)
+    np.testing.assert_allclose(seen["discriminator_b"], before["fake_b"], atol=1e-5)
+    assert not np.allclose(gan.generator_ab.predict_on_batch(real_a), before["fake_b"], atol=1e-7)
+
+
 def test_generator_with_instance_norm_survives_keras_save_and_safe_load(tmp_path):
     generator = networks.build_generator(ngf=4, n_res_blocks=1, name="g")
     path = str(tmp_path / "g.keras")
@@ -150,10 +216,10 @@ def test_combined_outputs_equal_the_separate_passes_it_batches():
     combined = networks.build_combined(g_ab, g_ba, d_a, d_b)
     rng = np.random.default_rng(2)
     a, b = (rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32) for _ in "ab")
-    expected = [d_a(g_ba(b)), d_b(g_ab(a)), g_ba(g_ab(a)), g_ab(g_ba(b)), g_ba(a), g_ab(b)]
+    expected = [d_a(g_ba(b)), d_b(g_ab(a)), g_ba(g_ab(a)), g_ab(g_ba(b)), g_ba(a), g_ab(b), g_ba(b), g_ab(a)]
     outputs = combined([a, b])
-    assert len(outputs) == 6
+    assert len(outputs) == 8
     for output, value in zip(outputs, expected):
         np.testing.assert_allclose(np.asarray(output), np.asarray(value), atol=1e-5)
     assert combined.output_names == ["adversarial_a", "adversarial_b", "cycle_a", "cycle_b",
-                                     "identity_a", "identity_b"]
+                                     "identity_a", "identity_b", "fake_a", "fake_b"]
