@@ -1,7 +1,7 @@
 """Benchmark one CycleGAN training iteration: the project's loop beside a fused step and PyTorch.
 
     python bench.py --config S --steps 10
-    python bench.py --config P --steps 3 --warmup 1 --torch /tmp/torchvenv/bin/python
+    python bench.py --config P --steps 3 --warmup 1 --rounds 3 --torch /tmp/torchvenv/bin/python
 
 Prints, from one run: seconds per iteration of train.CycleGAN.train_step (the code train.py runs) and
 of a plain fused GradientTape step over the same networks (the yardstick), their analytic FLOPs against
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import tempfile
 import time
@@ -33,6 +34,7 @@ CONFIGS = {
     "P": dict(image_size=256, ngf=64, n_res_blocks=9),
 }
 STEPS = 10
+ROUNDS = 1
 WARMUP = 2
 PIPELINE_IMAGES = 64
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "bench",
@@ -44,7 +46,10 @@ def build_parser():
                                 formatter_class=data.HelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="S",
                    help="S: 128x128, ngf 32, 6 blocks; P: 256x256, ngf 64, 9 blocks")
-    p.add_argument("--steps", type=train.positive_int, default=STEPS, help="timed iterations of each step")
+    p.add_argument("--steps", type=train.positive_int, default=STEPS, help="timed iterations of each step per round")
+    p.add_argument("--rounds", type=train.positive_int, default=ROUNDS,
+                   help="rounds of PyTorch, loop and fused timings in turn; each ratio is the median of "
+                        "the rounds' ratios, so a slow spell of the machine hits all three alike")
     p.add_argument("--warmup", type=train.non_negative_int, default=WARMUP,
                    help="untimed iterations first (the first one traces and compiles)")
     p.add_argument("--image-size", type=train.image_size, help="override the config's image size")
@@ -71,6 +76,8 @@ def parse_config(argv=None):
     if args.torch and overrides:
         raise data.UsageError("--torch compares only the plain S and P configs: drop "
                               + ", ".join(f"--{k.replace('_', '-')}" for k in overrides))
+    if args.torch and shutil.which(args.torch) is None:
+        raise data.UsageError(f"--torch {args.torch}: no such interpreter")
     if args.torch and not os.path.isfile(args.torch_script):
         raise data.UsageError(f"--torch-script {args.torch_script}: not found")
     config = dict(train.DEFAULTS, **{**CONFIGS[args.config], **overrides})
@@ -127,12 +134,14 @@ def iteration_flops(generator, discriminator, size):
 
 
 def measured_peak_gflops(config, repeats=10):
-    """Best GFLOP/s of a 1024^3 matmul and of the generator's residual 3x3 convolution, here and now."""
-    a = tf.random.normal((1024, 1024))
+    """Best GFLOP/s of a 1024^3 matmul and of the generator's residual 3x3 convolution, here and now,
+    in the compute dtype of the precision policy in force."""
+    dtype = keras.mixed_precision.global_policy().compute_dtype
+    a = tf.random.normal((1024, 1024), dtype=dtype)
     channels = 4 * config["ngf"]
     side = config["image_size"] // 4
-    x = tf.random.normal((1, side, side, channels))
-    k = tf.random.normal((3, 3, channels, channels))
+    x = tf.random.normal((1, side, side, channels), dtype=dtype)
+    k = tf.random.normal((3, 3, channels, channels), dtype=dtype)
     kernels = {
         "matmul": (tf.function(lambda: tf.matmul(a, a), autograph=False), 2 * 1024 ** 3),
         "conv3x3": (tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"), autograph=False),
@@ -189,24 +198,23 @@ def random_images(rng, batch, size):
     return rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
 
 
-def bench_loop(config, steps, warmup, rng):
-    """train.CycleGAN.train_step, called as train.train calls it (the precision policy it sets stays
-    for the other measurements)."""
+def loop_iteration(config, rng):
+    """The CycleGAN and one call of train.CycleGAN.train_step, as train.train calls it (the precision
+    policy it sets stays for the other measurements)."""
     gan = train.build_gan(config, tf.distribute.get_strategy())
     pools = [train.HistoryPool(config["pool_size"], rng) for _ in "AB"]
     real_a, real_b = (random_images(rng, config["batch_size"], config["image_size"]) for _ in "AB")
-    times = timed(lambda: gan.train_step(real_a, real_b, *pools), steps, warmup)
-    return gan, summary(times)
+    return gan, lambda: gan.train_step(real_a, real_b, *pools)
 
 
-def bench_fused(config, steps, warmup, rng):
+def fused_iteration(config, rng):
+    """One call of the fused yardstick step, over networks of its own."""
     nets = [networks.build_generator(config["ngf"], config["n_res_blocks"], config["upsample"], f"fused_g{i}")
             for i in range(2)]
     nets += [networks.build_discriminator(config["ndf"], config["sigmoid"], f"fused_d{i}") for i in range(2)]
     step = fused_step(*nets, config)
     real_a, real_b = (tf.constant(random_images(rng, 1, config["image_size"])) for _ in "AB")
-    times = timed(lambda: [loss.numpy() for loss in step(real_a, real_b)], steps, warmup)
-    return summary(times)
+    return lambda: [loss.numpy() for loss in step(real_a, real_b)]
 
 
 def bench_inference(generator, size, rng, batches=(1, 8), repeats=3):
@@ -249,17 +257,19 @@ def bench_pipeline(dataroot, config, images):
 def bench_torch(python, script, config_name, steps, warmup):
     """The PyTorch reference step in its own process; its RESULT line as a dict."""
     env = dict(os.environ, TORCH_THREADS=os.environ.get("TORCH_THREADS", str(os.cpu_count())))
+    command = [python, os.path.basename(script), config_name, "eager", str(warmup), str(steps)]
+    # Started by a shell that forks it: a process exec'd straight from this one would report this
+    # process's resident memory at the fork as its own peak (Linux keeps ru_maxrss across exec).
+    command = ["/bin/sh", "-c", '"$0" "$@"; exit $?'] + command
     try:
-        done = subprocess.run([python, os.path.basename(script), config_name, "eager", str(warmup), str(steps)],
-                              cwd=os.path.dirname(script), env=env, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=os.path.dirname(script), env=env, capture_output=True, text=True)
     except OSError as error:
         raise data.UsageError(f"--torch {python}: cannot run ({error})") from None
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise data.UsageError(f"--torch {python}: the yardstick failed: {done.stderr.strip()[-300:]}")
     result = json.loads(lines[-1][len("RESULT "):])
-    return {"median_s": result["median"], "min_s": result["min"], "max_s": result["max"],
-            "peak_rss_mb": result["peak_rss_MB"], "version": result["torch"]}
+    return {"times": result["times"], "peak_rss_mb": result["peak_rss_MB"], "version": result["torch"]}
 
 
 def run(args, config):
@@ -267,18 +277,38 @@ def run(args, config):
     size = config["image_size"]
     report = {"config": args.config, "image_size": size, "ngf": config["ngf"], "ndf": config["ndf"],
               "n_res_blocks": config["n_res_blocks"], "batch_size": config["batch_size"], "steps": args.steps,
-              "warmup": args.warmup, "jit": config["jit"], "tensorflow": tf.__version__,
+              "warmup": args.warmup, "rounds": args.rounds, "jit": config["jit"], "tensorflow": tf.__version__,
               "policy": train.precision_policy(config["mixed_precision"]),
               "cpu_count": os.cpu_count(), "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+    times = {"torch": [], "loop": [], "fused": []}
+    ratios = {"loop_over_fused": [], "loop_over_torch": [], "fused_over_torch": []}
+    gan, loop = loop_iteration(config, rng)
+    timed(loop, 0, args.warmup)
+    for round_ in range(args.rounds):
+        if args.torch:
+            torch = bench_torch(args.torch, args.torch_script, args.config, args.steps, args.warmup)
+            times["torch"].append(np.array(torch["times"]))
+        times["loop"].append(timed(loop, args.steps, 0))
+        if round_ == 0:
+            loop_peak_rss = peak_rss_mb()
+            fused = fused_iteration(config, rng)
+            timed(fused, 0, args.warmup)
+        times["fused"].append(timed(fused, args.steps, 0))
+        medians = {name: np.median(values[-1]) for name, values in times.items() if values}
+        ratios["loop_over_fused"].append(medians["loop"] / medians["fused"])
+        if args.torch:
+            ratios["loop_over_torch"].append(medians["loop"] / medians["torch"])
+            ratios["fused_over_torch"].append(medians["fused"] / medians["torch"])
+    for name, values in times.items():
+        if values:
+            report[name] = summary(np.concatenate(values))
+    report["loop"]["peak_rss_mb"] = loop_peak_rss
     if args.torch:
-        report["torch"] = bench_torch(args.torch, args.torch_script, args.config, args.steps, args.warmup)
-    gan, report["loop"] = bench_loop(config, args.steps, args.warmup, rng)
-    report["loop"]["peak_rss_mb"] = peak_rss_mb()
-    report["fused"] = bench_fused(config, args.steps, args.warmup, rng)
-    report["loop_over_fused"] = report["loop"]["median_s"] / report["fused"]["median_s"]
-    if args.torch:
-        report["loop_over_torch"] = report["loop"]["median_s"] / report["torch"]["median_s"]
-        report["fused_over_torch"] = report["fused"]["median_s"] / report["torch"]["median_s"]
+        report["torch"].update(peak_rss_mb=torch["peak_rss_mb"], version=torch["version"])
+    for name, values in ratios.items():
+        if values:
+            report[name] = float(np.median(values))
+            report.setdefault("round_ratios", {})[name] = [float(v) for v in values]
     flops = iteration_flops(gan.generator_ab, gan.discriminator_a, size)
     report["flops"] = {"iteration_gflop": flops / 1e9, **measured_peak_gflops(config),
                        "loop_gflops": flops / report["loop"]["median_s"] / 1e9,
@@ -303,16 +333,19 @@ def print_report(report):
 
     print(f"config {report['config']}: {report['image_size']}x{report['image_size']}, ngf {report['ngf']}, "
           f"{report['n_res_blocks']} blocks, ndf {report['ndf']}, batch {report['batch_size']}, "
-          f"jit {report['jit']}, {report['policy']}, {report['steps']} steps after {report['warmup']} warm-up, "
+          f"jit {report['jit']}, {report['policy']}, {report['rounds']} x {report['steps']} steps after "
+          f"{report['warmup']} warm-up, "
           f"TensorFlow {report['tensorflow']}, {report['cpu_count']} CPUs")
     if "torch" in report:
         line(f"PyTorch {report['torch']['version']} reference step", report["torch"])
     line("project loop (CycleGAN.train_step)", report["loop"])
     line("fused GradientTape step", report["fused"])
-    print(f"  loop / fused {report['loop_over_fused']:.2f}", end="")
-    if "torch" in report:
-        print(f"   loop / PyTorch {report['loop_over_torch']:.2f}   fused / PyTorch {report['fused_over_torch']:.2f}",
-              end="")
+    names = ["loop_over_fused"] + (["loop_over_torch", "fused_over_torch"] if "torch" in report else [])
+    for name in names:
+        label = name.replace("_over_", " / ").replace("torch", "PyTorch")
+        rounds = "" if report["rounds"] == 1 else " (rounds: " + " ".join(
+            f"{value:.2f}" for value in report["round_ratios"][name]) + ")"
+        print(f"  {label} {report[name]:.2f}{rounds}", end="")
     flops = report["flops"]
     print(f"\n  {flops['iteration_gflop']:.1f} GFLOP per iteration: loop {flops['loop_gflops']:.1f} GFLOP/s, "
           f"fused {flops['fused_gflops']:.1f} GFLOP/s; measured peak matmul {flops['matmul_gflops']:.1f}, "

@@ -236,20 +236,20 @@ class CycleGAN:
             [real_a, real_b], networks.combined_targets(real_a, real_b, self.patch), return_dict=True)
         losses = {name: logs[f"{name}_loss"] for name in networks.LOSS_TERMS}
         losses["G_total"] = logs["loss"]
-        losses["D_A"] = train_discriminator(self.discriminator_a, real_a, pool_a.query(logs["fake_a"]))
-        losses["D_B"] = train_discriminator(self.discriminator_b, real_b, pool_b.query(logs["fake_b"]))
+        losses["D_A"] = train_discriminator(self.discriminator_a, real_a, pool_a.query(logs["fake_a"]), self.patch)
+        losses["D_B"] = train_discriminator(self.discriminator_b, real_b, pool_b.query(logs["fake_b"]), self.patch)
         return losses
 
 
-def train_discriminator(discriminator, real, fake):
+def train_discriminator(discriminator, real, fake, patch):
     """One Adam step of a discriminator on real (label 1) and fake (label 0) images together.
 
-    The loss is the mean of the real and fake halves, as in the reference. The model is trainable
+    The loss is the mean of the real and fake halves, as in the reference; `patch` is the
+    discriminator's output grid for these images (networks.patch_shape). The model is trainable
     only during this call: a train function traced (or retraced) now sees its weights, and the
     combined model, traced while it is frozen, never does.
     """
-    real = np.asarray(real)
-    shape = (real.shape[0],) + networks.patch_shape(discriminator, *real.shape[1:3])
+    shape = (len(real),) + tuple(patch)
     labels = np.concatenate([np.ones(shape, np.float32), np.zeros(shape, np.float32)])
     discriminator.trainable = True
     try:

@@ -3,6 +3,7 @@ import math
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 import bench
@@ -10,7 +11,7 @@ import data
 import networks
 
 TINY = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1",
-        "--steps", "2", "--warmup", "0", "--pipeline-images", "8"]
+        "--steps", "2", "--warmup", "0", "--pipeline-images", "8", "--rounds", "2"]
 
 
 def numbers(report, prefix=""):
@@ -18,6 +19,8 @@ def numbers(report, prefix=""):
     for key, value in report.items():
         if isinstance(value, dict):
             yield from numbers(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            yield from numbers(dict(enumerate(value)), f"{prefix}{key}.")
         elif key not in ("config", "tensorflow", "onednn", "jit", "policy", "version", "warmup"):
             yield f"{prefix}{key}", value
 
@@ -40,7 +43,8 @@ def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tm
     for name, value in values.items():
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (name, value)
     assert report["loop"]["min_s"] <= report["loop"]["median_s"] <= report["loop"]["max_s"]
-    assert report["loop_over_fused"] == pytest.approx(report["loop"]["median_s"] / report["fused"]["median_s"])
+    assert report["rounds"] == 2 and len(report["round_ratios"]["loop_over_fused"]) == 2
+    assert report["loop_over_fused"] == pytest.approx(float(np.median(report["round_ratios"]["loop_over_fused"])))
     consumed = report["pipeline"]["training_consumes_images_per_s"]
     assert consumed == pytest.approx(2 / report["loop"]["median_s"])
     assert "project loop (CycleGAN.train_step)" in printed and "fused GradientTape step" in printed
@@ -58,3 +62,8 @@ def test_conv_macs_counts_each_convolution_of_the_discriminator():
 def test_torch_comparison_refuses_a_resized_config():
     with pytest.raises(data.UsageError, match="--image-size"):
         bench.parse_config(["--torch", sys.executable, "--image-size", "64"])
+
+
+def test_torch_comparison_refuses_a_missing_interpreter(tmp_path):
+    with pytest.raises(data.UsageError, match="no such interpreter"):
+        bench.parse_config(["--torch", str(tmp_path / "python")])

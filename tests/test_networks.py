@@ -80,8 +80,8 @@ def test_freezing_really_works_in_keras_3():
     gan = train.CycleGAN(config)
     rng = np.random.default_rng(3)
     real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
-    step_a = lambda: train.train_discriminator(gan.discriminator_a, real_a, real_b)
-    step_b = lambda: train.train_discriminator(gan.discriminator_b, real_b, real_a)
+    step_a = lambda: train.train_discriminator(gan.discriminator_a, real_a, real_b, gan.patch)
+    step_b = lambda: train.train_discriminator(gan.discriminator_b, real_b, real_a, gan.patch)
     step_combined = lambda: gan.combined.train_on_batch(
         [real_a, real_b], networks.combined_targets(real_a, real_b, gan.patch))
 
@@ -185,10 +185,10 @@ def test_discriminators_train_on_the_translations_of_the_generators_step():
     seen = {}
     original = train.train_discriminator
 
-    def recording(discriminator, real, fake):
+    def recording(discriminator, real, fake, patch):
         seen[discriminator.name] = np.array(fake)
         seen[f"{discriminator.name} after generator steps"] = int(gan.combined.optimizer.iterations)
-        return original(discriminator, real, fake)
+        return original(discriminator, real, fake, patch)
 
     train.train_discriminator = recording
     try:
