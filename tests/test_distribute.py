@@ -304,5 +304,20 @@ def test_bfloat16_step_trains_without_loss_scaling_and_auto_picks_it_on_a_cpu():
         keras.mixed_precision.set_global_policy("float32")
 
 
+def test_jit_step_compiles_every_model_and_trains_all_four_networks():
+    import distribute
+    import train
+
+    gan = train.build_gan(dict(train.DEFAULTS, **TINY, jit=True), distribute.make_strategy("none"))
+    real = np.random.default_rng(1).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+    pools = [train.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
+    before = {name: model.get_weights() for name, model in gan.models.items()}
+    losses = gan.train_step(real, real, *pools)
+    assert all(np.isfinite(value) for value in losses.values()), losses
+    assert all(model.jit_compile for model in (gan.combined, gan.discriminator_a, gan.discriminator_b))
+    for name, model in gan.models.items():
+        assert any(np.abs(a - b).max() > 0 for a, b in zip(before[name], model.get_weights())), name
+
+
 if __name__ == "__main__":
     mirrored_child(sys.argv[1])
