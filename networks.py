@@ -83,6 +83,50 @@ class InstanceNormalization(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+@keras.saving.register_keras_serializable(package="cyclegan")
+class PaddedConv2D(layers.Conv2D):
+    """Conv2D over `pad` zero pixels on every side, PyTorch's Conv2d(padding=pad): the reference's
+    stride-2 downsampling, which sees the image symmetrically ('same' pads only the bottom and right).
+    TensorFlow also computes its gradients 2-3x faster than 'same''s at stride 2 on a CPU."""
+
+    def __init__(self, filters, kernel_size, pad=1, **kwargs):
+        kwargs.pop("padding", None)
+        super().__init__(filters, kernel_size, padding="valid", **kwargs)
+        self.pad = int(pad)
+
+    def convolution_op(self, inputs, kernel):
+        p = self.pad
+        return tf.nn.conv2d(inputs, kernel, self.strides, [[0, 0], [p, p], [p, p], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        def shrink(size):
+            return None if size is None else (size + 2 * self.pad - self.kernel_size[0]) // self.strides[0] + 1
+
+        batch, height, width, _ = input_shape
+        return batch, shrink(height), shrink(width), self.filters
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class UpConv2D(layers.Conv2DTranspose):
+    """Stride-2 transposed convolution that doubles H and W like PyTorch's
+    ConvTranspose2d(padding=1, output_padding=1): the transpose of a PaddedConv2D, so the reference's
+    upsampling, and with gradients TensorFlow computes faster than those of padding='same'."""
+
+    def __init__(self, filters, kernel_size=3, **kwargs):
+        kwargs.update(strides=2, padding="same")
+        super().__init__(filters, kernel_size, **kwargs)
+
+    def call(self, inputs):
+        batch, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
+        p = self.kernel_size[0] // 2
+        outputs = tf.nn.conv2d_transpose(inputs, self.kernel, [batch, 2 * height, 2 * width, self.filters],
+                                         2, [[0, 0], [p, p], [p, p], [0, 0]])
+        return outputs + self.bias if self.use_bias else outputs
+
+
 def instance_norm(name=None):
     return InstanceNormalization(epsilon=1e-5, name=name)
 
@@ -90,8 +134,9 @@ def instance_norm(name=None):
 def _conv_norm_relu(x, filters, kernel_size, strides=1, reflect=0, name=None):
     if reflect:
         x = ReflectionPadding2D(reflect, name=f"{name}_pad")(x)
-    padding = "valid" if reflect or strides == 1 else "same"
-    x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, name=f"{name}_conv")(x)
+        x = layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", name=f"{name}_conv")(x)
+    else:
+        x = PaddedConv2D(filters, kernel_size, pad=kernel_size // 2, strides=strides, name=f"{name}_conv")(x)
     x = instance_norm(f"{name}_norm")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -120,7 +165,7 @@ def build_generator(ngf=32, n_res_blocks=6, upsample="transpose", name="generato
         x = _residual_block(x, 4 * ngf, name=f"res{index + 1}")
     for index, filters in enumerate((2 * ngf, ngf)):
         if upsample == "transpose":
-            x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", name=f"up{index + 1}_conv")(x)
+            x = UpConv2D(filters, 3, name=f"up{index + 1}_conv")(x)
         else:
             x = layers.UpSampling2D(2, name=f"up{index + 1}_resize")(x)
             x = ReflectionPadding2D(1, name=f"up{index + 1}_pad")(x)

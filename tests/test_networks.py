@@ -201,6 +201,28 @@ def test_discriminators_train_on_the_translations_of_the_generators_step():
     assert not np.allclose(gan.generator_ab.predict_on_batch(real_a), before["fake_b"], atol=1e-7)
 
 
+def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
+    """PaddedConv2D is ZeroPadding2D(1) then a valid convolution (PyTorch's Conv2d(padding=1));
+    UpConv2D is the full transposed convolution without its first row and column (PyTorch's
+    ConvTranspose2d(padding=1, output_padding=1))."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 10, 14, 5)).astype(np.float32)
+    pairs = [(networks.PaddedConv2D(7, 3, pad=1, strides=2), layers.Conv2D(7, 3, strides=2, padding="valid"),
+              lambda y: y, np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])),
+             (networks.UpConv2D(4, 3), layers.Conv2DTranspose(4, 3, strides=2, padding="valid"),
+              lambda y: y[:, 1:, 1:], x)]
+    for ours, reference, crop, reference_input in pairs:
+        ours.build(x.shape)
+        reference.build(reference_input.shape)
+        weights = [rng.normal(size=w.shape).astype(np.float32) for w in reference.weights]
+        ours.set_weights(weights)
+        reference.set_weights(weights)
+        expected = crop(np.asarray(reference(reference_input)))
+        assert tuple(ours.compute_output_shape(x.shape)) == expected.shape
+        np.testing.assert_allclose(np.asarray(ours(x)), expected, atol=1e-4)
+    assert networks.UpConv2D(4, 3)(x).shape == (2, 20, 28, 4)
+
+
 def test_generator_with_instance_norm_survives_keras_save_and_safe_load(tmp_path):
     generator = networks.build_generator(ngf=4, n_res_blocks=1, name="g")
     path = str(tmp_path / "g.keras")
