@@ -96,7 +96,10 @@ class PaddedConv2D(layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         p = self.pad
-        return tf.nn.conv2d(inputs, kernel, self.strides, [[0, 0], [p, p], [p, p], [0, 0]])
+        padding = [[0, 0], [p, p], [p, p], [0, 0]]
+        if inputs.dtype != "float32":  # TensorFlow's explicit-padding gradients are slow in 16 bits
+            return tf.nn.conv2d(tf.pad(inputs, padding), kernel, self.strides, "VALID")
+        return tf.nn.conv2d(inputs, kernel, self.strides, padding)
 
     def compute_output_shape(self, input_shape):
         def shrink(size):
@@ -122,8 +125,13 @@ class UpConv2D(layers.Conv2DTranspose):
     def call(self, inputs):
         batch, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
         p = self.kernel_size[0] // 2
-        outputs = tf.nn.conv2d_transpose(inputs, self.kernel, [batch, 2 * height, 2 * width, self.filters],
-                                         2, [[0, 0], [p, p], [p, p], [0, 0]])
+        if inputs.dtype != "float32":  # as PaddedConv2D: the full output, then cut
+            full = [batch, 2 * height + 2 * p - 1, 2 * width + 2 * p - 1, self.filters]
+            outputs = tf.nn.conv2d_transpose(inputs, self.kernel, full, 2, "VALID")
+            outputs = outputs[:, p:p + 2 * height, p:p + 2 * width]
+        else:
+            outputs = tf.nn.conv2d_transpose(inputs, self.kernel, [batch, 2 * height, 2 * width, self.filters],
+                                             2, [[0, 0], [p, p], [p, p], [0, 0]])
         return outputs + self.bias if self.use_bias else outputs
 
 

@@ -236,8 +236,9 @@ class CycleGAN:
             [real_a, real_b], networks.combined_targets(real_a, real_b, self.patch), return_dict=True)
         losses = {name: logs[f"{name}_loss"] for name in networks.LOSS_TERMS}
         losses["G_total"] = logs["loss"]
-        losses["D_A"] = train_discriminator(self.discriminator_a, real_a, pool_a.query(logs["fake_a"]), self.patch)
-        losses["D_B"] = train_discriminator(self.discriminator_b, real_b, pool_b.query(logs["fake_b"]), self.patch)
+        fake_a, fake_b = pool_a.query(logs["fake_a"]), pool_b.query(logs["fake_b"])
+        losses["D_A"] = train_discriminator(self.discriminator_a, real_a, fake_a, self.patch)
+        losses["D_B"] = train_discriminator(self.discriminator_b, real_b, fake_b, self.patch)
         return losses
 
 

@@ -204,7 +204,7 @@ def test_discriminators_train_on_the_translations_of_the_generators_step():
 def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
     """PaddedConv2D is ZeroPadding2D(1) then a valid convolution (PyTorch's Conv2d(padding=1));
     UpConv2D is the full transposed convolution without its first row and column (PyTorch's
-    ConvTranspose2d(padding=1, output_padding=1))."""
+    ConvTranspose2d(padding=1, output_padding=1)). Both ways each layer computes it agree."""
     rng = np.random.default_rng(8)
     x = rng.normal(size=(2, 10, 14, 5)).astype(np.float32)
     pairs = [(networks.PaddedConv2D(7, 3, pad=1, strides=2), layers.Conv2D(7, 3, strides=2, padding="valid"),
@@ -220,6 +220,10 @@ def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
         expected = crop(np.asarray(reference(reference_input)))
         assert tuple(ours.compute_output_shape(x.shape)) == expected.shape
         np.testing.assert_allclose(np.asarray(ours(x)), expected, atol=1e-4)
+        twin = type(ours).from_config({**ours.get_config(), "dtype": "float64"})  # the 16-bit code path
+        twin.build(x.shape)
+        twin.set_weights(weights)
+        np.testing.assert_allclose(np.asarray(twin(x.astype(np.float64))), expected, atol=1e-4)
     assert networks.UpConv2D(4, 3)(x).shape == (2, 20, 28, 4)
 
 
