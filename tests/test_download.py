@@ -1,4 +1,4 @@
-"""`python data.py download`, against zips this test builds and serves from http.server on 127.0.0.1:
+"""`python download.py`, against zips this test builds and serves from http.server on 127.0.0.1:
 a good one, a truncated one, hostile ones, a connection cut mid-file, a 404, a page that is no zip."""
 import io
 import os
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import data
+import download
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = {"mini/trainA/0.png": np.random.default_rng(0).bytes(300_000),
@@ -105,7 +106,7 @@ def assert_unpacked(folder):
 
 def test_a_good_zip_is_unpacked_into_place_with_a_progress_line(server, root):
     progress = io.StringIO()
-    target = data.download_dataset("mini", str(root), f"{server}/good.zip", progress)
+    target = download.download_dataset("mini", str(root), f"{server}/good.zip", progress)
     assert target == str(root / "mini")
     assert_unpacked(root / "mini")
     assert os.listdir(root) == ["mini"]
@@ -115,7 +116,7 @@ def test_a_good_zip_is_unpacked_into_place_with_a_progress_line(server, root):
 
 
 def test_a_connection_cut_mid_file_is_resumed_with_a_range_request(server, root):
-    data.download_dataset("mini", str(root), f"{server}/cut.zip", io.StringIO())
+    download.download_dataset("mini", str(root), f"{server}/cut.zip", io.StringIO())
     assert Handler.ranges == [("/cut.zip", None), ("/cut.zip", f"bytes={CUT_AT}-")]
     assert_unpacked(root / "mini")
     assert os.listdir(root) == ["mini"]
@@ -123,14 +124,14 @@ def test_a_connection_cut_mid_file_is_resumed_with_a_range_request(server, root)
 
 def test_a_partial_file_from_an_earlier_run_is_resumed(server, root):
     (root / "mini.zip.part").write_bytes(GOOD[:CUT_AT])
-    data.download_dataset("mini", str(root), f"{server}/good.zip", io.StringIO())
+    download.download_dataset("mini", str(root), f"{server}/good.zip", io.StringIO())
     assert Handler.ranges == [("/good.zip", f"bytes={CUT_AT}-")]
     assert_unpacked(root / "mini")
 
 
 def test_a_server_that_ignores_range_makes_the_download_restart_cleanly(server, root):
     (root / "mini.zip.part").write_bytes(GOOD[:CUT_AT])
-    data.download_dataset("mini", str(root), f"{server}/norange.zip", io.StringIO())
+    download.download_dataset("mini", str(root), f"{server}/norange.zip", io.StringIO())
     assert_unpacked(root / "mini")
     assert os.listdir(root) == ["mini"]
 
@@ -145,7 +146,7 @@ def test_a_server_that_ignores_range_makes_the_download_restart_cleanly(server, 
 ])
 def test_a_bad_answer_is_one_line_naming_the_url_and_leaves_nothing(server, root, path, expected):
     with pytest.raises(data.UsageError) as error:
-        data.download_dataset("mini", str(root), f"{server}{path}", io.StringIO())
+        download.download_dataset("mini", str(root), f"{server}{path}", io.StringIO())
     message = str(error.value)
     assert expected in message and message.endswith(f"{server}{path})" if "entry" in expected else f"{server}{path}")
     assert "\n" not in message
@@ -159,26 +160,26 @@ def test_no_network_is_one_line_naming_the_url(root):
         closed_port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{closed_port}/mini.zip"
     with pytest.raises(data.UsageError, match=r"^download failed \(.*refused.*\): " + url):
-        data.download_dataset("mini", str(root), url, io.StringIO())
+        download.download_dataset("mini", str(root), url, io.StringIO())
     assert os.listdir(root) == []
 
 
 def test_names_and_existing_datasets(root, capsys):
-    data.main(["download", "--list"])
-    assert capsys.readouterr().out.split() == list(data.DATASETS)
-    assert "horse2zebra" in data.DATASETS and len(data.DATASETS) == 12
+    download.main(["--list"])
+    assert capsys.readouterr().out.split() == list(download.DATASETS)
+    assert "horse2zebra" in download.DATASETS and len(download.DATASETS) == 12
     with pytest.raises(data.UsageError, match="unknown dataset 'horse2giraffe'.*--list"):
-        data.download_dataset("horse2giraffe", str(root))
+        download.download_dataset("horse2giraffe", str(root))
     (root / "horse2zebra").mkdir()
     (root / "horse2zebra" / "mine.txt").write_text("kept")
-    assert data.download_dataset("horse2zebra", str(root), "http://127.0.0.1:9/unused.zip") == str(root / "horse2zebra")
+    assert download.download_dataset("horse2zebra", str(root), "http://127.0.0.1:9/unused.zip") == str(root / "horse2zebra")
     assert os.listdir(root / "horse2zebra") == ["mine.txt"]
 
 
 def test_the_command_line_downloads_and_fails_without_a_traceback(server, root):
     """Two real processes side by side: one download that works, one 404."""
     commands = {"good": [f"{server}/good.zip", "ok"], "missing": [f"{server}/missing.zip", "fail"]}
-    processes = {name: subprocess.Popen([sys.executable, "data.py", "download", name, "--root", str(root),
+    processes = {name: subprocess.Popen([sys.executable, "download.py", name, "--root", str(root),
                                          "--url", url], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)
                  for name, (url, _) in commands.items()}
@@ -189,5 +190,5 @@ def test_the_command_line_downloads_and_fails_without_a_traceback(server, root):
     assert (root / "good" / "trainA" / "0.png").read_bytes() == FILES["mini/trainA/0.png"]
     assert processes["missing"].returncode == 1 and "Traceback" not in missing_err
     assert missing_err.strip().splitlines()[-1] == \
-        f"data.py: error: download failed (HTTP 404 Not Found): {server}/missing.zip"
+        f"download.py: error: download failed (HTTP 404 Not Found): {server}/missing.zip"
     assert sorted(os.listdir(root)) == ["good"]

@@ -1,0 +1,198 @@
+"""Download an official CycleGAN dataset and unpack it into the standard layout, resumably.
+
+    python download.py horse2zebra          # into datasets/horse2zebra/
+    python download.py --list
+
+The zip grows as NAME.zip.part (a rerun resumes it with an HTTP Range request), is renamed when
+complete, tested, unpacked into a temporary folder and renamed into place; entries that would land
+outside the target are refused.
+"""
+import argparse
+import http.client
+import logging
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+
+from data import HelpFormatter, UsageError, run_cli
+
+log = logging.getLogger("cyclegan")
+
+DATASETS = ("apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo", "cezanne2photo",
+            "ukiyoe2photo", "vangogh2photo", "maps", "cityscapes", "facades", "iphone2dslr_flower", "ae_photos")
+DATASET_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"  # the reference's address
+DOWNLOAD_TIMEOUT = 60
+DOWNLOAD_RETRIES = 3
+DOWNLOAD_CHUNK = 1 << 16
+
+
+class DownloadProgress:
+    """One self-overwriting line: bytes so far / total, a bar, and the speed of this session."""
+
+    def __init__(self, stream, label, start, total):
+        self.stream, self.label, self.start, self.total = stream, label, start, total
+        self.started = self.shown = time.monotonic()
+
+    def update(self, done, final=False):
+        now = time.monotonic()
+        if not final and now - self.shown < 0.25:
+            return
+        self.shown = now
+        speed = (done - self.start) / max(now - self.started, 1e-6) / 1e6
+        if self.total:
+            filled = int(30 * done / self.total)
+            size = f"{done / 1e6:.1f}/{self.total / 1e6:.1f} MB [{'#' * filled}{'.' * (30 - filled)}]"
+        else:
+            size = f"{done / 1e6:.1f} MB"
+        self.stream.write(f"\r{self.label}  {size}  {speed:.2f} MB/s" + ("\n" if final else ""))
+        self.stream.flush()
+
+
+def _fetch_once(url, partial, progress):
+    """Appends the rest of `url` to `partial` (all of it when the server ignores the Range asked for)."""
+    have = os.path.getsize(partial) if os.path.exists(partial) else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:  # the partial file is no prefix of what is there now
+            os.remove(partial)
+            return _fetch_once(url, partial, progress)
+        raise UsageError(f"download failed (HTTP {error.code} {error.reason}): {url}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", None) or error
+        raise UsageError(f"download failed ({reason}): {url}") from None
+    with response:
+        resumed = have and response.status == 206
+        if not resumed:
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length else None
+        bar = DownloadProgress(progress, os.path.basename(partial)[:-len(".part")], have, total)
+        done = have
+        with open(partial, "ab" if resumed else "wb") as f:
+            while chunk := response.read(DOWNLOAD_CHUNK):
+                f.write(chunk)
+                done += len(chunk)
+                bar.update(done)
+        bar.update(done, final=True)
+        if total is not None and done < total:
+            raise http.client.IncompleteRead(b"", total - done)
+
+
+def fetch(url, path, progress=sys.stderr):
+    """Downloads `url` to `path`, growing PATH.part and renaming it only when complete. A cut
+    connection is resumed with an HTTP Range request, here and on the next call."""
+    partial = f"{path}.part"
+    for attempt in range(DOWNLOAD_RETRIES + 1):
+        try:
+            _fetch_once(url, partial, progress)
+            break
+        except (http.client.HTTPException, OSError) as error:
+            kept = os.path.getsize(partial) if os.path.exists(partial) else 0
+            if attempt == DOWNLOAD_RETRIES:
+                raise UsageError(f"download cut off ({type(error).__name__}) with {kept} bytes kept in {partial}, "
+                                 f"run the same command to resume: {url}") from None
+            log.warning("connection lost (%s); resuming at byte %d", type(error).__name__, kept)
+            time.sleep(attempt)
+    os.replace(partial, path)
+    return path
+
+
+def unsafe_entry(info):
+    """Why a zip entry may not be extracted (a link, an absolute path, a way out with ..), or None."""
+    name = info.filename.replace("\\", "/")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "a symbolic link"
+    if name.startswith("/") or name[1:2] == ":":
+        return "an absolute path"
+    if ".." in name.split("/"):
+        return "a path that leaves the target folder"
+    return None
+
+
+def unpack(archive, target, url):
+    """Tests the zip and unpacks it into a temporary folder that becomes `target` only when complete.
+
+    A zip whose single top folder holds everything (as the official ones) becomes `target` itself.
+    Nothing is written if any entry is unsafe (see unsafe_entry). The archive is removed either way.
+    """
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                reason = unsafe_entry(info)
+                if reason:
+                    raise UsageError(f"{archive}: refusing the entry {info.filename!r}, {reason}; "
+                                     f"nothing extracted (from {url})")
+            damaged = zf.testzip()
+            if damaged:
+                raise UsageError(f"{archive}: the entry {damaged!r} is damaged (CRC mismatch): {url}")
+            staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target) or ".")
+            try:
+                zf.extractall(staging)
+                tops = {n.split("/")[0] for n in zf.namelist()} - {"__MACOSX"}
+                content = os.path.join(staging, tops.pop()) if len(tops) == 1 else staging
+                os.replace(content if os.path.isdir(content) else staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise UsageError(f"the download is not a complete zip file ({error}): {url}") from None
+    finally:
+        os.remove(archive)
+    return target
+
+
+def download_dataset(name, root="datasets", url=None, progress=sys.stderr):
+    """Downloads and unpacks a dataset into ROOT/NAME, which appears only complete; returns its path.
+
+    Without `url` NAME must be an official one and comes from the reference's address. An existing
+    ROOT/NAME is left as it is.
+    """
+    if url is None and name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}: python download.py --list shows the names "
+                         "(or give --url)")
+    if name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise UsageError(f"{name!r}: expected a plain folder name for the dataset")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UsageError(f"--root {root}: is a file, expected a folder for the datasets")
+    target = os.path.join(root, name)
+    if os.path.exists(target):
+        log.info("%s is already there; delete it to download again", target)
+        return target
+    url = url or DATASET_URL.format(name=name)
+    os.makedirs(root, exist_ok=True)
+    archive = os.path.join(root, f"{name}.zip")
+    if not os.path.isfile(archive):
+        fetch(url, archive, progress)
+    return unpack(archive, target, url)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Download and unpack an official CycleGAN dataset into ROOT/NAME/.",
+                                formatter_class=HelpFormatter)
+    p.add_argument("name", nargs="?", help="dataset name (see --list)")
+    p.add_argument("--list", action="store_true", help="print the official dataset names and exit")
+    p.add_argument("--root", default="datasets", help="folder that receives ROOT/NAME/")
+    p.add_argument("--url", help="zip to download instead of the official address (a mirror)")
+    return p
+
+
+def main(argv=None):
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print("\n".join(DATASETS))
+        return
+    if not args.name:
+        raise UsageError("give a dataset NAME (python download.py --list shows them)")
+    print(f"dataset ready: {download_dataset(args.name, args.root, args.url)}")
+
+
+if __name__ == "__main__":
+    run_cli(main, "download.py", "interrupted; run the same command again to resume the download")
