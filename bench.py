@@ -57,10 +57,8 @@ def build_parser():
     p.add_argument("--ndf", type=train.positive_int, default=train.DEFAULTS["ndf"], help="discriminator filters")
     p.add_argument("--n-res-blocks", type=train.positive_int, help="override the config's residual blocks")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train functions (train.py --jit)")
-    p.add_argument("--mixed-precision", nargs="?", const="auto", choices=("auto",) + train.PRECISIONS,
-                   metavar="{float16,bfloat16}",
-                   help="run everything in train.py --mixed-precision's 16-bit policy (the PyTorch "
-                        "yardstick stays float32)")
+    train.add_mixed_precision_option(
+        p, "run everything in train.py --mixed-precision's 16-bit policy (the PyTorch yardstick stays float32)")
     p.add_argument("--dataroot", help="JPEG dataset for the input-pipeline figure (default: synthetic JPEGs)")
     p.add_argument("--pipeline-images", type=train.positive_int, default=PIPELINE_IMAGES,
                    help="images read per domain when timing the input pipeline")

@@ -87,14 +87,15 @@ def split_batches(model, strategy):
     """
     step = tf.function(lambda batch: strategy.run(model.train_step, args=(batch,)), reduce_retracing=True)
 
+    def join(value):
+        if strategy.experimental_local_results(value)[0].shape.rank:
+            return strategy.gather(value, axis=0)
+        return strategy.reduce("MEAN", value, axis=None)
+
     def train_function(batches):
         for batch in batches:
             logs = step(replica_slices(strategy, tuple(x for x in batch if x is not None)))
-        return {name: strategy.gather(value, axis=0) if is_batch(value) else strategy.reduce("MEAN", value, axis=None)
-                for name, value in logs.items()}
-
-    def is_batch(value):
-        return strategy.experimental_local_results(value)[0].shape.rank > 0
+        return {name: join(value) for name, value in logs.items()}
 
     model.train_function = train_function
     model.make_predict_function()

@@ -123,7 +123,7 @@ class UpConv2D(layers.Conv2DTranspose):
         super().__init__(filters, kernel_size, **kwargs)
 
     def call(self, inputs):
-        batch, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
+        batch, height, width, _ = ops.shape(inputs)
         p = self.kernel_size[0] // 2
         if inputs.dtype != "float32":  # as PaddedConv2D: the full output, then cut
             full = [batch, 2 * height + 2 * p - 1, 2 * width + 2 * p - 1, self.filters]

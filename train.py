@@ -112,13 +112,18 @@ def build_parser():
                         "(default: mirrored when TensorFlow sees more than one GPU and the batch "
                         "splits across them, else none); "
                         "--batch-size is the global batch, split across the replicas")
-    p.add_argument("--mixed-precision", nargs="?", const="auto", choices=("auto",) + PRECISIONS,
-                   metavar="{float16,bfloat16}",
-                   help="compute in 16 bits, weights and losses in float32: float16 with loss scaling "
-                        "(GPUs with tensor cores) or bfloat16 (CPUs with AVX512_BF16 or AMX, recent GPUs); "
-                        "given alone: float16 on a GPU, bfloat16 on a CPU")
+    add_mixed_precision_option(
+        p, "compute in 16 bits, weights and losses in float32: float16 with loss scaling (GPUs with tensor "
+           "cores) or bfloat16 (CPUs with AVX512_BF16 or AMX, recent GPUs); given alone: float16 on a GPU, "
+           "bfloat16 on a CPU")
     p.set_defaults(**{k: v for k, v in DEFAULTS.items() if v is not None})
     return p
+
+
+def add_mixed_precision_option(parser, help):
+    """--mixed-precision [float16|bfloat16], "auto" when given alone (see precision_policy)."""
+    parser.add_argument("--mixed-precision", nargs="?", const="auto", choices=("auto",) + PRECISIONS,
+                        metavar="{float16,bfloat16}", help=help)
 
 
 def parse_config(argv=None):
