@@ -21,12 +21,15 @@ import time
 
 import numpy as np
 
-import data  # first: it imports TensorFlow without the start-up noise
-import keras
-import tensorflow as tf
-
+import cli
+import cyclegan
+import data
+import distribute
 import networks
 import train
+from cli import UsageError
+from distribute import tf
+import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
 
 # The two configurations of the PyTorch yardstick: the book's network and the paper's.
 CONFIGS = {
@@ -43,24 +46,24 @@ TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "s
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=data.HelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="S",
                    help="S: 128x128, ngf 32, 6 blocks; P: 256x256, ngf 64, 9 blocks")
-    p.add_argument("--steps", type=train.positive_int, default=STEPS, help="timed iterations of each step per round")
-    p.add_argument("--rounds", type=train.positive_int, default=ROUNDS,
+    p.add_argument("--steps", type=cli.positive_int, default=STEPS, help="timed iterations of each step per round")
+    p.add_argument("--rounds", type=cli.positive_int, default=ROUNDS,
                    help="rounds of PyTorch, loop and fused timings in turn; each ratio is the median of "
                         "the rounds' ratios, so a slow spell of the machine hits all three alike")
-    p.add_argument("--warmup", type=train.non_negative_int, default=WARMUP,
+    p.add_argument("--warmup", type=cli.non_negative_int, default=WARMUP,
                    help="untimed iterations first (the first one traces and compiles)")
-    p.add_argument("--image-size", type=train.image_size, help="override the config's image size")
-    p.add_argument("--ngf", type=train.positive_int, help="override the config's generator filters")
-    p.add_argument("--ndf", type=train.positive_int, default=train.DEFAULTS["ndf"], help="discriminator filters")
-    p.add_argument("--n-res-blocks", type=train.positive_int, help="override the config's residual blocks")
+    p.add_argument("--image-size", type=cli.image_size, help="override the config's image size")
+    p.add_argument("--ngf", type=cli.positive_int, help="override the config's generator filters")
+    p.add_argument("--ndf", type=cli.positive_int, default=train.DEFAULTS["ndf"], help="discriminator filters")
+    p.add_argument("--n-res-blocks", type=cli.positive_int, help="override the config's residual blocks")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train functions (train.py --jit)")
-    train.add_mixed_precision_option(
+    cli.add_mixed_precision_option(
         p, "run everything in train.py --mixed-precision's 16-bit policy (the PyTorch yardstick stays float32)")
     p.add_argument("--dataroot", help="JPEG dataset for the input-pipeline figure (default: synthetic JPEGs)")
-    p.add_argument("--pipeline-images", type=train.positive_int, default=PIPELINE_IMAGES,
+    p.add_argument("--pipeline-images", type=cli.positive_int, default=PIPELINE_IMAGES,
                    help="images read per domain when timing the input pipeline")
     p.add_argument("--torch", metavar="PYTHON",
                    help="interpreter with torch installed: also time the PyTorch reference step")
@@ -72,12 +75,12 @@ def parse_config(argv=None):
     args = build_parser().parse_args(argv)
     overrides = {k: getattr(args, k) for k in CONFIGS["S"] if getattr(args, k) is not None}
     if args.torch and overrides:
-        raise data.UsageError("--torch compares only the plain S and P configs: drop "
+        raise UsageError("--torch compares only the plain S and P configs: drop "
                               + ", ".join(f"--{k.replace('_', '-')}" for k in overrides))
     if args.torch and shutil.which(args.torch) is None:
-        raise data.UsageError(f"--torch {args.torch}: no such interpreter")
+        raise UsageError(f"--torch {args.torch}: no such interpreter")
     if args.torch and not os.path.isfile(args.torch_script):
-        raise data.UsageError(f"--torch-script {args.torch_script}: not found")
+        raise UsageError(f"--torch-script {args.torch_script}: not found")
     config = dict(train.DEFAULTS, **{**CONFIGS[args.config], **overrides})
     config.update(ndf=args.ndf, jit=args.jit, mixed_precision=args.mixed_precision)
     return args, config
@@ -199,8 +202,8 @@ def random_images(rng, batch, size):
 def loop_iteration(config, rng):
     """The CycleGAN and one call of train.CycleGAN.train_step, as train.train calls it (the precision
     policy it sets stays for the other measurements)."""
-    gan = train.build_gan(config, tf.distribute.get_strategy())
-    pools = [train.HistoryPool(config["pool_size"], rng) for _ in "AB"]
+    gan = cyclegan.build_gan(config, tf.distribute.get_strategy())
+    pools = [cyclegan.HistoryPool(config["pool_size"], rng) for _ in "AB"]
     real_a, real_b = (random_images(rng, config["batch_size"], config["image_size"]) for _ in "AB")
     return gan, lambda: gan.train_step(real_a, real_b, *pools)
 
@@ -262,10 +265,10 @@ def bench_torch(python, script, config_name, steps, warmup):
     try:
         done = subprocess.run(command, cwd=os.path.dirname(script), env=env, capture_output=True, text=True)
     except OSError as error:
-        raise data.UsageError(f"--torch {python}: cannot run ({error})") from None
+        raise UsageError(f"--torch {python}: cannot run ({error})") from None
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
-        raise data.UsageError(f"--torch {python}: the yardstick failed: {done.stderr.strip()[-300:]}")
+        raise UsageError(f"--torch {python}: the yardstick failed: {done.stderr.strip()[-300:]}")
     result = json.loads(lines[-1][len("RESULT "):])
     return {"times": result["times"], "peak_rss_mb": result["peak_rss_MB"], "version": result["torch"]}
 
@@ -276,7 +279,7 @@ def run(args, config):
     report = {"config": args.config, "image_size": size, "ngf": config["ngf"], "ndf": config["ndf"],
               "n_res_blocks": config["n_res_blocks"], "batch_size": config["batch_size"], "steps": args.steps,
               "warmup": args.warmup, "rounds": args.rounds, "jit": config["jit"], "tensorflow": tf.__version__,
-              "policy": train.precision_policy(config["mixed_precision"]),
+              "policy": distribute.precision_policy(config["mixed_precision"]),
               "cpu_count": os.cpu_count(), "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
     times = {"torch": [], "loop": [], "fused": []}
     ratios = {"loop_over_fused": [], "loop_over_torch": [], "fused_over_torch": []}
@@ -367,4 +370,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.run_cli(main, "bench.py")
+    cli.run_cli(main, "bench.py")

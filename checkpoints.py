@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 
-from data import UsageError
+from cli import UsageError
 
 log = logging.getLogger("cyclegan")
 

@@ -6,35 +6,15 @@ A and B are shuffled independently, and an epoch is max(len A, len B) images as 
 
 download.py fetches the official datasets; build_demo_dataset makes the offline one main.py uses.
 """
-import argparse
 import logging
 import os
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-
-
-def _import_tensorflow_quietly():
-    """Imports TensorFlow with its C++ start-up notes (CUDA probing, oneDNN) kept off stderr: they
-    are printed before any log level applies. Errors still surface as Python exceptions."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import keras  # noqa: F401  (imports TensorFlow's backend too)
-        import tensorflow
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-    tensorflow.get_logger().setLevel("ERROR")  # e.g. retracing notes when images of many sizes go through
-    return tensorflow
-
-
-tf = _import_tensorflow_quietly()
+from cli import UsageError
+from distribute import tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 LAYOUT = "expected DATAROOT/trainA/ and DATAROOT/trainB/ with .jpg/.png/.bmp images (plus testA/ testB/)"
@@ -51,28 +31,6 @@ PAINT_PALETTE = np.array([[0.12, 0.10, 0.30],   # indigo shadows
                           [1.00, 0.93, 0.70]])  # cream highlights
 
 log = logging.getLogger("cyclegan")
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and a non-zero exit, never a traceback."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help with each option's default, except where there is none to show."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
-
-
-def run_cli(main_function, program, interrupted="interrupted"):
-    """Runs a script's main: bad input (UsageError, or an OSError such as a full disk) ends with one
-    line on stderr and exit status 1, Ctrl-C with `interrupted`."""
-    try:
-        main_function()
-    except (UsageError, OSError) as error:
-        sys.exit(f"{program}: error: {error}")
-    except KeyboardInterrupt:
-        sys.exit(f"{program}: {interrupted}")
 
 
 def list_images(folder):
@@ -172,6 +130,22 @@ def train_dataset(dataroot, image_size, batch_size, seed=None):
     pairs = tf.data.Dataset.zip((stream_a, stream_b)).batch(batch_size, drop_remainder=True)
     steps_per_epoch = max(1, max(len(paths_a), len(paths_b)) // batch_size)
     return pairs.prefetch(tf.data.AUTOTUNE), steps_per_epoch
+
+
+def read_image(path):
+    """A file -> float32 [-1, 1] RGB array at its own resolution."""
+    return to_unit_range(decode_image(tf.io.read_file(path))).numpy()
+
+
+def write_image(path, image):
+    """A [-1, 1] image -> an image file whose format follows the extension (JPEG at quality 95)."""
+    import imageio.v3 as iio
+
+    pixels = to_uint8(image)
+    if path.lower().endswith((".jpg", ".jpeg")):
+        iio.imwrite(path, pixels, quality=95)
+    else:
+        iio.imwrite(path, pixels)
 
 
 def load_images(paths, image_size):

@@ -1,5 +1,8 @@
-"""Spreading the classic train_on_batch loop over tf.distribute: which strategy, who writes the run's
-files, and how each replica gets its own slice of the global batch.
+"""The TensorFlow runtime a run computes on: TensorFlow imported quietly, the precision policy, and
+the classic train_on_batch loop spread over tf.distribute (which strategy, who writes the run's files,
+how each replica gets its own slice of the global batch).
+
+Library modules take `tf` from here, so TensorFlow's start-up notes never reach the user's terminal.
 """
 import atexit
 import json
@@ -10,7 +13,27 @@ import tempfile
 
 import numpy as np
 
-from data import UsageError, tf
+from cli import UsageError
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with its C++ start-up notes (CUDA probing, oneDNN) kept off stderr: they
+    are printed before any log level applies. Errors still surface as Python exceptions."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401  (imports TensorFlow's backend too)
+        import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    tensorflow.get_logger().setLevel("ERROR")  # e.g. retracing notes when images of many sizes go through
+    return tensorflow
+
+
+tf = _import_tensorflow_quietly()
 
 log = logging.getLogger("cyclegan")
 
@@ -109,3 +132,13 @@ def split_batches(model, strategy):
         return predict([replica_slices(strategy, (padded,))])[:count]
 
     model.predict_function = predict_function
+
+
+def precision_policy(mixed_precision):
+    """The Keras dtype policy for --mixed-precision: off, float16, bfloat16 or auto (True in the
+    config.json of runs made before the option took a value)."""
+    if not mixed_precision:
+        return "float32"
+    if mixed_precision in (True, "auto"):
+        mixed_precision = "float16" if tf.config.list_physical_devices("GPU") else "bfloat16"
+    return f"mixed_{mixed_precision}"

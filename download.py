@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 import zipfile
 
-from data import HelpFormatter, UsageError, run_cli
+from cli import HelpFormatter, UsageError, run_cli
 
 log = logging.getLogger("cyclegan")
 
@@ -184,7 +184,6 @@ def build_parser():
 
 
 def main(argv=None):
-    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
     args = build_parser().parse_args(argv)
     if args.list:
         print("\n".join(DATASETS))

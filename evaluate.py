@@ -15,313 +15,17 @@ Per direction it prints a small table and writes all scores to RUN_DIR/evaluatio
   It is not FID: it is only comparable between runs scored by the same classifier file.
 """
 import argparse
-import contextlib
-import io
 import os
-import socket
-import time
 
-import numpy as np
+import cli
+import metrics
+import networks
+from checkpoints import read_json, write_json
+from metrics import DIRECTIONS
 
-import data  # first: it imports TensorFlow without the start-up noise
-import keras
-import tensorflow as tf
-
-import generate
-from checkpoints import read_json, write_atomically, write_json
-
-INCEPTION_SIZE = 299
-INCEPTION_WEIGHTS = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
-INCEPTION_URL = "https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/" + INCEPTION_WEIGHTS
-INCEPTION_MD5 = "bcbd6486424b2319ff4ef7d526e38f63"
-DOWNLOAD_TIMEOUT_S = 20
-KID_SUBSETS = 100
-KID_SUBSET_SIZE = 1000
-PSNR_CAP = 100.0
-DOMAIN_SIZE = 64
-DOMAIN_LOAD_SIZE = 128
-DOMAIN_EPOCHS = 10
-DOMAIN_BATCH = 32
-DOMAIN_FILE = f"domain_classifier_{DOMAIN_SIZE}px.keras"
-DIRECTIONS = {"AtoB": ("generator_ab", "A", "B"), "BtoA": ("generator_ba", "B", "A")}
 ROWS = (("fid", "FID (InceptionV3)"), ("kid", "KID (InceptionV3)"),
         ("domain", "domain score (fraction judged target)"), ("domain_fd", "domain Fréchet distance"),
         ("ssim", "SSIM vs ground truth"), ("psnr", "PSNR vs ground truth (dB)"))
-
-
-# ---- the math --------------------------------------------------------------------------------
-
-def feature_statistics(features):
-    """Mean and covariance of a set of feature vectors (one per row)."""
-    features = np.asarray(features, np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def frechet_distance(mean_1, cov_1, mean_2, cov_2):
-    """Fréchet distance of two Gaussians: |m1 - m2|^2 + Tr(C1 + C2 - 2 (C1 C2)^1/2).
-
-    Tr((C1 C2)^1/2) is computed as the sum of square roots of the eigenvalues of the symmetric
-    matrix C1^1/2 C2 C1^1/2 (same spectrum), which stays real and stable for singular covariances.
-    """
-    values, vectors = np.linalg.eigh(cov_1)
-    root_1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
-    middle = np.linalg.eigvalsh(root_1 @ cov_2 @ root_1)
-    trace_root = np.sqrt(np.clip(middle, 0, None)).sum()
-    return float(np.sum((mean_1 - mean_2) ** 2) + np.trace(cov_1) + np.trace(cov_2) - 2 * trace_root)
-
-
-def features_frechet_distance(features_1, features_2):
-    return frechet_distance(*feature_statistics(features_1), *feature_statistics(features_2))
-
-
-def cubic_kernel(x, y):
-    """The KID kernel (x.y / d + 1)^3 between the rows of x and y."""
-    k = x @ y.T / x.shape[1] + 1
-    return k * k * k
-
-
-def kernel_inception_distance(features_1, features_2, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=0):
-    """Unbiased MMD^2 with cubic_kernel over random subsets; returns (mean, std).
-
-    Subsets hold min(subset_size, half the smaller set) vectors so that they differ from each other.
-    """
-    features_1 = np.asarray(features_1, np.float64)
-    features_2 = np.asarray(features_2, np.float64)
-    size = max(2, min(subset_size, min(len(features_1), len(features_2)) // 2))
-    rng = np.random.default_rng(seed)
-    estimates = []
-    for _ in range(subsets):
-        x = features_1[rng.choice(len(features_1), size, replace=False)]
-        y = features_2[rng.choice(len(features_2), size, replace=False)]
-        k_xx, k_yy, k_xy = (cubic_kernel(u, v) for u, v in ((x, x), (y, y), (x, y)))
-        within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (size * (size - 1))
-        estimates.append(within - 2 * k_xy.mean())
-    return float(np.mean(estimates)), float(np.std(estimates))
-
-
-def image_scores(truths, images):
-    """Mean SSIM and PSNR (capped at PSNR_CAP: identical images have infinite PSNR) of uint8 images."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    ssim = [structural_similarity(t, i, channel_axis=-1, data_range=255) for t, i in zip(truths, images)]
-    with np.errstate(divide="ignore"):
-        psnr = [min(peak_signal_noise_ratio(t, i, data_range=255), PSNR_CAP) for t, i in zip(truths, images)]
-    return {"ssim": float(np.mean(ssim)), "psnr": float(np.mean(psnr))}
-
-
-def ground_truth_scores(generator, test_dir, truth_dir, batch_size=8):
-    """Mean SSIM and PSNR of G(test images) and of the images themselves against the truth.
-
-    `generator` is a Keras model or the path of one saved by train.py; images keep their resolution.
-    """
-    if isinstance(generator, str):
-        generator = generate.load_generator(generator)
-    paths = data.list_images(test_dir)
-    truths = [data.to_uint8(generate.read_image(os.path.join(truth_dir, os.path.basename(p)))) for p in paths]
-    inputs = [generate.read_image(p) for p in paths]
-    translated = generate.translate_images(generator, inputs, batch_size)
-    return {"generator": image_scores(truths, [data.to_uint8(i) for i in translated]),
-            "baseline": image_scores(truths, [data.to_uint8(i) for i in inputs])}
-
-
-# ---- InceptionV3 features --------------------------------------------------------------------
-
-def keras_cache_folder():
-    """Where keras.utils.get_file keeps downloaded model weights."""
-    home = os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
-    return os.path.join(home, "models")
-
-
-def load_inception(batch_size=16):
-    """(extract_features, None) with the ImageNet InceptionV3, or (None, one-line reason to skip)."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            previous_timeout = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
-            try:
-                weights = keras.utils.get_file(INCEPTION_WEIGHTS, INCEPTION_URL, cache_subdir="models",
-                                               file_hash=INCEPTION_MD5)
-            finally:
-                socket.setdefaulttimeout(previous_timeout)
-        model = keras.applications.InceptionV3(include_top=False, weights=weights, pooling="avg",
-                                               input_shape=(INCEPTION_SIZE, INCEPTION_SIZE, 3))
-    except Exception as error:  # no network, a bad cached file, ...: all mean "no FID here"
-        reason = (str(error).splitlines() or [type(error).__name__])[0]
-        reason = reason.replace(f"URL fetch failure on {INCEPTION_URL}: ", "")[:160]
-        return None, (f"FID/KID skipped: the InceptionV3 ImageNet weights are not in the Keras cache and "
-                      f"could not be downloaded ({reason}); put {INCEPTION_WEIGHTS} into "
-                      f"{keras_cache_folder()}/ to get them")
-
-    def extract_features(images):
-        """[-1, 1] images of any size -> (N, 2048) pool features (InceptionV3 expects [-1, 1])."""
-        features = []
-        for start in range(0, len(images), batch_size):
-            batch = tf.image.resize(images[start:start + batch_size], (INCEPTION_SIZE, INCEPTION_SIZE),
-                                    method="bilinear")
-            features.append(np.asarray(model.predict_on_batch(batch)))
-        return np.concatenate(features)
-
-    return extract_features, None
-
-
-# ---- the domain classifier -------------------------------------------------------------------
-
-def classifier_input(images, size=DOMAIN_SIZE):
-    """[-1, 1] images of one size -> size x size (area averaging, the same for real and translated)."""
-    return tf.image.resize(np.asarray(images, np.float32), (size, size), method="area").numpy()
-
-
-def apply(model, images, batch_size=256):
-    """A small model's outputs in inference mode, in batches (no per-call retracing, unlike predict)."""
-    return np.concatenate([np.asarray(model(images[start:start + batch_size], training=False))
-                           for start in range(0, len(images), batch_size)])
-
-
-def build_domain_classifier(size=DOMAIN_SIZE, seed=0):
-    """Four strided convolutions, global average pooling, a 64-d feature layer, P(domain B)."""
-    init = lambda index: keras.initializers.GlorotUniform(seed=seed + index)  # noqa: E731
-    inputs = keras.Input((size, size, 3))
-    x = inputs
-    for index, filters in enumerate((16, 32, 64, 128)):
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu",
-                                kernel_initializer=init(index))(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    features = keras.layers.Dense(64, activation="relu", kernel_initializer=init(4), name="features")(x)
-    output = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=init(5), name="domain_b")(features)
-    return keras.Model(inputs, output, name="domain_classifier")
-
-
-def train_domain_classifier(train_a, train_b, epochs=DOMAIN_EPOCHS, seed=0):
-    """Fits a classifier on trainA (0) vs trainB (1) classifier inputs, classes balanced, flips as
-    augmentation. The global random state is left alone (train.py may call this mid-run)."""
-    model = build_domain_classifier(train_a.shape[1], seed)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"])
-    images = np.concatenate([train_a, train_b])
-    labels = np.concatenate([np.zeros(len(train_a)), np.ones(len(train_b))]).astype(np.float32)
-    weights = np.where(labels == 1, len(images) / (2 * len(train_b)), len(images) / (2 * len(train_a)))
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        order = rng.permutation(len(images))
-        batch = images[order]
-        flip = rng.random(len(batch)) < 0.5
-        batch[flip] = batch[flip, :, ::-1]
-        model.fit(batch, labels[order], sample_weight=weights[order], batch_size=DOMAIN_BATCH,
-                  epochs=1, shuffle=False, verbose=0)
-    return model
-
-
-def domain_accuracy(model, images_a, images_b):
-    """Fraction of images_a judged A and images_b judged B, over both sets."""
-    judged_b = [apply(model, images)[:, 0] > 0.5 for images in (images_a, images_b)]
-    return float((np.sum(~judged_b[0]) + np.sum(judged_b[1])) / (len(images_a) + len(images_b)))
-
-
-def domain_classifier(dataroot, path, log=print):
-    """The cached classifier at `path` and its facts, or a new one trained on the dataset and cached."""
-    facts_path = os.path.splitext(path)[0] + ".json"
-    if os.path.isfile(path) and os.path.isfile(facts_path):
-        return generate.load_generator(path), read_json(facts_path)
-    started = time.time()
-    load = lambda split, d: classifier_input(  # noqa: E731
-        data.load_images(data.domain_images(dataroot, split, d), DOMAIN_LOAD_SIZE))
-    model = train_domain_classifier(load("train", "A"), load("train", "B"))
-    facts = {"dataroot": dataroot, "held_out_accuracy": domain_accuracy(model, load("test", "A"), load("test", "B")),
-             "epochs": DOMAIN_EPOCHS, "size": DOMAIN_SIZE, "seconds": time.time() - started}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_atomically(path, model.save)
-    write_json(facts_path, facts)
-    log(f"trained the domain classifier in {facts['seconds']:.0f} s; cached in {path}")
-    return model, facts
-
-
-def default_classifier_path(dataroot, run_dir):
-    """Beside the dataset, so every run on it is scored by the same classifier; in the run when the
-    dataset folder is read-only."""
-    folder = dataroot if os.access(dataroot, os.W_OK) else run_dir
-    return os.path.join(folder, DOMAIN_FILE)
-
-
-# ---- scoring ---------------------------------------------------------------------------------
-
-def as_saved(images):
-    """[-1, 1] images rounded to 8 bits, as they would be written to image files."""
-    return data.to_unit_range(data.to_uint8(images)).numpy()
-
-
-class Evaluator:
-    """The test split, the feature extractors and the domain classifier, prepared once; score() then
-    measures any generators (evaluate.py once, train.py every few epochs).
-
-    `extract_features` maps [-1, 1] images to feature rows for FID/KID; None loads InceptionV3, and
-    when its weights are unavailable `fid_skipped` holds the one-line reason.
-    """
-
-    def __init__(self, dataroot, image_size, directions, classifier_path, extract_features=None, log=print):
-        self.dataroot = dataroot
-        self.directions = directions
-        self.tests = {d: as_saved(data.load_images(data.domain_images(dataroot, "test", d), image_size))
-                      for d in "AB"}
-        self.fid_skipped = None
-        if extract_features is None:
-            extract_features, self.fid_skipped = load_inception()
-            if self.fid_skipped:
-                log(self.fid_skipped)
-        self.extract_features = extract_features
-        self.classifier, self.classifier_facts = domain_classifier(dataroot, classifier_path, log)
-        self.penultimate = keras.Model(self.classifier.input, self.classifier.get_layer("features").output)
-        self.real = {d: {"domain_features": apply(self.penultimate, classifier_input(images))}
-                     for d, images in self.tests.items()}
-        if self.extract_features:
-            for d, images in self.tests.items():
-                self.real[d]["features"] = self.extract_features(images)
-
-    def score(self, generators, batch_size=8):
-        """{direction: {score: value}} for generators given as {"AtoB": model, "BtoA": model}."""
-        results = {}
-        for direction in self.directions:
-            _, source, target = DIRECTIONS[direction]
-            generator = generators[direction]
-            translated = as_saved(np.stack(generate.translate_images(generator, list(self.tests[source]), batch_size)))
-            scores = {"images": len(translated), "target_images": len(self.tests[target])}
-            if self.extract_features:
-                features = self.extract_features(translated)
-                scores["fid"] = features_frechet_distance(features, self.real[target]["features"])
-                scores["kid"], scores["kid_std"] = kernel_inception_distance(features, self.real[target]["features"])
-            scores["domain"], scores["domain_fd"] = self.domain_scores(translated, target)
-            scores["domain_baseline"], scores["domain_fd_baseline"] = self.domain_scores(self.tests[source], target)
-            truth_dir = os.path.join(self.dataroot, f"test{source}_gt")
-            if os.path.isdir(truth_dir):
-                truth = ground_truth_scores(generator, os.path.join(self.dataroot, f"test{source}"),
-                                            truth_dir, batch_size)
-                scores.update(truth["generator"])
-                scores.update({f"{k}_baseline": v for k, v in truth["baseline"].items()})
-            results[direction] = scores
-        return results
-
-    def domain_scores(self, images, target):
-        """Fraction of `images` the classifier assigns to `target`, and their Fréchet distance to the
-        real target test images in its penultimate features."""
-        small = classifier_input(images)
-        judged_b = apply(self.classifier, small)[:, 0] > 0.5
-        fraction = float(np.mean(judged_b if target == "B" else ~judged_b))
-        distance = features_frechet_distance(apply(self.penultimate, small),
-                                             self.real[target]["domain_features"])
-        return fraction, distance
-
-    def log_to_tensorboard(self, writer, generators, step):
-        """Scores the generators and writes eval/<score>_<direction> scalars; prints the cost."""
-        started = time.time()
-        results = self.score(generators)
-        with writer.as_default():
-            for direction, scores in results.items():
-                for name in ("fid", "kid", "domain", "domain_fd", "ssim", "psnr"):
-                    if name in scores:
-                        tf.summary.scalar(f"eval/{name}_{direction}", scores[name], step=step)
-        writer.flush()
-        summary = ", ".join(f"{d} domain {s['domain']:.2f}" + (f" FID {s['fid']:.1f}" if "fid" in s else "")
-                            for d, s in results.items())
-        print(f"eval at step {step}: {summary} (took {time.time() - started:.1f} s)")
-        return results
 
 
 def format_table(direction, scores):
@@ -341,12 +45,12 @@ def format_table(direction, scores):
 def build_parser():
     p = argparse.ArgumentParser(
         description="Score a trained CycleGAN on its dataset's test split: FID/KID, ground truth, domain score.",
-        formatter_class=data.HelpFormatter)
+        formatter_class=cli.HelpFormatter)
     p.add_argument("--run-dir", required=True, help="a run made by train.py (holds config.json and the generators)")
     p.add_argument("--dataroot", help="dataset with testA/ testB/ trainA/ trainB/ (default: the run's)")
     p.add_argument("--direction", choices=("AtoB", "BtoA", "both"), default="both", help="directions to score")
     p.add_argument("--classifier", help=f"domain classifier file, trained and cached there if missing "
-                                        f"(default: DATAROOT/{DOMAIN_FILE}, or RUN_DIR/ if DATAROOT is read-only)")
+                                        f"(default: DATAROOT/{metrics.DOMAIN_FILE}, or RUN_DIR/ if DATAROOT is read-only)")
     p.add_argument("--batch-size", type=int, default=8, help="images per generator batch")
     return p
 
@@ -354,16 +58,16 @@ def build_parser():
 def evaluate(args, extract_features=None):
     """Scores the run; returns {direction: scores} and writes it to RUN_DIR/evaluation.json."""
     if not os.path.isdir(args.run_dir):
-        raise data.UsageError(f"--run-dir {args.run_dir}: no such folder (a run made by train.py)")
+        raise cli.UsageError(f"--run-dir {args.run_dir}: no such folder (a run made by train.py)")
     if args.batch_size <= 0:
-        raise data.UsageError(f"--batch-size {args.batch_size}: expected a positive integer")
+        raise cli.UsageError(f"--batch-size {args.batch_size}: expected a positive integer")
     config = read_json(os.path.join(args.run_dir, "config.json"))
     dataroot = args.dataroot or config["dataroot"]
     directions = ("AtoB", "BtoA") if args.direction == "both" else (args.direction,)
-    generators = {d: generate.load_generator(os.path.join(args.run_dir, f"{DIRECTIONS[d][0]}.keras"))
+    generators = {d: networks.load_generator(os.path.join(args.run_dir, f"{DIRECTIONS[d][0]}.keras"))
                   for d in directions}
-    classifier_path = args.classifier or default_classifier_path(dataroot, args.run_dir)
-    evaluator = Evaluator(dataroot, config["image_size"], directions, classifier_path, extract_features)
+    classifier_path = args.classifier or metrics.default_classifier_path(dataroot, args.run_dir)
+    evaluator = metrics.Evaluator(dataroot, config["image_size"], directions, classifier_path, extract_features)
     results = evaluator.score(generators, args.batch_size)
     facts = evaluator.classifier_facts
     print(f"domain classifier {classifier_path}: held-out accuracy {facts['held_out_accuracy']:.1%} on testA/testB")
@@ -381,4 +85,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.run_cli(main, "evaluate.py")
+    cli.run_cli(main, "evaluate.py")

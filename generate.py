@@ -9,16 +9,12 @@ the output folder as OUTPUT_grid.png.
 """
 import argparse
 import os
-from collections import defaultdict
 
-import numpy as np
-
-import data  # first: it imports TensorFlow without the start-up noise
-import keras
-import tensorflow as tf
-
-import networks  # noqa: F401  (registers the custom layers the saved generators use)
+import cli
+import data
+import networks
 from checkpoints import read_json
+import keras  # noqa: E402  (after the library: TensorFlow imported quietly)
 
 DIRECTIONS = {"AtoB": ("generator_ab", "generator_ba", "A"), "BtoA": ("generator_ba", "generator_ab", "B")}
 
@@ -26,7 +22,7 @@ DIRECTIONS = {"AtoB": ("generator_ab", "generator_ba", "A"), "BtoA": ("generator
 def build_parser():
     p = argparse.ArgumentParser(
         description="Translate a folder of images with a trained CycleGAN and draw sample grids.",
-        formatter_class=data.HelpFormatter)
+        formatter_class=cli.HelpFormatter)
     p.add_argument("--run-dir", help="a run made by train.py (holds config.json and the generators)")
     p.add_argument("--direction", choices=sorted(DIRECTIONS), default="AtoB", help="translation direction")
     p.add_argument("--input", help="folder of images (default: the run's dataset testA/ or testB/)")
@@ -36,57 +32,6 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=8, help="images per inference batch")
     p.add_argument("--grid-count", type=int, default=6, help="images in the sample grid (0: no grid)")
     return p
-
-
-def load_generator(path):
-    """A generator saved by train.py, loaded in Keras' safe mode (no code from the file runs)."""
-    if not os.path.isfile(path):
-        raise data.UsageError(f"{path}: no such model file (train a run first, or pass --generator)")
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:  # Keras raises many types for a bad file; all mean the same here
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise data.UsageError(f"{path}: not a Keras model file ({reason[:200]})") from None
-
-
-def pad_to_multiple(image, multiple=4):
-    """Mirror-pads H and W up to a multiple; returns the padded image and the original (H, W)."""
-    height, width = image.shape[:2]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    mode = "reflect" if pad_h < height and pad_w < width else "edge"
-    return np.pad(image, [(0, pad_h), (0, pad_w), (0, 0)], mode=mode), (height, width)
-
-
-def translate_images(generator, images, batch_size=8):
-    """Translates a list of [-1, 1] images of any sizes, batching images of equal size together."""
-    by_shape = defaultdict(list)
-    for index, image in enumerate(images):
-        by_shape[image.shape].append(index)
-    results = [None] * len(images)
-    for indices in by_shape.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            padded = [pad_to_multiple(images[i]) for i in chunk]
-            batch = np.stack([p[0] for p in padded])
-            translated = np.asarray(generator.predict_on_batch(batch))
-            for i, output, (_, (height, width)) in zip(chunk, translated, padded):
-                results[i] = output[:height, :width]
-    return results
-
-
-def read_image(path):
-    """A file -> float32 [-1, 1] RGB array at its own resolution."""
-    return data.to_unit_range(data.decode_image(tf.io.read_file(path))).numpy()
-
-
-def write_image(path, image):
-    import imageio.v3 as iio
-
-    pixels = data.to_uint8(image)
-    if path.lower().endswith((".jpg", ".jpeg")):
-        iio.imwrite(path, pixels, quality=95)
-    else:
-        iio.imwrite(path, pixels)
 
 
 def save_grid(path, inputs, translated, reconstructed, direction):
@@ -114,7 +59,7 @@ def resolve(args):
     forward_name, backward_name, domain = DIRECTIONS[args.direction]
     if args.run_dir:
         if not os.path.isdir(args.run_dir):
-            raise data.UsageError(f"--run-dir {args.run_dir}: no such folder (a run made by train.py)")
+            raise cli.UsageError(f"--run-dir {args.run_dir}: no such folder (a run made by train.py)")
         args.generator = args.generator or os.path.join(args.run_dir, f"{forward_name}.keras")
         if args.reverse_generator is None and os.path.exists(os.path.join(args.run_dir, f"{backward_name}.keras")):
             args.reverse_generator = os.path.join(args.run_dir, f"{backward_name}.keras")
@@ -123,9 +68,9 @@ def resolve(args):
             args.input = os.path.join(dataroot, f"test{domain}")
         args.output = args.output or os.path.join(args.run_dir, "generated", args.direction)
     elif not (args.generator and args.input and args.output):
-        raise data.UsageError("give --run-dir, or all of --generator, --input and --output")
+        raise cli.UsageError("give --run-dir, or all of --generator, --input and --output")
     if args.batch_size <= 0:
-        raise data.UsageError(f"--batch-size {args.batch_size}: expected a positive integer")
+        raise cli.UsageError(f"--batch-size {args.batch_size}: expected a positive integer")
     return args
 
 
@@ -134,26 +79,26 @@ def generate(args):
     args = resolve(args)
     paths = data.list_images(args.input)
     if not paths:
-        raise data.UsageError(f"{args.input}: no .jpg/.png/.bmp images to translate")
+        raise cli.UsageError(f"{args.input}: no .jpg/.png/.bmp images to translate")
     paths = data.usable_images(paths)
-    forward = load_generator(args.generator)
-    backward = load_generator(args.reverse_generator) if args.reverse_generator else None
+    forward = networks.load_generator(args.generator)
+    backward = networks.load_generator(args.reverse_generator) if args.reverse_generator else None
     os.makedirs(args.output, exist_ok=True)
     written = []
     bar = keras.utils.Progbar(len(paths), unit_name="image")
     for start in range(0, len(paths), 64):
         chunk = paths[start:start + 64]
-        images = [read_image(p) for p in chunk]
-        for path, output in zip(chunk, translate_images(forward, images, args.batch_size)):
+        images = [data.read_image(p) for p in chunk]
+        for path, output in zip(chunk, networks.translate_images(forward, images, args.batch_size)):
             target = os.path.join(args.output, os.path.basename(path))
-            write_image(target, output)
+            data.write_image(target, output)
             written.append(target)
         bar.add(len(chunk))
     grid = None
     if backward is not None and args.grid_count > 0:
-        inputs = [read_image(p) for p in paths[:args.grid_count]]
-        translated = translate_images(forward, inputs, args.batch_size)
-        reconstructed = translate_images(backward, translated, args.batch_size)
+        inputs = [data.read_image(p) for p in paths[:args.grid_count]]
+        translated = networks.translate_images(forward, inputs, args.batch_size)
+        reconstructed = networks.translate_images(backward, translated, args.batch_size)
         grid = os.path.normpath(args.output) + "_grid.png"
         save_grid(grid, inputs, translated, reconstructed, args.direction)
     return written, grid
@@ -168,4 +113,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.run_cli(main, "generate.py")
+    cli.run_cli(main, "generate.py")

@@ -10,10 +10,11 @@ functions as train.py and generate.py, on a small network sized to finish in min
 import argparse
 import os
 
+import cli
 import data
 import generate
 import train
-from evaluate import ground_truth_scores
+from metrics import ground_truth_scores
 
 DEMO = dict(image_size=64, ngf=16, ndf=32, n_res_blocks=4, upsample="resize", epochs=5, epochs_decay=5,
             sample_every=250, save_every=5, seed=0)
@@ -30,11 +31,11 @@ def free_run_name(runs_root, name):
 
 def build_parser():
     p = argparse.ArgumentParser(description="Offline CycleGAN demo: photos -> paintings, in minutes on a CPU.",
-                                formatter_class=data.HelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     p.add_argument("--dataroot", default="datasets/demo", help="where the demo dataset is built")
     p.add_argument("--runs-root", default="runs", help="folder that holds the runs")
     p.add_argument("--name", default="demo", help="run name (NAME-2, NAME-3, ... if NAME exists)")
-    p.add_argument("--max-steps", type=train.positive_int, help="stop early (default: the full 10 epochs)")
+    p.add_argument("--max-steps", type=cli.positive_int, help="stop early (default: the full 10 epochs)")
     return p
 
 
@@ -67,4 +68,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.run_cli(main, "main.py")
+    cli.run_cli(main, "main.py")

@@ -5,10 +5,15 @@ the defaults are the book's 128x128 design (ngf 32, 6 blocks), `ngf=64, n_res_bl
 paper's 256x256 network. Every model is fully convolutional, so the same weights run at any H x W
 divisible by 4.
 """
-import keras
+import os
+from collections import defaultdict
+
 import numpy as np
-import tensorflow as tf
-from keras import layers, ops
+
+from cli import UsageError
+from distribute import tf
+import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
+from keras import layers, ops  # noqa: E402
 
 LAMBDA_CYCLE = 10.0
 LAMBDA_IDENTITY = 0.5
@@ -300,3 +305,41 @@ def combined_targets(real_a, real_b, patch):
     real images for the cycle and identity terms, none for the translations."""
     ones = np.ones((len(real_a),) + tuple(patch), np.float32)
     return [ones, ones, real_a, real_b, real_a, real_b, None, None]
+
+
+# ---- using a trained generator ----------------------------------------------------------------
+
+def load_generator(path):
+    """A generator saved by train.py, loaded in Keras' safe mode (no code from the file runs)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such model file (train a run first, or pass --generator)")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a bad file; all mean the same here
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"{path}: not a Keras model file ({reason[:200]})") from None
+
+
+def pad_to_multiple(image, multiple=4):
+    """Mirror-pads H and W up to a multiple; returns the padded image and the original (H, W)."""
+    height, width = image.shape[:2]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    mode = "reflect" if pad_h < height and pad_w < width else "edge"
+    return np.pad(image, [(0, pad_h), (0, pad_w), (0, 0)], mode=mode), (height, width)
+
+
+def translate_images(generator, images, batch_size=8):
+    """Translates a list of [-1, 1] images of any sizes, batching images of equal size together."""
+    by_shape = defaultdict(list)
+    for index, image in enumerate(images):
+        by_shape[image.shape].append(index)
+    results = [None] * len(images)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            padded = [pad_to_multiple(images[i]) for i in chunk]
+            batch = np.stack([p[0] for p in padded])
+            translated = np.asarray(generator.predict_on_batch(batch))
+            for i, output, (_, (height, width)) in zip(chunk, translated, padded):
+                results[i] = output[:height, :width]
+    return results

@@ -18,13 +18,15 @@ import time
 
 import numpy as np
 
-import data  # first: it imports TensorFlow without the start-up noise
-import keras
-import tensorflow as tf
-
 import checkpoints
+import cli
+import cyclegan
+import data
 import distribute
 import networks
+from cli import UsageError, non_negative_float, non_negative_int, positive_int
+from distribute import tf
+import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
 
 # Defaults: the reference implementation's (the paper's 256x256 network; on a CPU, try
 # --image-size 128 --ngf 32 --n-res-blocks 6, the book's size, about 15x cheaper per step).
@@ -39,49 +41,20 @@ DEFAULTS = dict(
 )
 NETWORK_KEYS = ("ngf", "ndf", "n_res_blocks", "upsample", "sigmoid")
 DISTRIBUTE_CHOICES = ("none", "mirrored", "multiworker")
-PRECISIONS = ("float16", "bfloat16")
 
 log = logging.getLogger("cyclegan")
-
-
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
-
-
-def image_size(text):
-    value = positive_int(text)
-    if value % 4 or value < 32:
-        raise argparse.ArgumentTypeError(f"expected a multiple of 4 that is at least 32, got {text}")
-    return value
 
 
 def build_parser():
     p = argparse.ArgumentParser(
         description="Train a CycleGAN on an unpaired dataset (trainA/ trainB/ testA/ testB/).",
-        formatter_class=data.HelpFormatter)
+        formatter_class=cli.HelpFormatter)
     p.add_argument("--dataroot", help="dataset folder in the standard layout (required unless --resume)")
     p.add_argument("--name", help="run name: everything is written to RUNS_ROOT/NAME/")
     p.add_argument("--runs-root", help="folder that holds the runs")
     p.add_argument("--resume", action="store_true",
                    help="continue RUNS_ROOT/NAME from its latest checkpoint (same step and LR schedule)")
-    p.add_argument("--image-size", type=image_size, help="training crop size (multiple of 4, >= 32)")
+    p.add_argument("--image-size", type=cli.image_size, help="training crop size (multiple of 4, >= 32)")
     p.add_argument("--batch-size", type=positive_int, help="images of each domain per step (the global batch: split across replicas)")
     p.add_argument("--epochs", type=non_negative_int, help="epochs at the initial learning rate")
     p.add_argument("--epochs-decay", type=non_negative_int, help="epochs of linear decay to zero")
@@ -112,18 +85,12 @@ def build_parser():
                         "(default: mirrored when TensorFlow sees more than one GPU and the batch "
                         "splits across them, else none); "
                         "--batch-size is the global batch, split across the replicas")
-    add_mixed_precision_option(
+    cli.add_mixed_precision_option(
         p, "compute in 16 bits, weights and losses in float32: float16 with loss scaling (GPUs with tensor "
            "cores) or bfloat16 (CPUs with AVX512_BF16 or AMX, recent GPUs); given alone: float16 on a GPU, "
            "bfloat16 on a CPU")
     p.set_defaults(**{k: v for k, v in DEFAULTS.items() if v is not None})
     return p
-
-
-def add_mixed_precision_option(parser, help):
-    """--mixed-precision [float16|bfloat16], "auto" when given alone (see precision_policy)."""
-    parser.add_argument("--mixed-precision", nargs="?", const="auto", choices=("auto",) + PRECISIONS,
-                        metavar="{float16,bfloat16}", help=help)
 
 
 def parse_config(argv=None):
@@ -137,16 +104,16 @@ def parse_config(argv=None):
         saved = checkpoints.read_json(os.path.join(run_dir, "config.json"))
         for key in NETWORK_KEYS:
             if key in explicit and explicit[key] != saved[key]:
-                raise data.UsageError(
+                raise UsageError(
                     f"--{key.replace('_', '-')} {explicit[key]} contradicts the run being resumed "
                     f"({run_dir}/config.json has {saved[key]})")
         config = dict(DEFAULTS, **saved)
         config.update(explicit)
         config["resume"] = True
     elif not config["dataroot"]:
-        raise data.UsageError("--dataroot is required (the dataset folder with trainA/ and trainB/)")
+        raise UsageError("--dataroot is required (the dataset folder with trainA/ and trainB/)")
     if config["epochs"] + config["epochs_decay"] == 0:
-        raise data.UsageError("--epochs and --epochs-decay are both 0: nothing to train")
+        raise UsageError("--epochs and --epochs-decay are both 0: nothing to train")
     config["run_dir"] = run_dir
     return config
 
@@ -165,132 +132,6 @@ def _explicit_options(parser, argv):
                 kwargs["type"] = action.type
             silent.add_argument(*action.option_strings, **kwargs)
     return vars(silent.parse_known_args(argv)[0])
-
-
-class HistoryPool:
-    """The paper's buffer of past fakes: discriminators see a mix of old and new generator outputs.
-
-    Until it holds `size` images every fake goes in and is returned; after that each fake is, with
-    probability 1/2, swapped with a random stored one (the stored one is returned), else returned.
-    """
-
-    def __init__(self, size, rng):
-        self.size = size
-        self.rng = rng
-        self.images = []
-
-    def query(self, fakes):
-        if self.size == 0:
-            return fakes
-        chosen = []
-        for fake in np.asarray(fakes):
-            if len(self.images) < self.size:
-                self.images.append(fake)
-                chosen.append(fake)
-            elif self.rng.random() < 0.5:
-                index = self.rng.integers(len(self.images))
-                chosen.append(self.images[index])
-                self.images[index] = fake
-            else:
-                chosen.append(fake)
-        return np.stack(chosen)
-
-
-def learning_rate_at(epoch, base_lr, epochs, epochs_decay):
-    """Constant for `epochs`, then linear decay towards zero over `epochs_decay` (the reference rule)."""
-    return base_lr * (1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1))
-
-
-class CycleGAN:
-    """The four networks, the combined model and their three optimizers, built in the order that
-    makes the Keras 3 freezing trick hold (see networks.build_combined)."""
-
-    def __init__(self, config):
-        c = config
-        self.generator_ab = networks.build_generator(c["ngf"], c["n_res_blocks"], c["upsample"], "generator_ab")
-        self.generator_ba = networks.build_generator(c["ngf"], c["n_res_blocks"], c["upsample"], "generator_ba")
-        self.discriminator_a = networks.build_discriminator(c["ndf"], c["sigmoid"], name="discriminator_a")
-        self.discriminator_b = networks.build_discriminator(c["ndf"], c["sigmoid"], name="discriminator_b")
-        for discriminator in (self.discriminator_a, self.discriminator_b):
-            networks.compile_discriminator(discriminator, c["lr"], c["beta1"], c["jit"])
-        self.combined = networks.build_combined(
-            self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b,
-            c["lambda_cycle"], c["lambda_identity"], c["lr"], c["beta1"], c["jit"])
-        self.patch = networks.patch_shape(self.discriminator_a, c["image_size"], c["image_size"])
-
-    @property
-    def models(self):
-        return {"generator_ab": self.generator_ab, "generator_ba": self.generator_ba,
-                "discriminator_a": self.discriminator_a, "discriminator_b": self.discriminator_b}
-
-    @property
-    def optimizers(self):
-        return {"discriminator_a": self.discriminator_a.optimizer,
-                "discriminator_b": self.discriminator_b.optimizer,
-                "combined": self.combined.optimizer}
-
-    def set_learning_rate(self, value):
-        for optimizer in self.optimizers.values():
-            optimizer.learning_rate = value
-
-    def train_step(self, real_a, real_b, pool_a, pool_b):
-        """One CycleGAN iteration in the reference's order: the generators' step, then each
-        discriminator's step on the translations that step made (through its history pool).
-        Returns the losses by name."""
-        logs = self.combined.train_on_batch(
-            [real_a, real_b], networks.combined_targets(real_a, real_b, self.patch), return_dict=True)
-        losses = {name: logs[f"{name}_loss"] for name in networks.LOSS_TERMS}
-        losses["G_total"] = logs["loss"]
-        fake_a, fake_b = pool_a.query(logs["fake_a"]), pool_b.query(logs["fake_b"])
-        losses["D_A"] = train_discriminator(self.discriminator_a, real_a, fake_a, self.patch)
-        losses["D_B"] = train_discriminator(self.discriminator_b, real_b, fake_b, self.patch)
-        return losses
-
-
-def train_discriminator(discriminator, real, fake, patch):
-    """One Adam step of a discriminator on real (label 1) and fake (label 0) images together.
-
-    The loss is the mean of the real and fake halves, as in the reference; `patch` is the
-    discriminator's output grid for these images (networks.patch_shape). The model is trainable
-    only during this call: a train function traced (or retraced) now sees its weights, and the
-    combined model, traced while it is frozen, never does.
-    """
-    shape = (len(real),) + tuple(patch)
-    labels = np.concatenate([np.ones(shape, np.float32), np.zeros(shape, np.float32)])
-    discriminator.trainable = True
-    try:
-        return float(discriminator.train_on_batch(np.concatenate([real, fake]), labels))
-    finally:
-        discriminator.trainable = False
-
-
-def precision_policy(mixed_precision):
-    """The Keras dtype policy for --mixed-precision: off, float16, bfloat16 or auto (True in the
-    config.json of runs made before the option took a value)."""
-    if not mixed_precision:
-        return "float32"
-    if mixed_precision in (True, "auto"):
-        mixed_precision = "float16" if tf.config.list_physical_devices("GPU") else "bfloat16"
-    return f"mixed_{mixed_precision}"
-
-
-def build_gan(config, strategy):
-    """The CycleGAN in the run's precision, built and compiled under the strategy's scope."""
-    keras.mixed_precision.set_global_policy(precision_policy(config.get("mixed_precision")))
-    replicas = strategy.num_replicas_in_sync
-    if config["batch_size"] % replicas:
-        raise data.UsageError(f"--batch-size {config['batch_size']}: the global batch is split across "
-                              f"{replicas} replicas; give a multiple of {replicas} (or --distribute none)")
-    if config.get("jit") and replicas > 1:
-        raise data.UsageError(f"--jit: XLA cannot compile a step that spans {replicas} replicas; "
-                              "use --jit with --distribute none")
-    with strategy.scope():
-        gan = CycleGAN(config)
-    if replicas > 1:
-        for model in (gan.generator_ab, gan.generator_ba, gan.discriminator_a, gan.discriminator_b,
-                      gan.combined):
-            distribute.split_batches(model, strategy)
-    return gan
 
 
 # ---- samples -----------------------------------------------------------------------------------
@@ -358,11 +199,11 @@ def check_run_dir(config):
     run_dir = config["run_dir"]
     for folder in (config["runs_root"], run_dir):
         if os.path.exists(folder) and not os.path.isdir(folder):
-            raise data.UsageError(f"{folder}: is a file, expected a folder for the runs")
+            raise UsageError(f"{folder}: is a file, expected a folder for the runs")
     if config.get("resume") and not checkpoints.checkpoint_paths(run_dir):
-        raise data.UsageError(f"{run_dir}: no checkpoint to resume from")
+        raise UsageError(f"{run_dir}: no checkpoint to resume from")
     if not config.get("resume") and checkpoints.checkpoint_paths(run_dir):
-        raise data.UsageError(f"{run_dir} already holds a run with checkpoints: continue it with --resume, "
+        raise UsageError(f"{run_dir} already holds a run with checkpoints: continue it with --resume, "
                               "or give another --name")
 
 
@@ -370,7 +211,7 @@ def train(config, verbose=1, stop=None):
     """Runs (or resumes) a training run; returns a dict of what it wrote.
 
     `stop` (a GracefulStop) ends the run early after a signal, with a checkpoint of the last step.
-    A non-finite loss ends it with data.UsageError before anything of that step is saved.
+    A non-finite loss ends it with UsageError before anything of that step is saved.
     """
     stop = stop or GracefulStop()
     check_run_dir(config)
@@ -387,9 +228,9 @@ def train(config, verbose=1, stop=None):
     if config.get("max_steps"):
         total_steps = min(total_steps, config["max_steps"])
 
-    gan = build_gan(config, strategy)
+    gan = cyclegan.build_gan(config, strategy)
     rng = np.random.default_rng(config.get("seed"))
-    pools = {"A": HistoryPool(config["pool_size"], rng), "B": HistoryPool(config["pool_size"], rng)}
+    pools = {"A": cyclegan.HistoryPool(config["pool_size"], rng), "B": cyclegan.HistoryPool(config["pool_size"], rng)}
     step = epoch = 0
     if config.get("resume"):
         path, step, epoch = checkpoints.resume_checkpoint(config["run_dir"], gan, pools, rng)
@@ -404,7 +245,7 @@ def train(config, verbose=1, stop=None):
     written = {"run_dir": run_dir, "checkpoint": None, "samples": []}
     started = time.time()
     while step < total_steps and not stop.signal_name:
-        learning_rate = learning_rate_at(epoch, config["lr"], config["epochs"], config["epochs_decay"])
+        learning_rate = cyclegan.learning_rate_at(epoch, config["lr"], config["epochs"], config["epochs_decay"])
         gan.set_learning_rate(learning_rate)
         steps_this_epoch = min(steps_per_epoch - step % steps_per_epoch, total_steps - step)
         if verbose:
@@ -416,7 +257,7 @@ def train(config, verbose=1, stop=None):
             diverged = ", ".join(f"{k} {v}" for k, v in losses.items() if not math.isfinite(v))
             if diverged:
                 last_good = (checkpoints.checkpoint_paths(run_dir) or ["none"])[-1]
-                raise data.UsageError(f"step {step + 1}: non-finite loss ({diverged}); stopped without saving, "
+                raise UsageError(f"step {step + 1}: non-finite loss ({diverged}); stopped without saving, "
                                       f"last good checkpoint: {last_good} (try a lower --lr)")
             step += 1
             with writer.as_default():
@@ -432,10 +273,10 @@ def train(config, verbose=1, stop=None):
         if step % steps_per_epoch == 0:
             epoch += 1
             if config.get("eval_every") and epoch % config["eval_every"] == 0:
-                import evaluate  # here: evaluate imports generate, which imports this module
-                evaluator = evaluator or evaluate.Evaluator(
+                import metrics  # here: only runs that evaluate pay for its imports
+                evaluator = evaluator or metrics.Evaluator(
                     config["dataroot"], config["image_size"], ("AtoB", "BtoA"),
-                    evaluate.default_classifier_path(config["dataroot"], run_dir))
+                    metrics.default_classifier_path(config["dataroot"], run_dir))
                 evaluator.log_to_tensorboard(writer, {"AtoB": gan.generator_ab, "BtoA": gan.generator_ba}, step)
         if epoch % config["save_every"] == 0 or step >= total_steps or stop.signal_name:
             written["checkpoint"] = checkpoints.save_checkpoint(
@@ -452,7 +293,6 @@ def train(config, verbose=1, stop=None):
 
 
 def main(argv=None):
-    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
     config = parse_config(argv)
     with GracefulStop() as stop:
         written = train(config, stop=stop)
@@ -467,4 +307,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.run_cli(main, "train.py")
+    cli.run_cli(main, "train.py")

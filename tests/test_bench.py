@@ -9,6 +9,7 @@ import pytest
 import bench
 import data
 import networks
+import cli
 
 TINY = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1",
         "--steps", "2", "--warmup", "0", "--pipeline-images", "8", "--rounds", "2"]
@@ -60,10 +61,10 @@ def test_conv_macs_counts_each_convolution_of_the_discriminator():
 
 
 def test_torch_comparison_refuses_a_resized_config():
-    with pytest.raises(data.UsageError, match="--image-size"):
+    with pytest.raises(cli.UsageError, match="--image-size"):
         bench.parse_config(["--torch", sys.executable, "--image-size", "64"])
 
 
 def test_torch_comparison_refuses_a_missing_interpreter(tmp_path):
-    with pytest.raises(data.UsageError, match="no such interpreter"):
+    with pytest.raises(cli.UsageError, match="no such interpreter"):
         bench.parse_config(["--torch", str(tmp_path / "python")])

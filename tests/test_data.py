@@ -7,6 +7,7 @@ import pytest
 
 import data
 from conftest import make_dataset, write_images
+import cli
 
 
 def test_list_images_takes_jpg_png_bmp_in_any_case_and_ignores_the_rest(tmp_path):
@@ -63,7 +64,7 @@ def test_bad_dataroot_gives_one_line_naming_the_path_and_layout(tmp_path, layout
             f.unlink()
         (root / "trainA").rmdir()
         (root / "trainA").write_text("oops")
-    with pytest.raises(data.UsageError) as error:
+    with pytest.raises(cli.UsageError) as error:
         data.train_dataset(str(root), 32, 1)
     text = str(error.value)
     assert message in text and "expected DATAROOT/trainA/" in text and "\n" not in text

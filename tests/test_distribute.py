@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import make_dataset
+import distribute
+import cyclegan
+import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=32, ngf=4, ndf=8, n_res_blocks=1, pool_size=2, seed=0)
@@ -83,9 +86,9 @@ def mirrored_child(out):
     def run(strategy_name, steps):
         keras.utils.set_random_seed(0)
         strategy = distribute.make_strategy(strategy_name)
-        gan = train.build_gan(config, strategy)
+        gan = cyclegan.build_gan(config, strategy)
         rng = np.random.default_rng(0)
-        pools = {domain: train.HistoryPool(config["pool_size"], rng) for domain in "AB"}
+        pools = {domain: cyclegan.HistoryPool(config["pool_size"], rng) for domain in "AB"}
         result = dict(strategy=strategy, initial=weights_by_name(gan), spreads=[],
                       free=biases_normalised_away(gan))
         for real_a, real_b in batches[:steps]:
@@ -100,8 +103,8 @@ def mirrored_child(out):
     refusals = []
     for bad in (dict(batch_size=3), dict(jit=True)):
         try:
-            train.build_gan(dict(config, **bad), mirrored["strategy"])
-        except train.data.UsageError as error:
+            cyclegan.build_gan(dict(config, **bad), mirrored["strategy"])
+        except train.cli.UsageError as error:
             refusals.append(str(error))
     differences = {name: float(np.abs(w - mirrored["weights"][name]).max()) for name, w in single["weights"].items()}
     free = sorted(single["free"])
@@ -237,10 +240,10 @@ def test_multiworker_without_tf_config_is_a_usage_error(monkeypatch):
     import train
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(train.data.UsageError, match="needs the TF_CONFIG environment variable"):
+    with pytest.raises(train.cli.UsageError, match="needs the TF_CONFIG environment variable"):
         distribute.make_strategy("multiworker")
     monkeypatch.setenv("TF_CONFIG", "{cluster")
-    with pytest.raises(train.data.UsageError, match="needs the TF_CONFIG environment variable"):
+    with pytest.raises(train.cli.UsageError, match="needs the TF_CONFIG environment variable"):
         distribute.make_strategy("multiworker")
 
 
@@ -255,14 +258,14 @@ def test_mixed_precision_step_keeps_outputs_float32_and_losses_finite():
 
     config = dict(train.DEFAULTS, **TINY, mixed_precision="float16")
     try:
-        gan = train.build_gan(config, distribute.make_strategy("none"))
+        gan = cyclegan.build_gan(config, distribute.make_strategy("none"))
         assert gan.generator_ab.get_layer("c7s1_conv").compute_dtype == "float16"
         assert isinstance(gan.combined.optimizer, keras.optimizers.LossScaleOptimizer)
         real = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
         outputs = gan.combined([real, real])
         assert [o.dtype for o in outputs] == [tf.float32] * 8
         assert gan.generator_ab(real).dtype == tf.float32
-        pools = [train.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
+        pools = [cyclegan.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
         before = gan.generator_ab.get_weights()
         optimizer = gan.combined.optimizer
         for _ in range(MIXED_PRECISION_STEPS):
@@ -284,17 +287,17 @@ def test_bfloat16_step_trains_without_loss_scaling_and_auto_picks_it_on_a_cpu():
     import distribute
     import train
 
-    assert train.precision_policy("auto") == "mixed_bfloat16"  # this test machine has no GPU
-    assert train.precision_policy(None) == "float32"
+    assert distribute.precision_policy("auto") == "mixed_bfloat16"  # this test machine has no GPU
+    assert distribute.precision_policy(None) == "float32"
     config = dict(train.DEFAULTS, **TINY, mixed_precision="bfloat16")
     try:
-        gan = train.build_gan(config, distribute.make_strategy("none"))
+        gan = cyclegan.build_gan(config, distribute.make_strategy("none"))
         assert gan.generator_ab.get_layer("c7s1_conv").compute_dtype == "bfloat16"
         assert gan.generator_ab.get_layer("c7s1_norm").gamma.dtype == "float32"
         assert not isinstance(gan.combined.optimizer, keras.optimizers.LossScaleOptimizer)
         real = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
         assert gan.generator_ab(real).dtype == tf.float32
-        pools = [train.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
+        pools = [cyclegan.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
         before = {name: model.get_weights() for name, model in gan.models.items()}
         losses = gan.train_step(real, real, *pools)
         assert all(np.isfinite(value) for value in losses.values()), losses
@@ -308,9 +311,9 @@ def test_jit_step_compiles_every_model_and_trains_all_four_networks():
     import distribute
     import train
 
-    gan = train.build_gan(dict(train.DEFAULTS, **TINY, jit=True), distribute.make_strategy("none"))
+    gan = cyclegan.build_gan(dict(train.DEFAULTS, **TINY, jit=True), distribute.make_strategy("none"))
     real = np.random.default_rng(1).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
-    pools = [train.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
+    pools = [cyclegan.HistoryPool(2, np.random.default_rng(0)) for _ in "AB"]
     before = {name: model.get_weights() for name, model in gan.models.items()}
     losses = gan.train_step(real, real, *pools)
     assert all(np.isfinite(value) for value in losses.values()), losses

@@ -16,6 +16,7 @@ import pytest
 
 import data
 import download
+import cli
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = {"mini/trainA/0.png": np.random.default_rng(0).bytes(300_000),
@@ -145,7 +146,7 @@ def test_a_server_that_ignores_range_makes_the_download_restart_cleanly(server, 
     ("/missing.zip", "download failed (HTTP 404 Not Found)"),
 ])
 def test_a_bad_answer_is_one_line_naming_the_url_and_leaves_nothing(server, root, path, expected):
-    with pytest.raises(data.UsageError) as error:
+    with pytest.raises(cli.UsageError) as error:
         download.download_dataset("mini", str(root), f"{server}{path}", io.StringIO())
     message = str(error.value)
     assert expected in message and message.endswith(f"{server}{path})" if "entry" in expected else f"{server}{path}")
@@ -159,7 +160,7 @@ def test_no_network_is_one_line_naming_the_url(root):
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{closed_port}/mini.zip"
-    with pytest.raises(data.UsageError, match=r"^download failed \(.*refused.*\): " + url):
+    with pytest.raises(cli.UsageError, match=r"^download failed \(.*refused.*\): " + url):
         download.download_dataset("mini", str(root), url, io.StringIO())
     assert os.listdir(root) == []
 
@@ -168,7 +169,7 @@ def test_names_and_existing_datasets(root, capsys):
     download.main(["--list"])
     assert capsys.readouterr().out.split() == list(download.DATASETS)
     assert "horse2zebra" in download.DATASETS and len(download.DATASETS) == 12
-    with pytest.raises(data.UsageError, match="unknown dataset 'horse2giraffe'.*--list"):
+    with pytest.raises(cli.UsageError, match="unknown dataset 'horse2giraffe'.*--list"):
         download.download_dataset("horse2giraffe", str(root))
     (root / "horse2zebra").mkdir()
     (root / "horse2zebra" / "mine.txt").write_text("kept")

@@ -11,6 +11,8 @@ import tensorflow as tf
 
 import evaluate
 import train
+import metrics
+import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -67,8 +69,8 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifier(dataset):
-    path = os.path.join(dataset, evaluate.DOMAIN_FILE)
-    model, _ = evaluate.domain_classifier(dataset, path, log=lambda message: None)
+    path = os.path.join(dataset, metrics.DOMAIN_FILE)
+    model, _ = metrics.domain_classifier(dataset, path, log=lambda message: None)
     return model, path
 
 
@@ -80,9 +82,9 @@ def test_frechet_distance_matches_the_closed_form_for_known_gaussians():
     closed_form = np.sum((mean_1 - mean_2) ** 2) + np.sum((np.sqrt(variances_1) - np.sqrt(variances_2)) ** 2)
     rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
     rotated = [rotation @ np.diag(v) @ rotation.T for v in (variances_1, variances_2)]
-    assert evaluate.frechet_distance(mean_1, np.diag(variances_1), mean_2, np.diag(variances_2)) == \
+    assert metrics.frechet_distance(mean_1, np.diag(variances_1), mean_2, np.diag(variances_2)) == \
         pytest.approx(closed_form, rel=1e-9)
-    assert evaluate.frechet_distance(rotation @ mean_1, rotated[0], rotation @ mean_2, rotated[1]) == \
+    assert metrics.frechet_distance(rotation @ mean_1, rotated[0], rotation @ mean_2, rotated[1]) == \
         pytest.approx(closed_form, rel=1e-9)
 
 
@@ -94,23 +96,23 @@ def test_frechet_distance_of_non_commuting_covariances_matches_the_matrix_square
     cov_1, cov_2 = (f @ f.T + 0.1 * np.eye(4) for f in factors)
     mean_1, mean_2 = rng.normal(size=(2, 4))
     expected = np.sum((mean_1 - mean_2) ** 2) + np.trace(cov_1 + cov_2 - 2 * np.real(sqrtm(cov_1 @ cov_2)))
-    assert evaluate.frechet_distance(mean_1, cov_1, mean_2, cov_2) == pytest.approx(expected, rel=1e-7)
-    assert evaluate.frechet_distance(mean_1, cov_1, mean_1, cov_1) == pytest.approx(0, abs=1e-9)
+    assert metrics.frechet_distance(mean_1, cov_1, mean_2, cov_2) == pytest.approx(expected, rel=1e-7)
+    assert metrics.frechet_distance(mean_1, cov_1, mean_1, cov_1) == pytest.approx(0, abs=1e-9)
 
 
 def test_frechet_distance_of_samples_approaches_the_population_value():
     rng = np.random.default_rng(2)
     samples_1 = rng.normal(0.0, 1.0, (20000, 2))
     samples_2 = rng.normal(2.0, 3.0, (20000, 2))
-    assert evaluate.features_frechet_distance(samples_1, samples_2) == pytest.approx(2 * 4 + 2 * 4, rel=0.03)
+    assert metrics.features_frechet_distance(samples_1, samples_2) == pytest.approx(2 * 4 + 2 * 4, rel=0.03)
 
 
 def test_kid_of_a_set_with_itself_is_about_zero_and_grows_with_a_shift():
     rng = np.random.default_rng(3)
     features, same_distribution = (1 + 0.3 * rng.normal(size=(400, 32)) for _ in range(2))
-    self_kid, self_std = evaluate.kernel_inception_distance(features, features)
-    independent_kid, independent_std = evaluate.kernel_inception_distance(features, same_distribution)
-    shifted = [evaluate.kernel_inception_distance(features, features + shift)[0] for shift in (0.1, 0.2, 0.4)]
+    self_kid, self_std = metrics.kernel_inception_distance(features, features)
+    independent_kid, independent_std = metrics.kernel_inception_distance(features, same_distribution)
+    shifted = [metrics.kernel_inception_distance(features, features + shift)[0] for shift in (0.1, 0.2, 0.4)]
     assert abs(self_kid) < 0.05 * shifted[0]  # slightly negative: subsets share vectors
     assert abs(independent_kid) < 2 * independent_std < 0.05 * shifted[0]
     assert self_std > 0
@@ -120,9 +122,9 @@ def test_kid_of_a_set_with_itself_is_about_zero_and_grows_with_a_shift():
 def test_ssim_and_psnr_of_identical_images_are_one_and_capped():
     rng = np.random.default_rng(4)
     images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(3)]
-    assert evaluate.image_scores(images, images) == {"ssim": pytest.approx(1.0), "psnr": evaluate.PSNR_CAP}
+    assert metrics.image_scores(images, images) == {"ssim": pytest.approx(1.0), "psnr": metrics.PSNR_CAP}
     noisy = [np.clip(i.astype(int) + rng.integers(-20, 21, i.shape), 0, 255).astype(np.uint8) for i in images]
-    scores = evaluate.image_scores(images, noisy)
+    scores = metrics.image_scores(images, noisy)
     assert scores["ssim"] < 0.99 and 15 < scores["psnr"] < 40
 
 
@@ -132,14 +134,14 @@ def test_domain_classifier_separates_the_domains_on_held_out_images_and_is_cache
     model, path = classifier
     facts = json.load(open(os.path.splitext(path)[0] + ".json"))
     assert facts["held_out_accuracy"] > 0.9
-    cached, cached_facts = evaluate.domain_classifier(dataset, path, log=pytest.fail)
+    cached, cached_facts = metrics.domain_classifier(dataset, path, log=pytest.fail)
     assert cached_facts == facts
-    probe = evaluate.classifier_input(np.random.default_rng(5).uniform(-1, 1, (4, SIZE, SIZE, 3)))
+    probe = metrics.classifier_input(np.random.default_rng(5).uniform(-1, 1, (4, SIZE, SIZE, 3)))
     np.testing.assert_allclose(cached.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-6)
 
 
 def test_scores_end_to_end_with_an_injected_feature_extractor(dataset, classifier):
-    evaluator = evaluate.Evaluator(dataset, SIZE, ("AtoB", "BtoA"), classifier[1], tiny_features, log=pytest.fail)
+    evaluator = metrics.Evaluator(dataset, SIZE, ("AtoB", "BtoA"), classifier[1], tiny_features, log=pytest.fail)
     swap = {d: channel_mixer(SWAP, "swap") for d in ("AtoB", "BtoA")}
     keep = {d: channel_mixer(np.eye(3), "identity") for d in ("AtoB", "BtoA")}
     good, bad = evaluator.score(swap), evaluator.score(keep)
@@ -150,7 +152,7 @@ def test_scores_end_to_end_with_an_injected_feature_extractor(dataset, classifie
         assert good[direction]["domain"] >= 0.9 and bad[direction]["domain"] <= 0.1
         assert bad[direction]["domain_baseline"] == bad[direction]["domain"]  # identity = do nothing
         assert bad[direction]["domain_fd_baseline"] == pytest.approx(bad[direction]["domain_fd"], rel=1e-4)
-    assert good["AtoB"]["ssim"] == pytest.approx(1.0) and good["AtoB"]["psnr"] == evaluate.PSNR_CAP
+    assert good["AtoB"]["ssim"] == pytest.approx(1.0) and good["AtoB"]["psnr"] == metrics.PSNR_CAP
     assert good["AtoB"]["ssim_baseline"] == bad["AtoB"]["ssim"] < 0.9
     assert "ssim" not in good["BtoA"]  # no testB_gt/
 
@@ -171,7 +173,7 @@ def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_s
     assert "Traceback" not in result.stderr + result.stdout
     skip_lines = [line for line in result.stdout.splitlines() if "FID" in line or "KID" in line]
     assert len(skip_lines) == 1
-    assert "skipped" in skip_lines[0] and evaluate.INCEPTION_WEIGHTS in skip_lines[0]
+    assert "skipped" in skip_lines[0] and metrics.INCEPTION_WEIGHTS in skip_lines[0]
     assert str(empty_keras_home) in skip_lines[0]
     assert "domain score" in result.stdout and "SSIM vs ground truth" in result.stdout
     report = json.loads((run_dir / "evaluation.json").read_text())
@@ -180,12 +182,12 @@ def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_s
 
 
 def test_a_missing_run_dir_is_a_usage_error(tmp_path):
-    with pytest.raises(evaluate.data.UsageError, match="--run-dir"):
+    with pytest.raises(cli.UsageError, match="--run-dir"):
         evaluate.main(["--run-dir", str(tmp_path / "nope")])
 
 
 def test_eval_every_logs_the_scores_to_tensorboard(dataset, classifier, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(evaluate, "load_inception", lambda: (tiny_features, None))
+    monkeypatch.setattr(metrics, "load_inception", lambda: (tiny_features, None))
     config = train.parse_config([
         "--dataroot", dataset, "--runs-root", str(tmp_path), "--name", "run", "--image-size", str(SIZE),
         "--batch-size", "8", "--epochs", "2", "--epochs-decay", "0", "--ngf", "4", "--ndf", "4",

@@ -9,6 +9,8 @@ import pytest
 import data
 import generate
 from conftest import write_images
+import networks
+import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,13 +35,13 @@ def test_outputs_keep_names_and_full_resolution_and_a_grid_is_drawn(trained_run,
 
 
 def test_translation_matches_the_generator_on_the_padded_image(trained_run):
-    generator = generate.load_generator(os.path.join(trained_run, "generator_ab.keras"))
+    generator = networks.load_generator(os.path.join(trained_run, "generator_ab.keras"))
     image = np.random.default_rng(0).uniform(-1, 1, (30, 42, 3)).astype("float32")
-    padded, _ = generate.pad_to_multiple(image)
+    padded, _ = networks.pad_to_multiple(image)
     assert padded.shape == (32, 44, 3)
     expected = generator.predict_on_batch(padded[None])[0, :30, :42]
     same_size = np.random.default_rng(1).uniform(-1, 1, (30, 42, 3)).astype("float32")
-    results = generate.translate_images(generator, [image, same_size, image[:28, :40]], batch_size=2)
+    results = networks.translate_images(generator, [image, same_size, image[:28, :40]], batch_size=2)
     np.testing.assert_allclose(results[0], expected, atol=1e-5)
     assert [r.shape for r in results] == [(30, 42, 3), (30, 42, 3), (28, 40, 3)]
 
@@ -61,10 +63,10 @@ def test_explicit_model_files_work_without_a_run(trained_run, dataset, tmp_path)
 def test_not_a_model_file_is_a_one_line_error(tmp_path):
     bogus = tmp_path / "fake.keras"
     bogus.write_bytes(b"PK not really a zip")
-    with pytest.raises(data.UsageError, match="fake.keras: not a Keras model file"):
-        generate.load_generator(str(bogus))
-    with pytest.raises(data.UsageError, match="no such model file"):
-        generate.load_generator(str(tmp_path / "missing.keras"))
+    with pytest.raises(cli.UsageError, match="fake.keras: not a Keras model file"):
+        networks.load_generator(str(bogus))
+    with pytest.raises(cli.UsageError, match="no such model file"):
+        networks.load_generator(str(tmp_path / "missing.keras"))
 
 
 def test_missing_run_directory_exits_with_one_line(tmp_path):

@@ -7,6 +7,7 @@ from keras import layers
 
 import networks
 import train
+import cyclegan
 
 
 @pytest.mark.parametrize("size", [64, 128, 256])
@@ -77,11 +78,11 @@ def assert_changes_only(gan, step, expected):
 def test_freezing_really_works_in_keras_3():
     """Each discriminator's step moves only itself; the combined step moves both generators only."""
     config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1)
-    gan = train.CycleGAN(config)
+    gan = cyclegan.CycleGAN(config)
     rng = np.random.default_rng(3)
     real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
-    step_a = lambda: train.train_discriminator(gan.discriminator_a, real_a, real_b, gan.patch)
-    step_b = lambda: train.train_discriminator(gan.discriminator_b, real_b, real_a, gan.patch)
+    step_a = lambda: cyclegan.train_discriminator(gan.discriminator_a, real_a, real_b, gan.patch)
+    step_b = lambda: cyclegan.train_discriminator(gan.discriminator_b, real_b, real_a, gan.patch)
     step_combined = lambda: gan.combined.train_on_batch(
         [real_a, real_b], networks.combined_targets(real_a, real_b, gan.patch))
 
@@ -89,14 +90,14 @@ def test_freezing_really_works_in_keras_3():
         assert_changes_only(gan, step_a, {"discriminator_a"})
         assert_changes_only(gan, step_combined, {"generator_ab", "generator_ba"})
         assert_changes_only(gan, step_b, {"discriminator_b"})
-    pools = train.HistoryPool(50, rng), train.HistoryPool(50, rng)
+    pools = cyclegan.HistoryPool(50, rng), cyclegan.HistoryPool(50, rng)
     assert_changes_only(gan, lambda: gan.train_step(real_a, real_b, *pools), set(gan.models))
 
 
 def test_combined_model_outputs_losses_and_weights():
     config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1,
                   lambda_cycle=10.0, lambda_identity=0.5)
-    gan = train.CycleGAN(config)
+    gan = cyclegan.CycleGAN(config)
     assert list(gan.combined.output_names) == list(networks.LOSS_TERMS + networks.TRANSLATIONS)
     optimizers = list(gan.optimizers.values())
     assert len({id(o) for o in optimizers}) == 3
@@ -178,23 +179,23 @@ def test_discriminators_train_on_the_translations_of_the_generators_step():
     """The reference's order: the combined (generators') step first, then each discriminator on the
     translations that step made, before its update, with no second translation."""
     config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1, pool_size=0)
-    gan = train.CycleGAN(config)
+    gan = cyclegan.CycleGAN(config)
     rng = np.random.default_rng(7)
     real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
     before = {"fake_b": gan.generator_ab.predict_on_batch(real_a), "fake_a": gan.generator_ba.predict_on_batch(real_b)}
     seen = {}
-    original = train.train_discriminator
+    original = cyclegan.train_discriminator
 
     def recording(discriminator, real, fake, patch):
         seen[discriminator.name] = np.array(fake)
         seen[f"{discriminator.name} after generator steps"] = int(gan.combined.optimizer.iterations)
         return original(discriminator, real, fake, patch)
 
-    train.train_discriminator = recording
+    cyclegan.train_discriminator = recording
     try:
-        gan.train_step(real_a, real_b, train.HistoryPool(0, rng), train.HistoryPool(0, rng))
+        gan.train_step(real_a, real_b, cyclegan.HistoryPool(0, rng), cyclegan.HistoryPool(0, rng))
     finally:
-        train.train_discriminator = original
+        cyclegan.train_discriminator = original
     assert seen["discriminator_a after generator steps"] == seen["discriminator_b after generator steps"] == 1
     np.testing.assert_allclose(seen["discriminator_a"], before["fake_a"], atol=1e-5)
     np.testing.assert_allclose(seen["discriminator_b"], before["fake_b"], atol=1e-5)

@@ -22,6 +22,8 @@ import data
 import generate
 import train
 from conftest import make_dataset
+import networks
+import cli
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1"]
@@ -187,7 +189,7 @@ def test_the_first_sigint_or_sigterm_is_a_stop_request_and_the_second_acts_as_us
 def cli_error(main_function, argv, program="train.py"):
     """The one line a script ends with on bad input (run_cli's SystemExit), checked to be one line."""
     with pytest.raises(SystemExit) as ended:
-        data.run_cli(lambda: main_function(argv), program)
+        cli.run_cli(lambda: main_function(argv), program)
     message = str(ended.value.code)
     assert message.startswith(f"{program}: error: ") and "\n" not in message, message
     return message

@@ -12,6 +12,8 @@ import checkpoints
 import data
 import train
 from conftest import TINY
+import cyclegan
+import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_TAGS = ["loss/D_A", "loss/D_B", "loss/adversarial_a", "loss/adversarial_b", "loss/cycle_a",
@@ -30,7 +32,7 @@ def scalar_steps(accumulator, tag):
 
 def test_history_pool_fills_then_swaps_about_half():
     rng = np.random.default_rng(0)
-    pool = train.HistoryPool(3, rng)
+    pool = cyclegan.HistoryPool(3, rng)
     first = np.arange(3, dtype=np.float32).reshape(3, 1)
     np.testing.assert_array_equal(pool.query(first), first)
     assert len(pool.images) == 3
@@ -40,12 +42,12 @@ def test_history_pool_fills_then_swaps_about_half():
         returned_old += int(out[0, 0] != value)
         assert len(pool.images) == 3
     assert 100 < returned_old < 200
-    passthrough = train.HistoryPool(0, rng)
+    passthrough = cyclegan.HistoryPool(0, rng)
     assert passthrough.query(first) is first and passthrough.images == []
 
 
 def test_learning_rate_is_constant_then_decays_linearly_to_zero():
-    rates = [train.learning_rate_at(e, 2e-4, 100, 100) for e in range(200)]
+    rates = [cyclegan.learning_rate_at(e, 2e-4, 100, 100) for e in range(200)]
     assert rates[:100] == [2e-4] * 100
     assert np.isclose(rates[100], 2e-4 * 100 / 101)
     assert np.allclose(np.diff(rates[99:]), -2e-4 / 101)
@@ -109,9 +111,9 @@ def test_resume_restores_identical_weights_and_continues_the_step_count(trained_
     checkpoint = checkpoints.checkpoint_paths(run_dir)[-1]
 
     config = train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "tiny"])
-    gan = train.CycleGAN(config)
+    gan = cyclegan.CycleGAN(config)
     rng = np.random.default_rng(9)
-    pools = {"A": train.HistoryPool(50, rng), "B": train.HistoryPool(50, rng)}
+    pools = {"A": cyclegan.HistoryPool(50, rng), "B": cyclegan.HistoryPool(50, rng)}
     assert checkpoints.load_checkpoint(checkpoint, gan, pools, rng) == (2, 0)
     saved = np.load(checkpoint)
     for name, model in gan.models.items():
@@ -129,10 +131,10 @@ def test_resume_restores_identical_weights_and_continues_the_step_count(trained_
 
 def test_resume_refuses_a_contradicting_network_size(trained_run):
     runs_root, name = os.path.split(trained_run)
-    with pytest.raises(data.UsageError, match="--ngf 8 contradicts"):
+    with pytest.raises(cli.UsageError, match="--ngf 8 contradicts"):
         train.parse_config(["--resume", "--runs-root", runs_root, "--name", name, "--ngf", "8"])
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path):
-    with pytest.raises(data.UsageError, match="config.json: not found"):
+    with pytest.raises(cli.UsageError, match="config.json: not found"):
         train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "nothing", *TINY])

@@ -1,0 +1,127 @@
+"""The CycleGAN being trained: its four networks, the combined model and three optimizers, built in
+the order the Keras 3 freezing trick needs; one training iteration; the history pool of past fakes and
+the learning-rate schedule. train.py loops over it, bench.py times it.
+"""
+import numpy as np
+
+from cli import UsageError
+import distribute
+import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
+
+import networks
+
+
+class HistoryPool:
+    """The paper's buffer of past fakes: discriminators see a mix of old and new generator outputs.
+
+    Until it holds `size` images every fake goes in and is returned; after that each fake is, with
+    probability 1/2, swapped with a random stored one (the stored one is returned), else returned.
+    """
+
+    def __init__(self, size, rng):
+        self.size = size
+        self.rng = rng
+        self.images = []
+
+    def query(self, fakes):
+        if self.size == 0:
+            return fakes
+        chosen = []
+        for fake in np.asarray(fakes):
+            if len(self.images) < self.size:
+                self.images.append(fake)
+                chosen.append(fake)
+            elif self.rng.random() < 0.5:
+                index = self.rng.integers(len(self.images))
+                chosen.append(self.images[index])
+                self.images[index] = fake
+            else:
+                chosen.append(fake)
+        return np.stack(chosen)
+
+
+def learning_rate_at(epoch, base_lr, epochs, epochs_decay):
+    """Constant for `epochs`, then linear decay towards zero over `epochs_decay` (the reference rule)."""
+    return base_lr * (1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1))
+
+
+class CycleGAN:
+    """The four networks, the combined model and their three optimizers, built in the order that
+    makes the Keras 3 freezing trick hold (see networks.build_combined)."""
+
+    def __init__(self, config):
+        c = config
+        self.generator_ab = networks.build_generator(c["ngf"], c["n_res_blocks"], c["upsample"], "generator_ab")
+        self.generator_ba = networks.build_generator(c["ngf"], c["n_res_blocks"], c["upsample"], "generator_ba")
+        self.discriminator_a = networks.build_discriminator(c["ndf"], c["sigmoid"], name="discriminator_a")
+        self.discriminator_b = networks.build_discriminator(c["ndf"], c["sigmoid"], name="discriminator_b")
+        for discriminator in (self.discriminator_a, self.discriminator_b):
+            networks.compile_discriminator(discriminator, c["lr"], c["beta1"], c["jit"])
+        self.combined = networks.build_combined(
+            self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b,
+            c["lambda_cycle"], c["lambda_identity"], c["lr"], c["beta1"], c["jit"])
+        self.patch = networks.patch_shape(self.discriminator_a, c["image_size"], c["image_size"])
+
+    @property
+    def models(self):
+        return {"generator_ab": self.generator_ab, "generator_ba": self.generator_ba,
+                "discriminator_a": self.discriminator_a, "discriminator_b": self.discriminator_b}
+
+    @property
+    def optimizers(self):
+        return {"discriminator_a": self.discriminator_a.optimizer,
+                "discriminator_b": self.discriminator_b.optimizer,
+                "combined": self.combined.optimizer}
+
+    def set_learning_rate(self, value):
+        for optimizer in self.optimizers.values():
+            optimizer.learning_rate = value
+
+    def train_step(self, real_a, real_b, pool_a, pool_b):
+        """One CycleGAN iteration in the reference's order: the generators' step, then each
+        discriminator's step on the translations that step made (through its history pool).
+        Returns the losses by name."""
+        logs = self.combined.train_on_batch(
+            [real_a, real_b], networks.combined_targets(real_a, real_b, self.patch), return_dict=True)
+        losses = {name: logs[f"{name}_loss"] for name in networks.LOSS_TERMS}
+        losses["G_total"] = logs["loss"]
+        fake_a, fake_b = pool_a.query(logs["fake_a"]), pool_b.query(logs["fake_b"])
+        losses["D_A"] = train_discriminator(self.discriminator_a, real_a, fake_a, self.patch)
+        losses["D_B"] = train_discriminator(self.discriminator_b, real_b, fake_b, self.patch)
+        return losses
+
+
+def train_discriminator(discriminator, real, fake, patch):
+    """One Adam step of a discriminator on real (label 1) and fake (label 0) images together.
+
+    The loss is the mean of the real and fake halves, as in the reference; `patch` is the
+    discriminator's output grid for these images (networks.patch_shape). The model is trainable
+    only during this call: a train function traced (or retraced) now sees its weights, and the
+    combined model, traced while it is frozen, never does.
+    """
+    shape = (len(real),) + tuple(patch)
+    labels = np.concatenate([np.ones(shape, np.float32), np.zeros(shape, np.float32)])
+    discriminator.trainable = True
+    try:
+        return float(discriminator.train_on_batch(np.concatenate([real, fake]), labels))
+    finally:
+        discriminator.trainable = False
+
+
+def build_gan(config, strategy):
+    """The CycleGAN in the run's precision, built and compiled under the strategy's scope."""
+    keras.mixed_precision.set_global_policy(distribute.precision_policy(config.get("mixed_precision")))
+    replicas = strategy.num_replicas_in_sync
+    if config["batch_size"] % replicas:
+        raise UsageError(f"--batch-size {config['batch_size']}: the global batch is split across "
+                              f"{replicas} replicas; give a multiple of {replicas} (or --distribute none)")
+    if config.get("jit") and replicas > 1:
+        raise UsageError(f"--jit: XLA cannot compile a step that spans {replicas} replicas; "
+                              "use --jit with --distribute none")
+    with strategy.scope():
+        gan = CycleGAN(config)
+    if replicas > 1:
+        for model in (gan.generator_ab, gan.generator_ba, gan.discriminator_a, gan.discriminator_b,
+                      gan.combined):
+            distribute.split_batches(model, strategy)
+    return gan
