@@ -3,7 +3,7 @@
     python bench.py --config S --steps 10
     python bench.py --config P --steps 3 --warmup 1 --rounds 3 --torch /tmp/torchvenv/bin/python
 
-Prints, from one run: seconds per iteration of train.CycleGAN.train_step (the code train.py runs) and
+Prints, from one run: seconds per iteration of cyclegan.CycleGAN.train_step (the code train.py runs) and
 of a plain fused GradientTape step over the same networks (the yardstick), their analytic FLOPs against
 this machine's matmul/conv peak measured in the same run, generator inference images/s, input-pipeline
 images/s on a folder of JPEGs (data.train_dataset) and peak resident memory. With --torch, the PyTorch
@@ -26,16 +26,11 @@ import cyclegan
 import data
 import distribute
 import networks
-import train
+from config import BENCH
 from cli import UsageError
 from distribute import tf
 import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
 
-# The two configurations of the PyTorch yardstick: the book's network and the paper's.
-CONFIGS = {
-    "S": dict(image_size=128, ngf=32, n_res_blocks=6),
-    "P": dict(image_size=256, ngf=64, n_res_blocks=9),
-}
 STEPS = 10
 ROUNDS = 1
 WARMUP = 2
@@ -47,7 +42,7 @@ TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "s
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=cli.HelpFormatter)
-    p.add_argument("--config", choices=sorted(CONFIGS), default="S",
+    p.add_argument("--config", choices=sorted(BENCH), default="S",
                    help="S: 128x128, ngf 32, 6 blocks; P: 256x256, ngf 64, 9 blocks")
     p.add_argument("--steps", type=cli.positive_int, default=STEPS, help="timed iterations of each step per round")
     p.add_argument("--rounds", type=cli.positive_int, default=ROUNDS,
@@ -57,7 +52,7 @@ def build_parser():
                    help="untimed iterations first (the first one traces and compiles)")
     p.add_argument("--image-size", type=cli.image_size, help="override the config's image size")
     p.add_argument("--ngf", type=cli.positive_int, help="override the config's generator filters")
-    p.add_argument("--ndf", type=cli.positive_int, default=train.DEFAULTS["ndf"], help="discriminator filters")
+    p.add_argument("--ndf", type=cli.positive_int, help="override the config's discriminator filters")
     p.add_argument("--n-res-blocks", type=cli.positive_int, help="override the config's residual blocks")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train functions (train.py --jit)")
     cli.add_mixed_precision_option(
@@ -68,12 +63,15 @@ def build_parser():
     p.add_argument("--torch", metavar="PYTHON",
                    help="interpreter with torch installed: also time the PyTorch reference step")
     p.add_argument("--torch-script", default=TORCH_SCRIPT, help="the PyTorch yardstick script")
+    p.add_argument("--deterministic", action="store_true",
+                   help="also time the project loop with TensorFlow's op determinism on (what train.py --seed "
+                        "turns on), in turn with the plain loop in every round")
     return p
 
 
 def parse_config(argv=None):
     args = build_parser().parse_args(argv)
-    overrides = {k: getattr(args, k) for k in CONFIGS["S"] if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("image_size", "ngf", "ndf", "n_res_blocks") if getattr(args, k) is not None}
     if args.torch and overrides:
         raise UsageError("--torch compares only the plain S and P configs: drop "
                               + ", ".join(f"--{k.replace('_', '-')}" for k in overrides))
@@ -81,8 +79,7 @@ def parse_config(argv=None):
         raise UsageError(f"--torch {args.torch}: no such interpreter")
     if args.torch and not os.path.isfile(args.torch_script):
         raise UsageError(f"--torch-script {args.torch_script}: not found")
-    config = dict(train.DEFAULTS, **{**CONFIGS[args.config], **overrides})
-    config.update(ndf=args.ndf, jit=args.jit, mixed_precision=args.mixed_precision)
+    config = BENCH[args.config].replace(**overrides, jit=args.jit, mixed_precision=args.mixed_precision or False)
     return args, config
 
 
@@ -100,6 +97,13 @@ def timed(function, steps, warmup):
         function()
         times.append(time.perf_counter() - started)
     return np.array(times)
+
+
+def set_op_determinism(enabled):
+    """Turns TensorFlow's op determinism on or off for the ops run next (the public API only turns it on)."""
+    from tensorflow.python.framework import config as framework_config
+
+    (framework_config.enable_op_determinism if enabled else framework_config.disable_op_determinism)()
 
 
 def summary(times):
@@ -139,8 +143,8 @@ def measured_peak_gflops(config, repeats=10):
     in the compute dtype of the precision policy in force."""
     dtype = keras.mixed_precision.global_policy().compute_dtype
     a = tf.random.normal((1024, 1024), dtype=dtype)
-    channels = 4 * config["ngf"]
-    side = config["image_size"] // 4
+    channels = 4 * config.ngf
+    side = config.image_size // 4
     x = tf.random.normal((1, side, side, channels), dtype=dtype)
     k = tf.random.normal((3, 3, channels, channels), dtype=dtype)
     kernels = {
@@ -160,11 +164,11 @@ def measured_peak_gflops(config, repeats=10):
 def fused_step(generator_ab, generator_ba, discriminator_a, discriminator_b, config):
     """The straightforward Keras 3 step: one GradientTape over all four networks, the reference's
     order (generators, then discriminators on the same, detached fakes), one Adam per side."""
-    lambda_cycle = config["lambda_cycle"]
-    lambda_identity = lambda_cycle * config["lambda_identity"]
+    lambda_cycle = config.lambda_cycle
+    lambda_identity = lambda_cycle * config.lambda_identity
     generator_vars = generator_ab.trainable_variables + generator_ba.trainable_variables
     discriminator_vars = discriminator_a.trainable_variables + discriminator_b.trainable_variables
-    optimizer_g, optimizer_d = networks.adam(config["lr"]), networks.adam(config["lr"])
+    optimizer_g, optimizer_d = networks.adam(config.lr, config.beta1), networks.adam(config.lr, config.beta1)
     optimizer_g.build(generator_vars)
     optimizer_d.build(discriminator_vars)
 
@@ -190,7 +194,7 @@ def fused_step(generator_ab, generator_ba, discriminator_a, discriminator_b, con
             zip(tape.gradient(discriminator_loss, discriminator_vars), discriminator_vars))
         return generator_loss, discriminator_loss
 
-    return tf.function(step, jit_compile=config["jit"])
+    return tf.function(step, jit_compile=config.jit)
 
 
 # ---- the measurements ---------------------------------------------------------------------------
@@ -200,21 +204,21 @@ def random_images(rng, batch, size):
 
 
 def loop_iteration(config, rng):
-    """The CycleGAN and one call of train.CycleGAN.train_step, as train.train calls it (the precision
+    """The CycleGAN and one call of cyclegan.CycleGAN.train_step, as train.train calls it (the precision
     policy it sets stays for the other measurements)."""
     gan = cyclegan.build_gan(config, tf.distribute.get_strategy())
-    pools = [cyclegan.HistoryPool(config["pool_size"], rng) for _ in "AB"]
-    real_a, real_b = (random_images(rng, config["batch_size"], config["image_size"]) for _ in "AB")
+    pools = [cyclegan.HistoryPool(config.pool_size, rng) for _ in "AB"]
+    real_a, real_b = (random_images(rng, config.batch_size, config.image_size) for _ in "AB")
     return gan, lambda: gan.train_step(real_a, real_b, *pools)
 
 
 def fused_iteration(config, rng):
     """One call of the fused yardstick step, over networks of its own."""
-    nets = [networks.build_generator(config["ngf"], config["n_res_blocks"], config["upsample"], f"fused_g{i}")
+    nets = [networks.build_generator(config.ngf, config.n_res_blocks, config.upsample, f"fused_g{i}")
             for i in range(2)]
-    nets += [networks.build_discriminator(config["ndf"], config["sigmoid"], f"fused_d{i}") for i in range(2)]
+    nets += [networks.build_discriminator(config.ndf, config.sigmoid, f"fused_d{i}") for i in range(2)]
     step = fused_step(*nets, config)
-    real_a, real_b = (tf.constant(random_images(rng, 1, config["image_size"])) for _ in "AB")
+    real_a, real_b = (tf.constant(random_images(rng, 1, config.image_size)) for _ in "AB")
     return lambda: [loss.numpy() for loss in step(real_a, real_b)]
 
 
@@ -245,14 +249,14 @@ def write_jpegs(root, count, size, rng):
 
 def bench_pipeline(dataroot, config, images):
     """Images/s (both domains counted) out of data.train_dataset, after its first batch."""
-    dataset, _ = data.train_dataset(dataroot, config["image_size"], config["batch_size"], seed=0)
+    dataset, _ = data.train_dataset(data.train_images(dataroot), config.image_size, config.batch_size, seed=0)
     batches = iter(dataset)
     next(batches)
-    count = max(1, images // config["batch_size"])
+    count = max(1, images // config.batch_size)
     started = time.perf_counter()
     for _ in range(count):
         next(batches)
-    return 2 * count * config["batch_size"] / (time.perf_counter() - started)
+    return 2 * count * config.batch_size / (time.perf_counter() - started)
 
 
 def bench_torch(python, script, config_name, steps, warmup):
@@ -275,14 +279,14 @@ def bench_torch(python, script, config_name, steps, warmup):
 
 def run(args, config):
     rng = np.random.default_rng(0)
-    size = config["image_size"]
-    report = {"config": args.config, "image_size": size, "ngf": config["ngf"], "ndf": config["ndf"],
-              "n_res_blocks": config["n_res_blocks"], "batch_size": config["batch_size"], "steps": args.steps,
-              "warmup": args.warmup, "rounds": args.rounds, "jit": config["jit"], "tensorflow": tf.__version__,
-              "policy": distribute.precision_policy(config["mixed_precision"]),
+    size = config.image_size
+    report = {"config": args.config, "image_size": size, "ngf": config.ngf, "ndf": config.ndf,
+              "n_res_blocks": config.n_res_blocks, "batch_size": config.batch_size, "steps": args.steps,
+              "warmup": args.warmup, "rounds": args.rounds, "jit": config.jit, "tensorflow": tf.__version__,
+              "policy": distribute.precision_policy(config.mixed_precision),
               "cpu_count": os.cpu_count(), "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
-    times = {"torch": [], "loop": [], "fused": []}
-    ratios = {"loop_over_fused": [], "loop_over_torch": [], "fused_over_torch": []}
+    times = {"torch": [], "loop": [], "fused": [], "loop_deterministic": []}
+    ratios = {"loop_over_fused": [], "loop_over_torch": [], "fused_over_torch": [], "deterministic_over_loop": []}
     gan, loop = loop_iteration(config, rng)
     timed(loop, 0, args.warmup)
     for round_ in range(args.rounds):
@@ -294,9 +298,19 @@ def run(args, config):
             loop_peak_rss = peak_rss_mb()
             fused = fused_iteration(config, rng)
             timed(fused, 0, args.warmup)
+            if args.deterministic:
+                distribute.make_deterministic(0)  # as train.py --seed does: seeds, then op determinism
+                _, deterministic_loop = loop_iteration(config, rng)
+                timed(deterministic_loop, 0, args.warmup)
+        if args.deterministic:
+            set_op_determinism(True)
+            times["loop_deterministic"].append(timed(deterministic_loop, args.steps, 0))
+            set_op_determinism(False)
         times["fused"].append(timed(fused, args.steps, 0))
         medians = {name: np.median(values[-1]) for name, values in times.items() if values}
         ratios["loop_over_fused"].append(medians["loop"] / medians["fused"])
+        if args.deterministic:
+            ratios["deterministic_over_loop"].append(medians["loop_deterministic"] / medians["loop"])
         if args.torch:
             ratios["loop_over_torch"].append(medians["loop"] / medians["torch"])
             ratios["fused_over_torch"].append(medians["fused"] / medians["torch"])
@@ -320,7 +334,7 @@ def run(args, config):
     with tempfile.TemporaryDirectory() as scratch:
         dataroot = args.dataroot or write_jpegs(scratch, min(args.pipeline_images, 64), 256, rng)
         pipeline = bench_pipeline(dataroot, config, args.pipeline_images)
-    consumed = 2 * config["batch_size"] / report["loop"]["median_s"]
+    consumed = 2 * config.batch_size / report["loop"]["median_s"]
     report["pipeline"] = {"images_per_s": pipeline, "training_consumes_images_per_s": consumed,
                           "headroom": pipeline / consumed}
     report["peak_rss_mb"] = peak_rss_mb()
@@ -340,8 +354,11 @@ def print_report(report):
     if "torch" in report:
         line(f"PyTorch {report['torch']['version']} reference step", report["torch"])
     line("project loop (CycleGAN.train_step)", report["loop"])
+    if "loop_deterministic" in report:
+        line("project loop, op determinism on", report["loop_deterministic"])
     line("fused GradientTape step", report["fused"])
     names = ["loop_over_fused"] + (["loop_over_torch", "fused_over_torch"] if "torch" in report else [])
+    names += ["deterministic_over_loop"] if "loop_deterministic" in report else []
     for name in names:
         label = name.replace("_over_", " / ").replace("torch", "PyTorch")
         rounds = "" if report["rounds"] == 1 else " (rounds: " + " ".join(

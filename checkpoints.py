@@ -1,6 +1,9 @@
 """What a run keeps on disk, written so that a crash at any instant leaves it loadable: atomic files,
-checkpoints of the whole training state, and the final generators.
+checkpoints of the whole training state, and the final generators; the lock that keeps one writer on a
+run folder, and the clean-up of what a killed writer left half-written.
 """
+import contextlib
+import fcntl
 import glob
 import json
 import logging
@@ -37,6 +40,83 @@ def write_atomically(path, write):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+TEMPORARY_NAME = re.compile(r".+\.tmp(\d+)(\.[^.]*)?")  # write_atomically's NAME.tmpPID.EXT
+
+
+def remove_stale_temporaries(run_dir):
+    """Removes the temporaries that write_atomically left in the run folder and its checkpoints/ when
+    its process was killed; returns their paths. Call it holding the run's lock (no train.py is writing
+    there then); a temporary of a process still running (evaluate.py writing beside a run) stays."""
+    stale = []
+    for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
+        for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*.tmp*"))):
+            match = TEMPORARY_NAME.fullmatch(os.path.basename(path))
+            if match and os.path.isfile(path) and not process_exists(int(match.group(1))):
+                os.remove(path)
+                stale.append(path)
+    if stale:
+        log.info("removed %d temporary file(s) left by a killed run: %s", len(stale),
+                 ", ".join(os.path.relpath(path, run_dir) for path in stale))
+    return stale
+
+
+def process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Makes this process the only writer of RUN_DIR while the block runs: an exclusive flock on
+    RUN_DIR/.lock, which holds the writer's PID for the message a second writer gets (UsageError).
+    The OS drops the lock when the process ends in any way, so a killed run never leaves a stale one."""
+    os.makedirs(run_dir, exist_ok=True)
+    descriptor = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _try_lock(descriptor):
+            raise _in_use(run_dir, descriptor)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def check_not_in_use(run_dir):
+    """UsageError naming the PID when another process holds the run's lock; writes nothing."""
+    try:
+        descriptor = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        if not _try_lock(descriptor):
+            raise _in_use(run_dir, descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _try_lock(descriptor):
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _in_use(run_dir, descriptor):
+    holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+    return UsageError(f"{run_dir} is in use by another train.py (PID {holder}); wait for it to end, "
+                      "or give another --name")
 
 
 def write_json(path, value):

@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import sys
+import time
 
 
 class UsageError(Exception):
@@ -71,3 +72,70 @@ def add_mixed_precision_option(parser, help):
     """--mixed-precision [float16|bfloat16], "auto" when given alone (see distribute.precision_policy)."""
     parser.add_argument("--mixed-precision", nargs="?", const="auto", choices=("auto",) + PRECISIONS,
                         metavar="{float16,bfloat16}", help=help)
+
+
+class Progress:
+    """Progress of a long loop. On a terminal it is Keras' live Progbar; anywhere else (a log file, a
+    pipe, a CI job) the bar's carriage returns and colour codes would be garbage, so it writes one plain
+    line every `print_every` units and one at the end:
+
+        step 120/2000  D_A 0.213  D_B 0.198  G 3.41  0.35 s/step  ETA 0:11:02
+
+    `start` is where a resumed loop begins: its speed and ETA count only the units done since.
+    """
+
+    def __init__(self, total, unit="step", print_every=1, stream=None, start=0):
+        self.total, self.unit, self.print_every, self.start = total, unit, print_every, start
+        self.stream = stream or sys.stdout
+        self.last_printed = start
+        self.started = time.monotonic()
+        self.terminal = self.stream.isatty()
+        self.bar, self.texts = None, {}
+
+    def update(self, done, values=None):
+        """`done` units finished so far; `values` maps names to numbers or short texts."""
+        values = values or {}
+        if self.terminal:
+            self._update_bar(done, values)
+            return
+        due = done // self.print_every > self.last_printed // self.print_every
+        finished = done >= self.total > self.last_printed
+        if due or finished:
+            self.last_printed = done
+            print(self.line(done, values), file=self.stream, flush=True)
+
+    def line(self, done, values):
+        elapsed = time.monotonic() - self.started
+        per_unit = elapsed / max(done - self.start, 1)
+        parts = [f"{self.unit} {done}/{self.total}"]
+        parts += [f"{name} {value if isinstance(value, str) else format(float(value), '.3g')}"
+                  for name, value in values.items()]
+        parts.append(f"{per_unit:.3g} s/{self.unit}")
+        parts.append(f"took {clock(elapsed)}" if done >= self.total else f"ETA {clock(per_unit * (self.total - done))}")
+        return "  ".join(parts)
+
+    def _update_bar(self, done, values):
+        """Keras' bar, made at the first update so that it shows the numbers as they are (not as running
+        means). The bar takes numbers only: texts (an epoch count) get a line of their own above it
+        whenever they change."""
+        import contextlib
+
+        from distribute import keras  # here, not at the top: cli.py imports no TensorFlow (quietly, there)
+
+        texts = {name: value for name, value in values.items() if isinstance(value, str)}
+        if texts != self.texts:
+            self.texts = texts
+            after_bar = "\n" if self.bar is not None else ""  # the bar's line has no newline of its own yet
+            print(after_bar + "  ".join(f"{name} {value}" for name, value in texts.items()), file=self.stream,
+                  flush=True)
+        numbers = [(name, float(value)) for name, value in values.items() if not isinstance(value, str)]
+        if self.bar is None:
+            self.bar = keras.utils.Progbar(self.total, unit_name=self.unit, stateful_metrics=[n for n, _ in numbers])
+        with contextlib.redirect_stdout(self.stream):  # Progbar writes to sys.stdout
+            self.bar.update(done, numbers)
+
+
+def clock(seconds):
+    """Seconds as h:mm:ss."""
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"

@@ -51,16 +51,16 @@ class CycleGAN:
 
     def __init__(self, config):
         c = config
-        self.generator_ab = networks.build_generator(c["ngf"], c["n_res_blocks"], c["upsample"], "generator_ab")
-        self.generator_ba = networks.build_generator(c["ngf"], c["n_res_blocks"], c["upsample"], "generator_ba")
-        self.discriminator_a = networks.build_discriminator(c["ndf"], c["sigmoid"], name="discriminator_a")
-        self.discriminator_b = networks.build_discriminator(c["ndf"], c["sigmoid"], name="discriminator_b")
+        self.generator_ab = networks.build_generator(c.ngf, c.n_res_blocks, c.upsample, "generator_ab")
+        self.generator_ba = networks.build_generator(c.ngf, c.n_res_blocks, c.upsample, "generator_ba")
+        self.discriminator_a = networks.build_discriminator(c.ndf, c.sigmoid, name="discriminator_a")
+        self.discriminator_b = networks.build_discriminator(c.ndf, c.sigmoid, name="discriminator_b")
         for discriminator in (self.discriminator_a, self.discriminator_b):
-            networks.compile_discriminator(discriminator, c["lr"], c["beta1"], c["jit"])
+            networks.compile_discriminator(discriminator, c.lr, c.beta1, c.jit)
         self.combined = networks.build_combined(
             self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b,
-            c["lambda_cycle"], c["lambda_identity"], c["lr"], c["beta1"], c["jit"])
-        self.patch = networks.patch_shape(self.discriminator_a, c["image_size"], c["image_size"])
+            c.lambda_cycle, c.lambda_identity, c.lr, c.beta1, c.jit)
+        self.patch = networks.patch_shape(self.discriminator_a, c.image_size, c.image_size)
 
     @property
     def models(self):
@@ -110,12 +110,12 @@ def train_discriminator(discriminator, real, fake, patch):
 
 def build_gan(config, strategy):
     """The CycleGAN in the run's precision, built and compiled under the strategy's scope."""
-    keras.mixed_precision.set_global_policy(distribute.precision_policy(config.get("mixed_precision")))
+    keras.mixed_precision.set_global_policy(distribute.precision_policy(config.mixed_precision))
     replicas = strategy.num_replicas_in_sync
-    if config["batch_size"] % replicas:
-        raise UsageError(f"--batch-size {config['batch_size']}: the global batch is split across "
+    if config.batch_size % replicas:
+        raise UsageError(f"--batch-size {config.batch_size}: the global batch is split across "
                               f"{replicas} replicas; give a multiple of {replicas} (or --distribute none)")
-    if config.get("jit") and replicas > 1:
+    if config.jit and replicas > 1:
         raise UsageError(f"--jit: XLA cannot compile a step that spans {replicas} replicas; "
                               "use --jit with --distribute none")
     with strategy.scope():

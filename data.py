@@ -6,9 +6,12 @@ A and B are shuffled independently, and an epoch is max(len A, len B) images as 
 
 download.py fetches the official datasets; build_demo_dataset makes the offline one main.py uses.
 """
+import contextlib
 import logging
 import os
 import shutil
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -48,20 +51,52 @@ def decode_image(data):
     return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
 
 
+def read_bytes(path):
+    """A file's bytes, read by Python: tf.io.read_file cannot take a str path whose name is not
+    UTF-8 (os.listdir gives such names as surrogate escapes)."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 goes to /dev/null meanwhile: TensorFlow's JPEG decoder lets libjpeg print its
+    complaint about a broken file ("Improper call to JPEG library in state 201") straight there, and
+    the file is named in a warning instead."""
+    with _stderr_lock:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _decodes(path):
     try:
-        decode_image(tf.io.read_file(path))
+        decode_image(read_bytes(path))
         return True
-    except (tf.errors.OpError, ValueError):
+    except (tf.errors.OpError, ValueError, OSError):
         return False
+
+
+_named_unreadable = set()  # a script looks at a folder more than once; the warning comes once
 
 
 def usable_images(paths):
     """The paths that decode; each one that does not is skipped with a warning naming it."""
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with _stderr_silenced(), ThreadPoolExecutor(max_workers=8) as pool:
         ok = list(pool.map(_decodes, paths))
     for path, good in zip(paths, ok):
-        if not good:
+        if not good and path not in _named_unreadable:
+            _named_unreadable.add(path)
             log.warning("skipping %s: not a readable image", path)
     return [path for path, good in zip(paths, ok) if good]
 
@@ -98,12 +133,17 @@ def _resize(image, size):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def preprocess_train(image, image_size, load_size=None, seed=None):
-    """Reference training transform: resize to load size, random crop, random flip, to [-1, 1]."""
+def preprocess_train(image, image_size, seed, load_size=None):
+    """Reference training transform: resize to load size, random crop, random flip, to [-1, 1].
+
+    The crop and flip are stateless random ops of `seed` (two integers): one seed, one crop and
+    flip, whichever thread of a parallel map runs it and in whatever order.
+    """
     load_size = load_size or load_size_for(image_size)
     image = _resize(image, load_size)
-    image = tf.image.random_crop(image, [image_size, image_size, 3], seed=seed)
-    image = tf.image.random_flip_left_right(image, seed=seed)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+    image = tf.image.stateless_random_crop(image, [image_size, image_size, 3], seed=crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     return image / 127.5 - 1.0
 
 
@@ -112,21 +152,39 @@ def preprocess_test(image, image_size):
     return _resize(image, image_size) / 127.5 - 1.0
 
 
-def _domain_stream(paths, image_size, seed):
+def _domain_stream(paths, image_size, seed, deterministic, skip):
+    """One domain's endless augmented images: the files reshuffled every epoch, the n-th image of the
+    stream cropped and flipped with the seed (seed, n), so the stream depends on `seed` alone; the
+    first `skip` images are passed over as file names, never decoded."""
     load_size = load_size_for(image_size)
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    files = tf.data.Dataset.from_tensor_slices([os.fsencode(path) for path in paths])  # any file name
+    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat().enumerate().skip(skip)
     return files.map(
-        lambda path: preprocess_train(decode_image(tf.io.read_file(path)), image_size, load_size),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=seed is not None)
+        lambda index, path: preprocess_train(decode_image(tf.io.read_file(path)), image_size,
+                                             tf.stack([tf.constant(seed, tf.int64), index]), load_size),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
-def train_dataset(dataroot, image_size, batch_size, seed=None):
-    """Endless batches of (real_a, real_b), each domain shuffled on its own; and steps per epoch."""
-    paths_a = domain_images(dataroot, "train", "A")
-    paths_b = domain_images(dataroot, "train", "B")
-    stream_a = _domain_stream(paths_a, image_size, seed)
-    stream_b = _domain_stream(paths_b, image_size, None if seed is None else seed + 1)
+def train_images(dataroot):
+    """The usable images of trainA/ and trainB/, as (paths_a, paths_b); one line if either has none."""
+    return domain_images(dataroot, "train", "A"), domain_images(dataroot, "train", "B")
+
+
+def train_dataset(train_paths, image_size, batch_size, seed=None, start_step=0):
+    """Endless batches of (real_a, real_b) from train_images' paths, each domain shuffled on its own;
+    and steps per epoch.
+
+    With a seed, every run yields the same batches in the same order, and one resumed at `start_step`
+    yields what the uninterrupted run would have from there; without one, a run draws its own seed and
+    lets parallel decoding hand images over as they finish.
+    """
+    paths_a, paths_b = train_paths
+    deterministic = seed is not None
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2 ** 32))
+    skip = start_step * batch_size
+    stream_a = _domain_stream(paths_a, image_size, seed, deterministic, skip)
+    stream_b = _domain_stream(paths_b, image_size, seed + 1, deterministic, skip)
     pairs = tf.data.Dataset.zip((stream_a, stream_b)).batch(batch_size, drop_remainder=True)
     steps_per_epoch = max(1, max(len(paths_a), len(paths_b)) // batch_size)
     return pairs.prefetch(tf.data.AUTOTUNE), steps_per_epoch
@@ -134,7 +192,7 @@ def train_dataset(dataroot, image_size, batch_size, seed=None):
 
 def read_image(path):
     """A file -> float32 [-1, 1] RGB array at its own resolution."""
-    return to_unit_range(decode_image(tf.io.read_file(path))).numpy()
+    return to_unit_range(decode_image(read_bytes(path))).numpy()
 
 
 def write_image(path, image):
@@ -150,7 +208,7 @@ def write_image(path, image):
 
 def load_images(paths, image_size):
     """Test-preprocessed images as one float32 array in [-1, 1]."""
-    return np.stack([preprocess_test(decode_image(tf.io.read_file(p)), image_size).numpy() for p in paths])
+    return np.stack([preprocess_test(decode_image(read_bytes(p)), image_size).numpy() for p in paths])
 
 
 def test_images(dataroot, domain, image_size, count):

@@ -34,6 +34,7 @@ def _import_tensorflow_quietly():
 
 
 tf = _import_tensorflow_quietly()
+import keras  # noqa: E402  (after TensorFlow, imported quietly)
 
 log = logging.getLogger("cyclegan")
 
@@ -58,7 +59,7 @@ def make_strategy(name=None, batch_size=None):
             json.loads(os.environ["TF_CONFIG"])
         except (KeyError, ValueError):
             raise UsageError("--distribute multiworker needs the TF_CONFIG environment variable set to "
-                                  "JSON naming the cluster and this process's task (see README)") from None
+                                  "JSON naming the cluster and this process's task (see docs/scaling.md)") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -132,6 +133,15 @@ def split_batches(model, strategy):
         return predict([replica_slices(strategy, (padded,))])[:count]
 
     model.predict_function = predict_function
+
+
+def make_deterministic(seed):
+    """Seeds Python's, NumPy's, TensorFlow's and Keras' generators (weight initialisers) and turns on
+    TensorFlow's op determinism, for the whole process: the same command with the same seed, on the
+    same machine and software, then trains bit-identical weights. The data pipeline and the history
+    pool take the seed themselves (stateless augmentation, their own NumPy generator)."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
 
 
 def precision_policy(mixed_precision):

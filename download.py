@@ -4,8 +4,9 @@
     python download.py --list
 
 The zip grows as NAME.zip.part (a rerun resumes it with an HTTP Range request), is renamed when
-complete, tested, unpacked into a temporary folder and renamed into place; entries that would land
-outside the target are refused.
+complete, tested, unpacked into a temporary folder and renamed into place. Refused, with nothing
+extracted: entries that would land outside the target, a zip without trainA/ and trainB/, and one that
+unpacks to more than MAX_EXPANSION times its size (a zip bomb) unless --max-unpacked-gb allows it.
 """
 import argparse
 import http.client
@@ -20,7 +21,7 @@ import urllib.error
 import urllib.request
 import zipfile
 
-from cli import HelpFormatter, UsageError, run_cli
+from cli import HelpFormatter, UsageError, non_negative_float, run_cli
 
 log = logging.getLogger("cyclegan")
 
@@ -30,6 +31,8 @@ DATASET_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip" 
 DOWNLOAD_TIMEOUT = 60
 DOWNLOAD_RETRIES = 3
 DOWNLOAD_CHUNK = 1 << 16
+MAX_EXPANSION = 100  # image datasets barely compress; a zip that unpacks to 100x its size is no dataset
+TRAIN_FOLDERS = ("trainA", "trainB")
 
 
 class DownloadProgress:
@@ -82,8 +85,16 @@ def _fetch_once(url, partial, progress):
                 done += len(chunk)
                 bar.update(done)
         bar.update(done, final=True)
-        if total is not None and done < total:
-            raise http.client.IncompleteRead(b"", total - done)
+        cut = done < total if total is not None else cut_inside_a_zip(partial)
+        if cut:
+            raise http.client.IncompleteRead(b"")
+
+
+def cut_inside_a_zip(path):
+    """Whether a download of unknown length ended inside a zip: its start is there, its end record
+    is not. (Without a Content-Length a dropped connection looks like the end of the file.)"""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
 def fetch(url, path, progress=sys.stderr):
@@ -117,11 +128,46 @@ def unsafe_entry(info):
     return None
 
 
-def unpack(archive, target, url):
+def dataset_prefix(names):
+    """Where trainA/ and trainB/ (each with a file) are in a zip of these entry names: "TOP/" for one
+    top folder (as in the official zips), "" for the zip's top, None when in neither."""
+    tops = {n.split("/")[0] for n in names} - {"__MACOSX"}
+    for prefix in ([f"{tops.pop()}/"] if len(tops) == 1 else []) + [""]:
+        if all(any(n.startswith(f"{prefix}{folder}/") and not n.endswith("/") for n in names)
+               for folder in TRAIN_FOLDERS):
+            return prefix
+    return None
+
+
+def extract(zf, folder, limit, error_message):
+    """Writes the zip's entries under `folder`, raising UsageError(error_message) before more than
+    `limit` bytes are written in all: counted as written, since an entry's declared size can lie."""
+    written = 0
+    for info in zf.infolist():
+        path = os.path.join(folder, info.filename)
+        if info.is_dir():
+            os.makedirs(path, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with zf.open(info) as source, open(path, "wb") as destination:
+            while chunk := source.read(DOWNLOAD_CHUNK):
+                written += len(chunk)
+                if written > limit:
+                    raise UsageError(error_message)
+                destination.write(chunk)
+
+
+def size_text(size):
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} KB"
+
+
+def unpack(archive, target, url, max_unpacked_gb=None):
     """Tests the zip and unpacks it into a temporary folder that becomes `target` only when complete.
 
     A zip whose single top folder holds everything (as the official ones) becomes `target` itself.
-    Nothing is written if any entry is unsafe (see unsafe_entry). The archive is removed either way.
+    Nothing is written if any entry is unsafe (see unsafe_entry), if there is no trainA/ and trainB/,
+    or if it would unpack to more than `max_unpacked_gb` (default: MAX_EXPANSION times the zip's
+    size). The archive is removed either way.
     """
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -130,15 +176,26 @@ def unpack(archive, target, url):
                 if reason:
                     raise UsageError(f"{archive}: refusing the entry {info.filename!r}, {reason}; "
                                      f"nothing extracted (from {url})")
+            prefix = dataset_prefix(zf.namelist())
+            if prefix is None:
+                raise UsageError(f"{archive}: no dataset in this zip, expected trainA/ and trainB/ with images "
+                                 f"(at its top or in its one top folder); nothing extracted (from {url})")
+            size = os.path.getsize(archive)
+            limit = MAX_EXPANSION * size if max_unpacked_gb is None else max_unpacked_gb * 1e9
+            allowed = (f"{MAX_EXPANSION}x the {size_text(size)} zip (--max-unpacked-gb raises it)"
+                       if max_unpacked_gb is None else f"--max-unpacked-gb {max_unpacked_gb:g}")
+            declared = sum(info.file_size for info in zf.infolist())
+            if declared > limit:
+                raise UsageError(f"{archive}: would unpack to {size_text(declared)}, more than {allowed}; "
+                                 f"nothing extracted (from {url})")
             damaged = zf.testzip()
             if damaged:
                 raise UsageError(f"{archive}: the entry {damaged!r} is damaged (CRC mismatch): {url}")
             staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target) or ".")
             try:
-                zf.extractall(staging)
-                tops = {n.split("/")[0] for n in zf.namelist()} - {"__MACOSX"}
-                content = os.path.join(staging, tops.pop()) if len(tops) == 1 else staging
-                os.replace(content if os.path.isdir(content) else staging, target)
+                extract(zf, staging, limit, f"{archive}: unpacks to more than its entries declare, more than "
+                                            f"{allowed}; nothing kept (from {url})")
+                os.replace(os.path.join(staging, prefix), target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except (zipfile.BadZipFile, EOFError) as error:
@@ -148,11 +205,11 @@ def unpack(archive, target, url):
     return target
 
 
-def download_dataset(name, root="datasets", url=None, progress=sys.stderr):
+def download_dataset(name, root="datasets", url=None, progress=sys.stderr, max_unpacked_gb=None):
     """Downloads and unpacks a dataset into ROOT/NAME, which appears only complete; returns its path.
 
     Without `url` NAME must be an official one and comes from the reference's address. An existing
-    ROOT/NAME is left as it is.
+    ROOT/NAME is left as it is. `max_unpacked_gb`: see unpack.
     """
     if url is None and name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}: python download.py --list shows the names "
@@ -170,7 +227,7 @@ def download_dataset(name, root="datasets", url=None, progress=sys.stderr):
     archive = os.path.join(root, f"{name}.zip")
     if not os.path.isfile(archive):
         fetch(url, archive, progress)
-    return unpack(archive, target, url)
+    return unpack(archive, target, url, max_unpacked_gb)
 
 
 def build_parser():
@@ -180,6 +237,8 @@ def build_parser():
     p.add_argument("--list", action="store_true", help="print the official dataset names and exit")
     p.add_argument("--root", default="datasets", help="folder that receives ROOT/NAME/")
     p.add_argument("--url", help="zip to download instead of the official address (a mirror)")
+    p.add_argument("--max-unpacked-gb", type=non_negative_float, metavar="GB",
+                   help=f"refuse a zip that unpacks to more (default: {MAX_EXPANSION} times the zip's size)")
     return p
 
 
@@ -190,7 +249,7 @@ def main(argv=None):
         return
     if not args.name:
         raise UsageError("give a dataset NAME (python download.py --list shows them)")
-    print(f"dataset ready: {download_dataset(args.name, args.root, args.url)}")
+    print(f"dataset ready: {download_dataset(args.name, args.root, args.url, max_unpacked_gb=args.max_unpacked_gb)}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,8 @@ import cli
 import data
 import generate
 import train
+from config import DEMO
 from metrics import ground_truth_scores
-
-DEMO = dict(image_size=64, ngf=16, ndf=32, n_res_blocks=4, upsample="resize", epochs=5, epochs_decay=5,
-            sample_every=250, save_every=5, seed=0)
 
 
 def free_run_name(runs_root, name):
@@ -33,9 +31,10 @@ def build_parser():
     p = argparse.ArgumentParser(description="Offline CycleGAN demo: photos -> paintings, in minutes on a CPU.",
                                 formatter_class=cli.HelpFormatter)
     p.add_argument("--dataroot", default="datasets/demo", help="where the demo dataset is built")
-    p.add_argument("--runs-root", default="runs", help="folder that holds the runs")
+    p.add_argument("--runs-root", default=DEMO.runs_root, help="folder that holds the runs")
     p.add_argument("--name", default="demo", help="run name (NAME-2, NAME-3, ... if NAME exists)")
-    p.add_argument("--max-steps", type=cli.positive_int, help="stop early (default: the full 10 epochs)")
+    p.add_argument("--max-steps", type=cli.positive_int,
+                   help=f"stop early (default: the full {DEMO.epochs + DEMO.epochs_decay} epochs)")
     return p
 
 
@@ -44,14 +43,10 @@ def main(argv=None):
     print(f"building the demo dataset in {args.dataroot} (from scikit-image's photos, no network)")
     data.build_demo_dataset(args.dataroot)
     name = free_run_name(args.runs_root, args.name)
-    train_args = ["--dataroot", args.dataroot, "--runs-root", args.runs_root, "--name", name]
-    for key, value in DEMO.items():
-        train_args += [f"--{key.replace('_', '-')}", str(value)]
-    if args.max_steps:
-        train_args += ["--max-steps", str(args.max_steps)]
-    written = train.train(train.parse_config(train_args))
+    config = DEMO.replace(dataroot=args.dataroot, runs_root=args.runs_root, name=name, max_steps=args.max_steps)
+    written = train.train(config)
     run_dir = written["run_dir"]
-    translated, grid = generate.generate(generate.build_parser().parse_args(["--run-dir", run_dir]))
+    translated, grid = generate.generate(**generate.run_files(run_dir))
     scores = ground_truth_scores(os.path.join(run_dir, "generator_ab.keras"),
                                  os.path.join(args.dataroot, "testA"), os.path.join(args.dataroot, "testA_gt"))
     print(f"\ntrained {written['step']} steps in {written['seconds']:.0f} s; everything is in {run_dir}/")

@@ -4,6 +4,7 @@ train.py --eval-every logs them to TensorBoard.
 """
 import contextlib
 import io
+import logging
 import os
 import socket
 import time
@@ -13,6 +14,7 @@ import numpy as np
 import data
 import networks
 from checkpoints import read_json, write_atomically, write_json
+from cli import UsageError
 from distribute import tf
 import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
 
@@ -30,6 +32,9 @@ DOMAIN_EPOCHS = 10
 DOMAIN_BATCH = 32
 DOMAIN_FILE = f"domain_classifier_{DOMAIN_SIZE}px.keras"
 DIRECTIONS = {"AtoB": ("generator_ab", "A", "B"), "BtoA": ("generator_ba", "B", "A")}
+MIN_SET_SIZE = 2  # FID's covariance and KID's unbiased estimate need two images per set
+
+log = logging.getLogger("cyclegan")
 
 
 # ---- the math --------------------------------------------------------------------------------
@@ -92,6 +97,32 @@ def image_scores(truths, images):
     return {"ssim": float(np.mean(ssim)), "psnr": float(np.mean(psnr))}
 
 
+def ground_truth_pairs(paths, truth_dir):
+    """(test image, its truth) path pairs: the truth has the test image's file name in `truth_dir`.
+
+    A pair whose truth is missing, unreadable or of another size is left out with a warning naming
+    the file; a UsageError says why when no pair is left. `paths` are readable images.
+    """
+    truth_paths = {p: os.path.join(truth_dir, os.path.basename(p)) for p in paths}
+    for path, truth_path in truth_paths.items():
+        if not os.path.isfile(truth_path):
+            log.warning("skipping %s for SSIM/PSNR: no ground truth %s", path, truth_path)
+    readable = set(data.usable_images([t for t in truth_paths.values() if os.path.isfile(t)]))
+    pairs = []
+    for path, truth_path in truth_paths.items():
+        if truth_path not in readable:
+            continue
+        shape, truth_shape = (data.read_image(p).shape[:2] for p in (path, truth_path))
+        if shape != truth_shape:
+            log.warning("skipping %s for SSIM/PSNR: its ground truth %s is %dx%d, the image %dx%d",
+                        path, truth_path, *truth_shape[::-1], *shape[::-1])
+            continue
+        pairs.append((path, truth_path))
+    if not pairs:
+        raise UsageError(f"{truth_dir}: no test image has a readable ground truth of the same name and size")
+    return pairs
+
+
 def ground_truth_scores(generator, test_dir, truth_dir, batch_size=8):
     """Mean SSIM and PSNR of G(test images) and of the images themselves against the truth.
 
@@ -99,9 +130,14 @@ def ground_truth_scores(generator, test_dir, truth_dir, batch_size=8):
     """
     if isinstance(generator, str):
         generator = networks.load_generator(generator)
-    paths = data.list_images(test_dir)
-    truths = [data.to_uint8(data.read_image(os.path.join(truth_dir, os.path.basename(p)))) for p in paths]
-    inputs = [data.read_image(p) for p in paths]
+    pairs = ground_truth_pairs(data.usable_images(data.list_images(test_dir)), truth_dir)
+    return pair_scores(generator, pairs, batch_size)
+
+
+def pair_scores(generator, pairs, batch_size=8):
+    """ground_truth_scores for (test image, truth) path pairs from ground_truth_pairs."""
+    inputs = [data.read_image(path) for path, _ in pairs]
+    truths = [data.to_uint8(data.read_image(truth_path)) for _, truth_path in pairs]
     translated = networks.translate_images(generator, inputs, batch_size)
     return {"generator": image_scores(truths, [data.to_uint8(i) for i in translated]),
             "baseline": image_scores(truths, [data.to_uint8(i) for i in inputs])}
@@ -235,21 +271,36 @@ class Evaluator:
     """The test split, the feature extractors and the domain classifier, prepared once; score() then
     measures any generators (evaluate.py once, train.py every few epochs).
 
-    `extract_features` maps [-1, 1] images to feature rows for FID/KID; None loads InceptionV3, and
-    when its weights are unavailable `fid_skipped` holds the one-line reason.
+    `extract_features` maps [-1, 1] images to feature rows for FID/KID; None loads InceptionV3.
+    Scores that cannot be had are left out with one line saying why: FID/KID without the weights
+    (`fid_skipped` holds the reason), the Fréchet distances with fewer than MIN_SET_SIZE test images
+    in a domain, SSIM/PSNR without a usable ground-truth pair.
     """
 
     def __init__(self, dataroot, image_size, directions, classifier_path, extract_features=None, log=print):
-        self.dataroot = dataroot
         self.directions = directions
-        self.tests = {d: as_saved(data.load_images(data.domain_images(dataroot, "test", d), image_size))
-                      for d in "AB"}
+        paths = {d: data.domain_images(dataroot, "test", d) for d in "AB"}
+        self.tests = {d: as_saved(data.load_images(paths[d], image_size)) for d in "AB"}
         self.fid_skipped = None
-        if extract_features is None:
+        self.with_distances = min(len(p) for p in paths.values()) >= MIN_SET_SIZE
+        if not self.with_distances:
+            self.fid_skipped = (f"FID, KID and the domain Fréchet distance skipped: they need at least {MIN_SET_SIZE} "
+                                f"images per set, and testA/ has {len(paths['A'])}, testB/ {len(paths['B'])}")
+            extract_features = None
+        elif extract_features is None:
             extract_features, self.fid_skipped = load_inception()
-            if self.fid_skipped:
-                log(self.fid_skipped)
+        if self.fid_skipped:
+            log(self.fid_skipped)
         self.extract_features = extract_features
+        self.truth_pairs = {}
+        for direction in directions:
+            source = DIRECTIONS[direction][1]
+            truth_dir = os.path.join(dataroot, f"test{source}_gt")
+            if os.path.isdir(truth_dir):
+                try:
+                    self.truth_pairs[source] = ground_truth_pairs(paths[source], truth_dir)
+                except UsageError as error:
+                    log(f"SSIM/PSNR skipped: {error}")
         self.classifier, self.classifier_facts = domain_classifier(dataroot, classifier_path, log)
         self.penultimate = keras.Model(self.classifier.input, self.classifier.get_layer("features").output)
         self.real = {d: {"domain_features": apply(self.penultimate, classifier_input(images))}
@@ -270,26 +321,25 @@ class Evaluator:
                 features = self.extract_features(translated)
                 scores["fid"] = features_frechet_distance(features, self.real[target]["features"])
                 scores["kid"], scores["kid_std"] = kernel_inception_distance(features, self.real[target]["features"])
-            scores["domain"], scores["domain_fd"] = self.domain_scores(translated, target)
-            scores["domain_baseline"], scores["domain_fd_baseline"] = self.domain_scores(self.tests[source], target)
-            truth_dir = os.path.join(self.dataroot, f"test{source}_gt")
-            if os.path.isdir(truth_dir):
-                truth = ground_truth_scores(generator, os.path.join(self.dataroot, f"test{source}"),
-                                            truth_dir, batch_size)
+            scores.update(self.domain_scores(translated, target))
+            scores.update({f"{k}_baseline": v for k, v in self.domain_scores(self.tests[source], target).items()})
+            if source in self.truth_pairs:
+                truth = pair_scores(generator, self.truth_pairs[source], batch_size)
                 scores.update(truth["generator"])
                 scores.update({f"{k}_baseline": v for k, v in truth["baseline"].items()})
             results[direction] = scores
         return results
 
     def domain_scores(self, images, target):
-        """Fraction of `images` the classifier assigns to `target`, and their Fréchet distance to the
-        real target test images in its penultimate features."""
+        """The fraction of `images` the classifier assigns to `target` ("domain") and, with enough
+        images, their Fréchet distance to the real target test images in its penultimate features."""
         small = classifier_input(images)
         judged_b = apply(self.classifier, small)[:, 0] > 0.5
-        fraction = float(np.mean(judged_b if target == "B" else ~judged_b))
-        distance = features_frechet_distance(apply(self.penultimate, small),
-                                             self.real[target]["domain_features"])
-        return fraction, distance
+        scores = {"domain": float(np.mean(judged_b if target == "B" else ~judged_b))}
+        if self.with_distances:
+            scores["domain_fd"] = features_frechet_distance(apply(self.penultimate, small),
+                                                            self.real[target]["domain_features"])
+        return scores
 
     def log_to_tensorboard(self, writer, generators, step):
         """Scores the generators and writes eval/<score>_<direction> scalars; prints the cost."""

@@ -1,9 +1,10 @@
-"""CycleGAN networks: residual generator, ZeroPadding PatchGAN discriminator, combined model.
+"""CycleGAN networks: residual generator, ZeroPadding PatchGAN discriminator, combined model, and
+running a trained generator over images of any size.
 
-The generator follows the paper's table (c7s1-ngf, d2ngf, d4ngf, R4ngf x N, u2ngf, ungf, c7s1-3);
-the defaults are the book's 128x128 design (ngf 32, 6 blocks), `ngf=64, n_res_blocks=9` gives the
-paper's 256x256 network. Every model is fully convolutional, so the same weights run at any H x W
-divisible by 4.
+The generator follows the paper's table (c7s1-ngf, d2ngf, d4ngf, R4ngf x N, u2ngf, ungf, c7s1-3):
+`ngf=64, n_res_blocks=9` is the paper's 256x256 network, `ngf=32, n_res_blocks=6` the book's 128x128
+one (config.py holds the defaults). Every model is fully convolutional, so the same weights run at any
+H x W divisible by 4.
 """
 import os
 from collections import defaultdict
@@ -15,10 +16,6 @@ from distribute import tf
 import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
 from keras import layers, ops  # noqa: E402
 
-LAMBDA_CYCLE = 10.0
-LAMBDA_IDENTITY = 0.5
-LEARNING_RATE = 2e-4
-BETA_1 = 0.5
 # The combined model's outputs: the six loss terms' predictions, then the two translations.
 LOSS_TERMS = ("adversarial_a", "adversarial_b", "cycle_a", "cycle_b", "identity_a", "identity_b")
 TRANSLATIONS = ("fake_a", "fake_b")
@@ -162,7 +159,7 @@ def _residual_block(x, filters, name):
     return layers.Add(name=f"{name}_add")([x, y])
 
 
-def build_generator(ngf=32, n_res_blocks=6, upsample="transpose", name="generator"):
+def build_generator(ngf, n_res_blocks, upsample="transpose", name="generator"):
     """Residual generator: image in [-1, 1] -> image in [-1, 1], any H x W divisible by 4.
 
     `upsample="transpose"` uses stride-2 transposed convolutions as the paper; "resize" uses nearest
@@ -191,7 +188,7 @@ def build_generator(ngf=32, n_res_blocks=6, upsample="transpose", name="generato
     return keras.Model(image, translated, name=name)
 
 
-def build_discriminator(ndf=64, sigmoid=False, name="discriminator"):
+def build_discriminator(ndf, sigmoid=False, name="discriminator"):
     """ZeroPadding PatchGAN: one real/fake score per overlapping patch.
 
     Four ZeroPadding2D(1) + 4x4 stride-2 valid convs (ndf .. 8ndf), then a 4x4 stride-1 conv to one
@@ -239,11 +236,11 @@ class FusedAdam(keras.optimizers.Adam):
             grad=ops.cast(gradient, dtype))
 
 
-def adam(learning_rate=LEARNING_RATE, beta_1=BETA_1):
+def adam(learning_rate, beta_1):
     return FusedAdam(learning_rate=learning_rate, beta_1=beta_1)
 
 
-def compile_discriminator(discriminator, learning_rate=LEARNING_RATE, beta_1=BETA_1, jit_compile=False):
+def compile_discriminator(discriminator, learning_rate, beta_1, jit_compile=False):
     """Least-squares loss on real (1) / fake (0) patches, with an Adam of its own.
 
     The optimizer's slots are built here, while the discriminator is trainable; its train function
@@ -266,8 +263,7 @@ class CombinedModel(keras.Model):
 
 
 def build_combined(generator_ab, generator_ba, discriminator_a, discriminator_b,
-                   lambda_cycle=LAMBDA_CYCLE, lambda_identity=LAMBDA_IDENTITY,
-                   learning_rate=LEARNING_RATE, beta_1=BETA_1, jit_compile=False):
+                   lambda_cycle, lambda_identity, learning_rate, beta_1, jit_compile=False):
     """The generators' training model: real A and real B in, the six loss terms' predictions out,
     then the two translations G_BA(b) and G_AB(a), which carry no loss.
 
@@ -320,10 +316,12 @@ def load_generator(path):
         raise UsageError(f"{path}: not a Keras model file ({reason[:200]})") from None
 
 
-def pad_to_multiple(image, multiple=4):
-    """Mirror-pads H and W up to a multiple; returns the padded image and the original (H, W)."""
+def pad_to_multiple(image, multiple=4, smallest=8):
+    """Mirror-pads H and W up to a multiple and to at least `smallest`: the generator's reflection
+    paddings need 2 pixels at its quarter-size bottleneck, so smaller images could not be translated.
+    Images too small to mirror are edge-padded. Returns the padded image and the original (H, W)."""
     height, width = image.shape[:2]
-    pad_h, pad_w = -height % multiple, -width % multiple
+    pad_h, pad_w = (max(smallest - size, -size % multiple) for size in (height, width))
     mode = "reflect" if pad_h < height and pad_w < width else "edge"
     return np.pad(image, [(0, pad_h), (0, pad_w), (0, 0)], mode=mode), (height, width)
 

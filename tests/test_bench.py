@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import bench
-import data
-import networks
 import cli
+import networks
 
-TINY = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1",
-        "--steps", "2", "--warmup", "0", "--pipeline-images", "8", "--rounds", "2"]
+from conftest import TINY
+
+BENCH_TINY = [*TINY, "--steps", "2", "--warmup", "0", "--pipeline-images", "8", "--rounds", "2"]
 
 
 def numbers(report, prefix=""):
@@ -28,7 +28,7 @@ def numbers(report, prefix=""):
 
 def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    bench.main(TINY)
+    bench.main([*BENCH_TINY, "--deterministic"])
     printed = capsys.readouterr().out
     last = printed.strip().splitlines()[-1]
     assert last.startswith("BENCH ")
@@ -36,7 +36,7 @@ def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tm
     assert (report["image_size"], report["ngf"], report["n_res_blocks"], report["steps"]) == (32, 4, 1, 2)
     assert report["policy"] == "float32"
     expected = {"loop.median_s", "loop.min_s", "loop.max_s", "loop.peak_rss_mb", "fused.median_s",
-                "loop_over_fused", "flops.iteration_gflop", "flops.matmul_gflops", "flops.conv3x3_gflops",
+                "loop_over_fused", "loop_deterministic.median_s", "deterministic_over_loop", "flops.iteration_gflop", "flops.matmul_gflops", "flops.conv3x3_gflops",
                 "flops.loop_gflops", "inference.batch1_images_per_s", "inference.batch8_images_per_s",
                 "pipeline.images_per_s", "pipeline.training_consumes_images_per_s", "peak_rss_mb"}
     values = dict(numbers(report))
@@ -45,10 +45,13 @@ def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tm
         assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (name, value)
     assert report["loop"]["min_s"] <= report["loop"]["median_s"] <= report["loop"]["max_s"]
     assert report["rounds"] == 2 and len(report["round_ratios"]["loop_over_fused"]) == 2
-    assert report["loop_over_fused"] == pytest.approx(float(np.median(report["round_ratios"]["loop_over_fused"])))
+    for ratio in ("loop_over_fused", "deterministic_over_loop"):
+        assert report[ratio] == pytest.approx(float(np.median(report["round_ratios"][ratio])))
+        assert len(report["round_ratios"][ratio]) == 2
     consumed = report["pipeline"]["training_consumes_images_per_s"]
     assert consumed == pytest.approx(2 / report["loop"]["median_s"])
     assert "project loop (CycleGAN.train_step)" in printed and "fused GradientTape step" in printed
+    assert "project loop, op determinism on" in printed and "deterministic / loop" in printed
 
 
 def test_conv_macs_counts_each_convolution_of_the_discriminator():

@@ -1,13 +1,18 @@
 import logging
 import os
+import subprocess
+import sys
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
-import data
-from conftest import make_dataset, write_images
 import cli
+import data
+
+from conftest import make_dataset, write_images
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_list_images_takes_jpg_png_bmp_in_any_case_and_ignores_the_rest(tmp_path):
@@ -65,7 +70,7 @@ def test_bad_dataroot_gives_one_line_naming_the_path_and_layout(tmp_path, layout
         (root / "trainA").rmdir()
         (root / "trainA").write_text("oops")
     with pytest.raises(cli.UsageError) as error:
-        data.train_dataset(str(root), 32, 1)
+        data.train_dataset(data.train_images(str(root)), 32, 1)
     text = str(error.value)
     assert message in text and "expected DATAROOT/trainA/" in text and "\n" not in text
 
@@ -77,7 +82,7 @@ def test_load_size_follows_the_reference():
 
 def test_training_batches_are_cropped_flipped_and_in_range(tmp_path):
     root = make_dataset(tmp_path, counts=(4, 7, 1, 1), size=(50, 60))
-    dataset, steps_per_epoch = data.train_dataset(root, 32, 2, seed=0)
+    dataset, steps_per_epoch = data.train_dataset(data.train_images(root), 32, 2, seed=0)
     assert steps_per_epoch == 7 // 2
     real_a, real_b = next(iter(dataset))
     assert real_a.shape == (2, 32, 32, 3) and real_b.shape == (2, 32, 32, 3)
@@ -87,7 +92,7 @@ def test_training_batches_are_cropped_flipped_and_in_range(tmp_path):
 
 def test_random_flip_and_crop_vary_and_test_transform_does_not():
     ramp = np.tile(np.arange(40, dtype=np.uint8)[None, :, None] * 6, (40, 1, 3))
-    crops = [data.preprocess_train(ramp, 32).numpy() for _ in range(40)]
+    crops = [data.preprocess_train(ramp, 32, seed=(0, index)).numpy() for index in range(40)]
     left_to_right = [c[0, -1, 0] > c[0, 0, 0] for c in crops]
     assert any(left_to_right) and not all(left_to_right)
     assert len({round(float(c[0, 0, 0]), 3) for c in crops}) > 2
@@ -107,7 +112,7 @@ def test_domains_are_shuffled_independently_every_epoch(tmp_path):
     values = [20 * (i + 1) for i in range(6)]
     constant_images(tmp_path / "trainA", values)
     constant_images(tmp_path / "trainB", values)
-    dataset, steps_per_epoch = data.train_dataset(str(tmp_path), 32, 1, seed=3)
+    dataset, steps_per_epoch = data.train_dataset(data.train_images(str(tmp_path)), 32, 1, seed=3)
     assert steps_per_epoch == 6
     stream = iter(dataset)
     orders = {"A": [], "B": []}
@@ -136,3 +141,35 @@ def test_demo_dataset_is_unpaired_and_carries_ground_truth(tmp_path):
     paintings_of_a = {data.paint(read("trainA", n)).tobytes() for n in names["trainA"]}
     assert not paintings_of_a & {read("trainB", n).tobytes() for n in names["trainB"]}
     assert data.build_demo_dataset(root) == root  # reused, not rebuilt
+
+
+def test_a_file_name_that_is_not_utf8_is_read_everywhere(tmp_path):
+    """os.listdir gives b'caf\xe9.png' as a surrogate escape, which tf.io.read_file cannot take."""
+    make_dataset(tmp_path, counts=(2, 2, 1, 1), size=(36, 36))
+    pixels = np.full((36, 36, 3), 200, np.uint8)
+    for folder in (b"trainA", b"testA"):
+        with open(os.path.join(os.fsencode(tmp_path), folder, b"caf\xe9.png"), "wb") as f:
+            f.write(iio.imwrite("<bytes>", pixels, extension=".png"))
+    cafe = os.path.join(str(tmp_path), "testA", os.fsdecode(b"caf\xe9.png"))
+    assert data.list_images(str(tmp_path / "testA")) == [cafe, str(tmp_path / "testA" / "img000.png")]
+    assert len(data.domain_images(str(tmp_path), "train", "A")) == 3
+    assert data.usable_images([cafe]) == [cafe]
+    np.testing.assert_allclose(data.read_image(cafe), pixels / 127.5 - 1.0, atol=1e-6)
+    np.testing.assert_allclose(data.load_images([cafe], 32), np.full((1, 32, 32, 3), 200 / 127.5 - 1.0), atol=1e-4)
+    assert data.test_images(str(tmp_path), "A", 32, 2).shape == (2, 32, 32, 3)
+
+
+def test_libjpeg_complaints_stay_off_the_terminal_and_the_file_is_named(tmp_path):
+    """A JPEG cut inside its header makes libjpeg print "Improper call to JPEG library in state 201"
+    on file descriptor 2 when TensorFlow decodes it: a real process shows only the warning."""
+    write_images(str(tmp_path), 1)
+    iio.imwrite(tmp_path / "whole.jpg", np.zeros((40, 40, 3), np.uint8))
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:300])
+    script = ("import os, cli, data; cli.setup_logging(); "
+              f"print(len(data.usable_images(data.list_images({str(tmp_path)!r})))); "
+              "os.write(2, b'stderr is back\\n')")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+    assert result.stderr.splitlines() == [f"WARNING: skipping {tmp_path / 'cut.jpg'}: not a readable image",
+                                          "stderr is back"]

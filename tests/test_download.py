@@ -1,22 +1,24 @@
 """`python download.py`, against zips this test builds and serves from http.server on 127.0.0.1:
-a good one, a truncated one, hostile ones, a connection cut mid-file, a 404, a page that is no zip."""
+a good one, a truncated one, hostile ones, a zip bomb, one that is no dataset, a connection cut
+mid-file (with and without a Content-Length), a 404, a page that is no zip."""
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import io
 import os
+from pathlib import Path
 import socket
 import stat
 import subprocess
 import sys
 import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-import data
-import download
 import cli
+import download
+import functools
+import struct
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = {"mini/trainA/0.png": np.random.default_rng(0).bytes(300_000),
@@ -38,6 +40,29 @@ def symlink_entry(name):
     return info
 
 
+def zeros_zip(megabytes):
+    """A dataset-shaped zip whose trainA image is `megabytes` MB of zeros: about 1000x smaller."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        with archive.open("mini/trainA/0.png", "w") as entry:
+            for _ in range(megabytes):
+                entry.write(bytes(1_000_000))
+        archive.writestr("mini/trainB/0.png", b"b")
+    return buffer.getvalue()
+
+
+zip_bomb = functools.cache(lambda: zeros_zip(100))  # 0.1 MB -> 100 MB, built when first served
+
+
+def lying_zip():
+    """A zip whose trainA entry declares 1000 bytes (in both headers) and holds 1 MB of zeros."""
+    archive = bytearray(zeros_zip(1))
+    central = archive.find(b"PK\x01\x02")
+    struct.pack_into("<I", archive, 22, 1000)  # the local header's uncompressed size
+    struct.pack_into("<I", archive, central + 24, 1000)  # the central directory's
+    return bytes(archive)
+
+
 GOOD = build_zip(FILES)
 ANSWERS = {
     "/good.zip": GOOD,
@@ -48,13 +73,23 @@ ANSWERS = {
     "/absolute.zip": build_zip({"mini/trainA/0.png": b"ok", "/tmp/absolute_evil.txt": b"gotcha"}),
     "/link.zip": build_zip({"mini/trainA/0.png": b"ok", symlink_entry("mini/trainA/link.png"): b"/etc/passwd"}),
     "/page.zip": b"<html><body>Moved to our new site</body></html>",
+    "/nolength.zip": GOOD,
+    "/stuck.zip": GOOD,
+    "/bomb.zip": zip_bomb,
+    "/zeros.zip": zeros_zip(2),
+    "/lying.zip": lying_zip(),
+    "/photos.zip": build_zip({"photos/0.png": b"a", "photos/1.png": b"b"}),
+    "/flat.zip": build_zip({name.split("/", 1)[1]: content for name, content in FILES.items()}),
 }
 CUT_AT = len(GOOD) // 3
+NO_RANGE = ("/norange.zip", "/stuck.zip")
+NO_LENGTH = ("/nolength.zip", "/stuck.zip")
 
 
 class Handler(BaseHTTPRequestHandler):
-    """Serves ANSWERS with Range support, except /norange.zip (always all of it) and /cut.zip, whose
-    first answer promises the whole file but the connection drops after CUT_AT bytes."""
+    """Serves ANSWERS with Range support, except NO_RANGE (always all of it) and with a Content-Length,
+    except NO_LENGTH. /cut.zip's first answer promises the whole file but the connection drops after
+    CUT_AT bytes; so does /nolength.zip's first answer, and every answer of /stuck.zip."""
     ranges = []
     cut_done = set()
 
@@ -63,15 +98,17 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
+        body = body() if callable(body) else body
         asked = self.headers.get("Range")
         self.ranges.append((self.path, asked))
-        start = int(asked[len("bytes="):].rstrip("-")) if asked and self.path != "/norange.zip" else 0
+        start = int(asked[len("bytes="):].rstrip("-")) if asked and self.path not in NO_RANGE else 0
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        self.send_header("Content-Length", str(len(body) - start))
+        if self.path not in NO_LENGTH:
+            self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        if self.path == "/cut.zip" and self.path not in self.cut_done:
+        if self.path in ("/cut.zip", "/nolength.zip") and self.path not in self.cut_done or self.path == "/stuck.zip":
             self.cut_done.add(self.path)
             self.wfile.write(body[:CUT_AT])
             self.close_connection = True
@@ -193,3 +230,86 @@ def test_the_command_line_downloads_and_fails_without_a_traceback(server, root):
     assert missing_err.strip().splitlines()[-1] == \
         f"download.py: error: download failed (HTTP 404 Not Found): {server}/missing.zip"
     assert sorted(os.listdir(root)) == ["good"]
+
+
+def run_download(*args):
+    return subprocess.run([sys.executable, "download.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_dropped_connection_without_content_length_is_resumed(server, root):
+    download.download_dataset("mini", str(root), f"{server}/nolength.zip", io.StringIO())
+    assert Handler.ranges == [("/nolength.zip", None), ("/nolength.zip", f"bytes={CUT_AT}-")]
+    assert_unpacked(root / "mini")
+    assert os.listdir(root) == ["mini"]
+
+
+def test_a_download_that_keeps_dropping_keeps_its_part_file_for_the_next_run(server, root):
+    """No Content-Length and every answer cut: the .part stays, and the same command resumes it."""
+    url = f"{server}/stuck.zip"
+    result = run_download("mini", "--root", str(root), "--url", url)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"download.py: error: download cut off (IncompleteRead) with {CUT_AT} bytes kept in "
+        f"{root / 'mini.zip.part'}, run the same command to resume: {url}")
+    assert (root / "mini.zip.part").read_bytes() == GOOD[:CUT_AT]
+    download.download_dataset("mini", str(root), f"{server}/good.zip", io.StringIO())  # the server is well again
+    assert Handler.ranges[-1] == ("/good.zip", f"bytes={CUT_AT}-")
+    assert_unpacked(root / "mini")
+    assert os.listdir(root) == ["mini"]
+
+
+def test_a_zip_bomb_is_refused_from_its_directory_before_anything_is_written(server, root):
+    url = f"{server}/bomb.zip"
+    result = run_download("bomb", "--root", str(root), "--url", url)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"download.py: error: {root / 'bomb.zip'}: would unpack to 100.0 MB, more than 100x the "
+        f"{len(zip_bomb()) / 1e3:.1f} KB zip (--max-unpacked-gb raises it); nothing extracted (from {url})")
+    assert 900 < 100e6 / len(zip_bomb()) < 1100
+    assert os.listdir(root) == []
+
+
+def test_max_unpacked_gb_sets_the_limit(server, root):
+    """A 2 KB zip of 2 MB is refused by default and unpacked with a 0.01 GB limit; a 0.5 MB dataset
+    that does not compress is refused with a 0.0001 GB limit."""
+    with pytest.raises(cli.UsageError, match=r"zeros\.zip: would unpack to 2\.0 MB, more than 100x the 2\.\d KB zip"):
+        download.download_dataset("zeros", str(root), f"{server}/zeros.zip", io.StringIO())
+    result = run_download("zeros", "--root", str(root), "--url", f"{server}/zeros.zip", "--max-unpacked-gb", "0.01")
+    assert result.returncode == 0, result.stderr
+    assert (root / "zeros" / "trainA" / "0.png").read_bytes() == bytes(2_000_000)
+    with pytest.raises(cli.UsageError, match=r"would unpack to 500\.0 KB, more than --max-unpacked-gb 0\.0001; "):
+        download.download_dataset("mini", str(root), f"{server}/good.zip", io.StringIO(), max_unpacked_gb=0.0001)
+    assert os.listdir(root) == ["zeros"]
+
+
+def test_what_is_written_is_bounded_whatever_the_entries_declare(server, root, tmp_path):
+    with pytest.raises(cli.UsageError, match=r"lying\.zip: the entry 'mini/trainA/0\.png' is damaged"):
+        download.download_dataset("lying", str(root), f"{server}/lying.zip", io.StringIO())
+    assert os.listdir(root) == []
+    with zipfile.ZipFile(io.BytesIO(GOOD)) as archive, pytest.raises(cli.UsageError, match="^too much$"):
+        download.extract(archive, str(tmp_path / "out"), 400_000, "too much")
+    assert (tmp_path / "out" / "mini" / "trainA" / "0.png").read_bytes() == FILES["mini/trainA/0.png"]
+    written = sum(path.stat().st_size for path in (tmp_path / "out").rglob("*") if path.is_file())
+    assert 300_000 <= written <= 400_000
+
+
+def test_a_zip_without_train_folders_is_no_dataset(server, root):
+    url = f"{server}/photos.zip"
+    with pytest.raises(cli.UsageError) as error:
+        download.download_dataset("photos", str(root), url, io.StringIO())
+    assert str(error.value) == (f"{root / 'photos.zip'}: no dataset in this zip, expected trainA/ and trainB/ with "
+                                f"images (at its top or in its one top folder); nothing extracted (from {url})")
+    assert os.listdir(root) == []
+    download.download_dataset("flat", str(root), f"{server}/flat.zip", io.StringIO())
+    assert_unpacked(root / "flat")
+    assert os.listdir(root) == ["flat"]
+
+
+def test_download_needs_no_tensorflow():
+    imports = subprocess.run([sys.executable, "-c", "import download, sys; print('tensorflow' in sys.modules)"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert imports.stdout.strip() == "False", imports.stderr
+    help_text = run_download("--help")
+    assert help_text.returncode == 0 and "--max-unpacked-gb" in help_text.stdout
+    assert "Traceback" not in help_text.stderr

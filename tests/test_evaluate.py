@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import evaluate
-import train
-import metrics
 import cli
+from config import from_command_line
+import evaluate
+import metrics
+import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -157,7 +159,9 @@ def test_scores_end_to_end_with_an_injected_feature_extractor(dataset, classifie
     assert "ssim" not in good["BtoA"]  # no testB_gt/
 
 
-def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_scores(dataset, classifier, tmp_path):
+def run_evaluate(dataset, tmp_path, *options):
+    """`python evaluate.py` on a run of two channel-swapping generators, without InceptionV3 weights
+    (an empty Keras cache, no network); returns the finished process and the run directory."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps({"dataroot": dataset, "image_size": SIZE}))
@@ -167,14 +171,19 @@ def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_s
     empty_keras_home.mkdir()
     env = dict(os.environ, KERAS_HOME=str(empty_keras_home), https_proxy="http://127.0.0.1:9",
                HTTPS_PROXY="http://127.0.0.1:9")
-    result = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--run-dir", str(run_dir)],
+    result = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--run-dir", str(run_dir), *options],
                             cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+    return result, run_dir
+
+
+def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_scores(dataset, classifier, tmp_path):
+    result, run_dir = run_evaluate(dataset, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     skip_lines = [line for line in result.stdout.splitlines() if "FID" in line or "KID" in line]
     assert len(skip_lines) == 1
     assert "skipped" in skip_lines[0] and metrics.INCEPTION_WEIGHTS in skip_lines[0]
-    assert str(empty_keras_home) in skip_lines[0]
+    assert str(tmp_path / "keras_home") in skip_lines[0]
     assert "domain score" in result.stdout and "SSIM vs ground truth" in result.stdout
     report = json.loads((run_dir / "evaluation.json").read_text())
     assert report["AtoB"]["ssim"] == pytest.approx(1.0) and report["BtoA"]["domain"] >= 0.9
@@ -188,7 +197,7 @@ def test_a_missing_run_dir_is_a_usage_error(tmp_path):
 
 def test_eval_every_logs_the_scores_to_tensorboard(dataset, classifier, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(metrics, "load_inception", lambda: (tiny_features, None))
-    config = train.parse_config([
+    config, _ = from_command_line([
         "--dataroot", dataset, "--runs-root", str(tmp_path), "--name", "run", "--image-size", str(SIZE),
         "--batch-size", "8", "--epochs", "2", "--epochs-decay", "0", "--ngf", "4", "--ndf", "4",
         "--n-res-blocks", "1", "--sample-every", "1000", "--eval-every", "2", "--seed", "0"])
@@ -204,3 +213,75 @@ def test_eval_every_logs_the_scores_to_tensorboard(dataset, classifier, tmp_path
     assert all([step for step, _ in logged] == [6] for logged in values.values())  # once: after epoch 2
     assert 0 <= values["eval/domain_AtoB"][0][1] <= 1 and -1 <= values["eval/ssim_AtoB"][0][1] <= 1
     assert "eval at step 6" in capsys.readouterr().out
+
+
+# ---- data that leaves some scores out ------------------------------------------------------------
+
+def truncated_jpeg(path):
+    """A JPEG cut inside its header: TensorFlow's decoder makes libjpeg print "Improper call to JPEG
+    library in state 201" on stderr for it."""
+    iio.imwrite(path, warm_image(np.random.default_rng(9)), extension=".jpg")
+    with open(path, "r+b") as f:
+        f.truncate(300)
+
+
+def test_broken_ground_truth_pairs_are_skipped_one_warning_each(tmp_path):
+    """A missing truth, a truth of another size, an unreadable test image (a cut JPEG) and an
+    unreadable truth: each pair is left out with one warning naming it, the rest scored."""
+    root = write_two_domains(tmp_path / "data")
+    os.remove(os.path.join(root, "testA_gt", "000.png"))
+    iio.imwrite(os.path.join(root, "testA_gt", "001.png"), np.zeros((SIZE + 8, SIZE, 3), np.uint8))
+    truncated_jpeg(os.path.join(root, "testA", "002.png"))
+    with open(os.path.join(root, "testA_gt", "003.png"), "wb") as f:
+        f.write(b"not an image")
+    cafe = iio.imread(os.path.join(root, "testA", "004.png"))  # a name that is not UTF-8
+    for folder, image in (("testA", cafe), ("testA_gt", cafe[..., ::-1])):
+        with open(os.path.join(os.fsencode(root), folder.encode(), b"caf\xe9.png"), "wb") as f:
+            f.write(iio.imwrite("<bytes>", np.ascontiguousarray(image), extension=".png"))
+
+    result, run_dir = run_evaluate(root, tmp_path)  # the domain classifier too reads testA/ here
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "JPEG" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING: ")]
+    expected = {"testA/000.png": "no ground truth", "testA/001.png": f"is {SIZE}x{SIZE + 8}, the image {SIZE}x{SIZE}",
+                "testA/002.png": "not a readable image", "testA_gt/003.png": "not a readable image"}
+    assert len(warnings) == len(expected), warnings
+    for name, reason in expected.items():
+        assert len([line for line in warnings if name in line and reason in line]) == 1, (name, warnings)
+    report = json.loads((run_dir / "evaluation.json").read_text())
+    assert report["AtoB"]["images"] == 12  # 11 readable testA images and café
+    assert report["AtoB"]["ssim"] == pytest.approx(1.0) and report["AtoB"]["ssim_baseline"] < 0.9
+
+
+def test_one_test_image_per_domain_leaves_out_the_distances_with_one_line(classifier, tmp_path):
+    """Nor is there ground truth of the right size: SSIM/PSNR are left out with one line too."""
+    root = write_two_domains(tmp_path / "data", test_count=1)
+    iio.imwrite(os.path.join(root, "testA_gt", "000.png"), np.zeros((SIZE // 2, SIZE // 2, 3), np.uint8))
+
+    result, run_dir = run_evaluate(root, tmp_path, "--classifier", classifier[1])
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    skipped = [line for line in result.stdout.splitlines() if "skipped" in line]
+    assert skipped == [
+        f"FID, KID and the domain Fréchet distance skipped: they need at least {metrics.MIN_SET_SIZE} images per "
+        "set, and testA/ has 1, testB/ 1",
+        f"SSIM/PSNR skipped: {os.path.join(root, 'testA_gt')}: no test image has a readable ground truth of the "
+        "same name and size"]
+    assert "domain score" in result.stdout
+    report = json.loads((run_dir / "evaluation.json").read_text())
+    for direction in ("AtoB", "BtoA"):
+        assert report[direction]["images"] == report[direction]["target_images"] == 1
+        assert report[direction]["domain"] == 1.0 and report[direction]["domain_baseline"] == 0.0
+        assert not {"fid", "kid", "domain_fd", "domain_fd_baseline", "ssim"} & set(report[direction])
+    assert report["fid_kid"] == skipped[0]
+
+
+def test_the_evaluator_of_train_eval_every_scores_one_image_per_domain(classifier, tmp_path):
+    """train.py's path: an injected feature extractor is not called on sets too small for FID."""
+    root = write_two_domains(tmp_path / "data", test_count=1)
+    shutil.rmtree(os.path.join(root, "testA_gt"))
+    lines = []
+    evaluator = metrics.Evaluator(root, SIZE, ("AtoB", "BtoA"), classifier[1], pytest.fail, log=lines.append)
+    results = evaluator.score({d: channel_mixer(SWAP, "swap") for d in ("AtoB", "BtoA")})
+    assert lines == [evaluator.fid_skipped] and "at least 2 images per set" in lines[0]
+    assert set(results["AtoB"]) == set(results["BtoA"]) == {
+        "images", "target_images", "domain", "domain_baseline"}

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -6,13 +7,27 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-import data
-import generate
-from conftest import write_images
-import networks
 import cli
+import generate
+import networks
+
+from conftest import write_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_generate(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "generate.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def models(trained_run):
+    return ["--generator", os.path.join(trained_run, "generator_ab.keras"),
+            "--reverse-generator", os.path.join(trained_run, "generator_ba.keras")]
+
+
+def folder_bytes(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_outputs_keep_names_and_full_resolution_and_a_grid_is_drawn(trained_run, tmp_path):
@@ -23,15 +38,35 @@ def test_outputs_keep_names_and_full_resolution_and_a_grid_is_drawn(trained_run,
     iio.imwrite(inputs / "wide.bmp", np.zeros((20, 90, 3), np.uint8))
     (inputs / "readme.txt").write_text("not an image")
     output = tmp_path / "out"
-    written, grid = generate.generate(generate.build_parser().parse_args(
-        ["--run-dir", trained_run, "--direction", "BtoA", "--input", str(inputs), "--output", str(output)]))
-    assert sorted(os.listdir(output)) == ["gray.jpg", "img000.png", "wide.bmp"]
+    written, grid = generate.generate(**generate.resolve(generate.build_parser().parse_args(
+        ["--run-dir", trained_run, "--direction", "BtoA", "--input", str(inputs), "--output", str(output)])))
+    assert sorted(os.listdir(output)) == [generate.MANIFEST, "gray.jpg", "img000.png", "wide.bmp"]
     assert iio.imread(output / "img000.png").shape == (37, 61, 3)
     assert iio.imread(output / "gray.jpg").shape == (44, 50, 3)
     assert iio.imread(output / "wide.bmp").shape == (20, 90, 3)
     assert grid == str(output) + "_grid.png"
-    picture = iio.imread(grid)
-    assert picture.shape[:2] == (3 * 300, 3 * 300)  # 3 images x (input | translated | reconstructed)
+    assert iio.imread(grid).shape == (3 * 250, 3 * 250, 3)  # 3 images x (input | translated | reconstructed)
+
+
+def test_tiny_and_unreadable_images_in_a_real_process(trained_run, tmp_path):
+    """Sides of 1 to 5 px translate at their own size; a broken file is one WARNING line; progress on a
+    pipe is plain lines."""
+    inputs = tmp_path / "in"
+    write_images(str(inputs), 1, size=(24, 24))
+    for height, width in ((4, 4), (1, 3), (5, 30)):
+        iio.imwrite(inputs / f"tiny_{height}x{width}.png", np.full((height, width, 3), 200, np.uint8))
+    (inputs / "broken.png").write_bytes(b"not a PNG")
+    result = run_generate(*models(trained_run), "--input", inputs, "--output", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert f"WARNING: skipping {inputs / 'broken.png'}: not a readable image" in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    for name, shape in (("img000.png", (24, 24, 3)), ("tiny_4x4.png", (4, 4, 3)), ("tiny_1x3.png", (1, 3, 3)),
+                        ("tiny_5x30.png", (5, 30, 3))):
+        assert iio.imread(tmp_path / "out" / name).shape == shape
+    assert not (tmp_path / "out" / "broken.png").exists()
+    progress = [line for line in result.stdout.splitlines() if line.startswith("image ")]
+    assert len(progress) == 1 and re.fullmatch(r"image 4/4  \S+ s/image  took \d+:\d\d:\d\d", progress[0])
+    assert not set("\r\b\x1b") & set(result.stdout)
 
 
 def test_translation_matches_the_generator_on_the_padded_image(trained_run):
@@ -46,17 +81,111 @@ def test_translation_matches_the_generator_on_the_padded_image(trained_run):
     assert [r.shape for r in results] == [(30, 42, 3), (30, 42, 3), (28, 40, 3)]
 
 
-def test_default_input_and_output_come_from_the_run(trained_run, dataset):
-    args = generate.resolve(generate.build_parser().parse_args(["--run-dir", trained_run]))
-    assert args.input == os.path.join(dataset, "testA")
-    assert args.output == os.path.join(trained_run, "generated", "AtoB")
-    assert args.generator.endswith("generator_ab.keras") and args.reverse_generator.endswith("generator_ba.keras")
+def test_tiny_images_match_the_generator_on_their_padded_form(trained_run):
+    generator = networks.load_generator(os.path.join(trained_run, "generator_ab.keras"))
+    tiny = np.random.default_rng(2).uniform(-1, 1, (3, 5, 3)).astype("float32")
+    padded, size = networks.pad_to_multiple(tiny)
+    assert padded.shape == (8, 8, 3) and size == (3, 5)
+    np.testing.assert_array_equal(padded[:3, :5], tiny)
+    np.testing.assert_array_equal(padded[3:, :5], np.broadcast_to(tiny[2:3], (5, 5, 3)))  # edge-padded
+    expected = generator.predict_on_batch(padded[None])[0, :3, :5]
+    np.testing.assert_allclose(networks.translate_images(generator, [tiny])[0], expected, atol=1e-5)
+
+
+def test_a_folder_of_unreadable_images_is_one_line_and_no_output_folder(trained_run, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.png").write_bytes(b"not a PNG")
+    (inputs / "b.jpg").write_bytes(b"")
+    result = run_generate(*models(trained_run), "--input", inputs, "--output", tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"generate.py: error: {inputs}: no readable images (every .jpg/.png/.bmp there failed to decode)"
+    assert sorted(os.listdir(tmp_path)) == ["in"]  # no output folder, no grid
+
+
+def test_output_into_the_input_folder_is_refused_in_a_real_process(trained_run, tmp_path):
+    photos = tmp_path / "photos"
+    write_images(str(photos), 2, size=(24, 24))
+    before = folder_bytes(tmp_path)
+    result = run_generate(*models(trained_run), "--input", "photos", "--output", "./photos/", "--overwrite",
+                          cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        "generate.py: error: --output ./photos/ is the input folder: the translations would replace the images"
+    assert folder_bytes(tmp_path) == before
+
+
+@pytest.mark.parametrize("link", ["folder", "file", "hard link"])
+def test_outputs_that_are_the_input_files_are_refused_even_with_overwrite(trained_run, tmp_path, link):
+    photos = tmp_path / "photos"
+    write_images(str(photos), 2, size=(24, 24))
+    output = tmp_path / "out"
+    if link == "folder":
+        output.symlink_to(photos)
+        expected = "is the input folder"
+    else:
+        output.mkdir()
+        (output / "img001.png").symlink_to(photos / "img001.png") if link == "file" else \
+            os.link(photos / "img001.png", output / "img001.png")
+        expected = f"{output / 'img001.png'} is an input image, it would be replaced"
+    before = folder_bytes(tmp_path)
+    with pytest.raises(cli.UsageError, match=expected):
+        generate.main([*models(trained_run), "--input", str(photos), "--output", str(output), "--overwrite"])
+    assert folder_bytes(tmp_path) == before
+
+
+def test_files_generate_did_not_write_are_kept_unless_overwrite(trained_run, tmp_path):
+    photos = tmp_path / "photos"
+    write_images(str(photos), 2, size=(24, 24))
+    output = tmp_path / "out"
+    argv = [*models(trained_run), "--input", str(photos), "--output", str(output)]
+    output.mkdir()
+    (output / "img000.png").write_bytes(b"the user's own picture")
+    with pytest.raises(cli.UsageError, match=f"would write over 1 files that generate.py did not write "
+                                             f"\\({output / 'img000.png'}\\); pass --overwrite"):
+        generate.main(argv)
+    assert os.listdir(output) == ["img000.png"] and not os.path.exists(generate.grid_path(output))
+
+    (output / "img000.png").unlink()
+    generate.main(argv)
+    (output / "img001.png").write_bytes(b"")  # to see it written again
+    generate.main(argv)  # its own earlier output: replaced without --overwrite
+    assert sorted(os.listdir(output)) == [generate.MANIFEST, "img000.png", "img001.png"]
+    assert iio.imread(output / "img001.png").shape == (24, 24, 3)
+
+
+def test_a_users_file_where_the_grid_goes_is_kept_unless_overwrite(trained_run, tmp_path):
+    photos = tmp_path / "photos"
+    write_images(str(photos), 2, size=(24, 24))
+    grid = tmp_path / "out_grid.png"
+    grid.write_bytes(b"someone's poster")
+    argv = [*models(trained_run), "--input", str(photos), "--output", f"{tmp_path / 'out'}/"]
+    with pytest.raises(cli.UsageError, match=f"would write over 1 files .*\\({grid}\\)"):
+        generate.main(argv)
+    assert grid.read_bytes() == b"someone's poster" and not (tmp_path / "out").exists()
+    generate.main(argv + ["--overwrite"])
+    assert iio.imread(grid).shape == (2 * 250, 3 * 250, 3)
+    generate.main(argv)  # now the grid is generate.py's own
+
+
+def test_run_files_give_the_run_defaults(trained_run, dataset):
+    settings = generate.run_files(trained_run)
+    assert settings == dict(generator=os.path.join(trained_run, "generator_ab.keras"),
+                            reverse_generator=os.path.join(trained_run, "generator_ba.keras"),
+                            input=os.path.join(dataset, "testA"),
+                            output=os.path.join(trained_run, "generated", "AtoB"), direction="AtoB")
+    explicit = generate.resolve(generate.build_parser().parse_args(
+        ["--run-dir", trained_run, "--direction", "BtoA", "--output", "elsewhere", "--grid-count", "2"]))
+    assert explicit == dict(generator=os.path.join(trained_run, "generator_ba.keras"),
+                            reverse_generator=os.path.join(trained_run, "generator_ab.keras"),
+                            input=os.path.join(dataset, "testB"), output="elsewhere", direction="BtoA",
+                            batch_size=generate.BATCH_SIZE, grid_count=2, overwrite=False)
 
 
 def test_explicit_model_files_work_without_a_run(trained_run, dataset, tmp_path):
-    written, grid = generate.generate(generate.build_parser().parse_args(
-        ["--generator", os.path.join(trained_run, "generator_ab.keras"),
-         "--input", os.path.join(dataset, "testA"), "--output", str(tmp_path / "o")]))
+    written, grid = generate.generate(os.path.join(trained_run, "generator_ab.keras"),
+                                      os.path.join(dataset, "testA"), str(tmp_path / "o"))
     assert len(written) == 3 and grid is None
 
 
@@ -70,8 +199,7 @@ def test_not_a_model_file_is_a_one_line_error(tmp_path):
 
 
 def test_missing_run_directory_exits_with_one_line(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "generate.py"), "--run-dir", str(tmp_path / "nope")],
-                            capture_output=True, text=True, timeout=120)
+    result = run_generate("--run-dir", tmp_path / "nope")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == \
         f"generate.py: error: --run-dir {tmp_path / 'nope'}: no such folder (a run made by train.py)"

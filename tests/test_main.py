@@ -3,6 +3,7 @@ import os
 import keras
 import numpy as np
 
+import data
 import main
 
 
@@ -13,7 +14,7 @@ def test_demo_runs_end_to_end_through_the_same_code(tmp_path, capsys):
     out = capsys.readouterr().out
     for path in ("generator_ab.keras", "checkpoints/step-000000002.npz", "generated/AtoB_grid.png", "config.json"):
         assert (run_dir / path).exists() and str(run_dir) in out
-    assert len(os.listdir(run_dir / "generated" / "AtoB")) == len(os.listdir(tmp_path / "demo" / "testA"))
+    assert len(data.list_images(run_dir / "generated" / "AtoB")) == len(os.listdir(tmp_path / "demo" / "testA"))
     assert "do-nothing baseline" in out and f"{scores['baseline']['ssim']:6.3f}" in out
     assert 0 < scores["baseline"]["ssim"] < 0.8 and 5 < scores["baseline"]["psnr"] < 30
 

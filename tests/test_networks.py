@@ -1,13 +1,12 @@
+import keras
+from keras import layers
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
-from keras import layers
-
-import networks
-import train
+from config import BENCH, Config
 import cyclegan
+import networks
 
 
 @pytest.mark.parametrize("size", [64, 128, 256])
@@ -26,12 +25,12 @@ def test_generator_runs_on_non_square_images(upsample):
     assert output.shape == (1, 48, 100, 3)
 
 
-def test_generator_defaults_are_the_books_and_the_papers_size_is_one_call_away():
-    book = networks.build_generator()
+def test_generator_follows_the_books_and_the_papers_tables():
+    book = networks.build_generator(BENCH["S"].ngf, BENCH["S"].n_res_blocks)
     assert book.get_layer("c7s1_conv").filters == 32
     assert sum(layer.name.endswith("_add") for layer in book.layers) == 6
     assert book.get_layer("down2_conv").filters == 128
-    paper = networks.build_generator(ngf=64, n_res_blocks=9)
+    paper = networks.build_generator(Config().ngf, Config().n_res_blocks)
     assert paper.get_layer("c7s1_conv").filters == 64
     assert sum(layer.name.endswith("_add") for layer in paper.layers) == 9
     norms = [layer for layer in book.layers if isinstance(layer, networks.InstanceNormalization)]
@@ -77,7 +76,7 @@ def assert_changes_only(gan, step, expected):
 
 def test_freezing_really_works_in_keras_3():
     """Each discriminator's step moves only itself; the combined step moves both generators only."""
-    config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1)
+    config = Config(image_size=32, ngf=4, ndf=8, n_res_blocks=1)
     gan = cyclegan.CycleGAN(config)
     rng = np.random.default_rng(3)
     real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
@@ -95,7 +94,7 @@ def test_freezing_really_works_in_keras_3():
 
 
 def test_combined_model_outputs_losses_and_weights():
-    config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1,
+    config = Config(image_size=32, ngf=4, ndf=8, n_res_blocks=1,
                   lambda_cycle=10.0, lambda_identity=0.5)
     gan = cyclegan.CycleGAN(config)
     assert list(gan.combined.output_names) == list(networks.LOSS_TERMS + networks.TRANSLATIONS)
@@ -170,7 +169,7 @@ def test_fused_adam_takes_the_same_steps_as_keras_adam():
         for gradient in gradients:
             apply(tf.constant(gradient))
         finals.append(variable.numpy())
-    assert isinstance(networks.adam(), networks.FusedAdam)
+    assert isinstance(networks.adam(2e-4, 0.5), networks.FusedAdam)
     assert np.abs(finals[0] - start).max() > 5e-4
     np.testing.assert_allclose(finals[1], finals[0], rtol=1e-6, atol=1e-7)
 
@@ -178,7 +177,7 @@ def test_fused_adam_takes_the_same_steps_as_keras_adam():
 def test_discriminators_train_on_the_translations_of_the_generators_step():
     """The reference's order: the combined (generators') step first, then each discriminator on the
     translations that step made, before its update, with no second translation."""
-    config = dict(train.DEFAULTS, image_size=32, ngf=4, ndf=8, n_res_blocks=1, pool_size=0)
+    config = Config(image_size=32, ngf=4, ndf=8, n_res_blocks=1, pool_size=0)
     gan = cyclegan.CycleGAN(config)
     rng = np.random.default_rng(7)
     real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
@@ -240,7 +239,7 @@ def test_generator_with_instance_norm_survives_keras_save_and_safe_load(tmp_path
 def test_combined_outputs_equal_the_separate_passes_it_batches():
     g_ab, g_ba = (networks.build_generator(ngf=4, n_res_blocks=1, name=n) for n in ("g_ab", "g_ba"))
     d_a, d_b = (networks.build_discriminator(ndf=8, name=n) for n in ("d_a", "d_b"))
-    combined = networks.build_combined(g_ab, g_ba, d_a, d_b)
+    combined = networks.build_combined(g_ab, g_ba, d_a, d_b, 10.0, 0.5, 2e-4, 0.5)
     rng = np.random.default_rng(2)
     a, b = (rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32) for _ in "ab")
     expected = [d_a(g_ba(b)), d_b(g_ab(a)), g_ba(g_ab(a)), g_ab(g_ba(b)), g_ba(a), g_ab(b), g_ba(b), g_ab(a)]

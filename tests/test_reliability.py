@@ -5,28 +5,28 @@ The training runs are real train.py processes on a tiny dataset; the checks that
 process call main() in this one (each process start costs seconds of imports)."""
 import json
 import logging
+import os
+from pathlib import Path
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import checkpoints
-import data
+import cli
+from config import Config, as_json
 import generate
 import train
-from conftest import make_dataset
-import networks
-import cli
+
+from conftest import TINY, make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1"]
 PATIENCE = 300  # seconds a train.py process may take to reach a checkpoint on a slow, shared CPU
 
 
@@ -110,19 +110,44 @@ def test_sigkill_leaves_a_complete_checkpoint_that_resume_restores_exactly(kille
     with np.load(latest) as arrays:
         saved = {key: arrays[key] for key in arrays.files}
     assert int(saved["step"]) == killed_run.step > 0
-    (latest.parent / "step-999999999.tmp4242.npz").write_bytes(b"half a checkpoint, cut by a kill")
+    dead = killed_run.process.pid  # write_atomically's temporaries of killed writers, and of a live one
+    stale = [latest.parent / f"step-999999999.tmp{dead}.npz", run_dir / f"config.tmp{dead}.json"]
+    live = run_dir / f"evaluation.tmp{os.getppid()}.json"
+    for path in stale + [live]:
+        path.write_bytes(b"half a file, cut by a kill")
 
     caplog.set_level(logging.INFO, logger="cyclegan")
     train.main(["--runs-root", str(root), "--name", "run", "--resume", "--max-steps", str(killed_run.step)])
 
     assert f"resumed {latest} at step {killed_run.step}" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "checkpoint" in r.getMessage()]
-    assert (latest.parent / "step-999999999.tmp4242.npz").read_bytes() == b"half a checkpoint, cut by a kill"
+    assert f"removed 2 temporary file(s) left by a killed run: {stale[1].name}, checkpoints/{stale[0].name}" \
+        in caplog.text
+    assert not any(path.exists() for path in stale) and live.exists()
     assert f"trained {killed_run.step} steps" in capsys.readouterr().out
     with np.load(latest) as arrays:  # rewritten from the restored state: weights, optimizers, pools, rng
         assert sorted(arrays.files) == sorted(saved)
         for key, value in saved.items():
             np.testing.assert_array_equal(arrays[key], value, err_msg=key)
+
+
+def test_a_second_writer_of_a_run_in_progress_gets_one_line_and_writes_nothing(killed_run, dataset, tmp_path):
+    """While the resumed copy trains, a second --resume and a fresh run of the same name both end at once."""
+    writer, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
+    wait_for(lambda: (run_dir / ".lock").read_text().strip() == str(writer.pid), writer)
+    others = [start("train.py", ["--runs-root", killed_run.resumed_root, "--name", "run", *args, "--lr", "0.001"],
+                    tmp_path / name)
+              for name, args in (("resume", ["--resume"]), ("fresh", ["--dataroot", dataset, *TINY]))]
+    for other in others:
+        assert other.wait(timeout=PATIENCE) == 1
+        stderr = output(other)[1]
+        assert stderr.strip().splitlines()[-1] == (f"train.py: error: {run_dir} is in use by another train.py "
+                                                   f"(PID {writer.pid}); wait for it to end, or give another --name")
+        assert "Traceback" not in stderr
+    assert writer.poll() is None
+    written_by_others = [p for p in run_dir.rglob("*") if any(str(o.pid) in p.name for o in others)]
+    assert not written_by_others
+    assert json.loads((run_dir / "config.json").read_text())["lr"] == Config.lr
 
 
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(killed_run):
@@ -199,10 +224,27 @@ def test_resume_refuses_when_no_checkpoint_is_loadable(killed_run, tmp_path):
     root, run_dir, _ = copy_run(killed_run, tmp_path)
     for path in checkpoints.checkpoint_paths(run_dir):
         Path(path).write_bytes(b"PK\x03\x04 damaged beyond repair")
-    before = file_bytes(run_dir / "checkpoints")
-    message = cli_error(train.main, ["--runs-root", str(root), "--name", "run", "--resume"])
+    before = file_bytes(run_dir / "checkpoints"), (run_dir / "config.json").read_bytes()
+    message = cli_error(train.main, ["--runs-root", str(root), "--name", "run", "--resume", "--lr", "0.001"])
     assert "no loadable checkpoint to resume from, nothing changed" in message
-    assert file_bytes(run_dir / "checkpoints") == before
+    assert (file_bytes(run_dir / "checkpoints"), (run_dir / "config.json").read_bytes()) == before
+
+
+def test_resume_with_another_image_size_empties_the_history_pools(killed_run, tmp_path, caplog):
+    """The pools hold fakes of the old size: they start again (one WARNING), and config.json says the new
+    size only once the resumed run has trained."""
+    root, run_dir, latest = copy_run(killed_run, tmp_path)
+    with np.load(latest) as arrays:
+        assert arrays["pool/A"].shape[1:] == (32, 32, 3)
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    train.main(["--runs-root", str(root), "--name", "run", "--resume", "--image-size", "48",
+                "--max-steps", str(killed_run.step + 1)])
+
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "--image-size 48: emptied the history pools of 32-px fakes from before the change"]
+    assert json.loads((run_dir / "config.json").read_text())["image_size"] == 48
+    with np.load(checkpoints.checkpoint_paths(run_dir)[-1]) as arrays:
+        assert int(arrays["step"]) == killed_run.step + 1 and arrays["pool/A"].shape == (1, 48, 48, 3)
 
 
 @pytest.mark.parametrize("change, difference", [
@@ -220,6 +262,64 @@ def test_resume_refuses_a_checkpoint_of_other_network_sizes(killed_run, tmp_path
     assert file_bytes(run_dir / "checkpoints") == before
 
 
+def test_a_failing_evaluation_or_sample_grid_is_a_warning_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    """One test image a domain and --eval-every 1, with an evaluation and a sample grid made to fail
+    once (as a singular covariance or a full disk would): each is one WARNING, the epoch's checkpoint
+    is on disk before its evaluation starts, and the run ends as usual."""
+    import metrics
+    import samples
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    dataroot = make_dataset(tmp_path / "data", counts=(2, 2, 1, 1), size=(36, 36))
+    run_dir = tmp_path / "runs" / "run"
+    run_dir.mkdir(parents=True)  # an empty folder is fine for a fresh run
+    evaluated, evaluate = [], metrics.Evaluator.log_to_tensorboard
+    drawn, draw = [], samples.grid_image
+
+    def evaluation_failing_once(self, writer, generators, step):
+        evaluated.append((step, checkpoints.checkpoint_paths(run_dir)[-1]))
+        if len(evaluated) == 1:
+            raise np.linalg.LinAlgError("Singular matrix")
+        return evaluate(self, writer, generators, step)
+
+    def sample_grid_failing_once(*args):
+        drawn.append(args)
+        if len(drawn) == 1:
+            raise OSError(28, "No space left on device")
+        return draw(*args)
+
+    monkeypatch.setattr(metrics.Evaluator, "log_to_tensorboard", evaluation_failing_once)
+    monkeypatch.setattr(samples, "grid_image", sample_grid_failing_once)
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    train.main(["--dataroot", dataroot, "--runs-root", str(tmp_path / "runs"), "--name", "run", *TINY,
+                "--epochs", "2", "--epochs-decay", "0", "--save-every", "1", "--eval-every", "1", "--sample-every", "1"])
+
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "step 1: sample grids not written (OSError: [Errno 28] No space left on device)",
+        "step 2: evaluation skipped (LinAlgError: Singular matrix)"]
+    assert [(step, Path(path).name) for step, path in evaluated] == [(2, "step-000000002.npz"), (4, "step-000000004.npz")]
+    assert [Path(p).name for p in checkpoints.checkpoint_paths(run_dir)] == ["step-000000002.npz", "step-000000004.npz"]
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Tensors("eval/domain_AtoB")] == [4]
+    assert [e.step for e in accumulator.Tensors("samples/AtoB")] == [2, 3, 4]
+    assert (run_dir / "generator_ab.keras").is_file()
+    checkpoints.check_not_in_use(run_dir)  # the lock went with the end of the run
+
+
+def test_out_of_memory_while_building_or_training_is_one_line(dataset, tmp_path, monkeypatch):
+    """What TensorFlow raises when a network that passed the size check still does not fit (a GPU's memory)."""
+    import tensorflow as tf
+
+    def exhausted(*args):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[3,3,256,256]\nmore")
+
+    monkeypatch.setattr(train.cyclegan, "build_gan", exhausted)
+    message = cli_error(train.main, ["--dataroot", str(dataset), "--runs-root", str(tmp_path), "--name", "big", *TINY])
+    assert message == ("train.py: error: out of memory (ResourceExhaustedError: OOM when allocating tensor with "
+                       "shape[3,3,256,256]); make --batch-size, --image-size, --ngf, --ndf or --n-res-blocks smaller")
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -234,7 +334,7 @@ def places(dataset, tmp_path):
     (tmp_path / "empty" / "trainB").mkdir()
     for run in ("old", "empty"):
         (tmp_path / "runs" / run).mkdir(parents=True)
-        (tmp_path / "runs" / run / "config.json").write_text(json.dumps(dict(train.DEFAULTS, dataroot=str(dataset), ngf=4)))
+        (tmp_path / "runs" / run / "config.json").write_text(json.dumps(as_json(Config(dataroot=str(dataset), ngf=4))))
     (tmp_path / "runs" / "old" / "checkpoints").mkdir()
     (tmp_path / "runs" / "old" / "checkpoints" / "step-000000004.npz").write_bytes(b"kept as it is")
     return dict(data=dataset, file=tmp_path / "file.txt", runs=tmp_path / "runs", tmp=tmp_path)
@@ -252,7 +352,11 @@ TRAIN_ERRORS = [
     (["--dataroot", "{tmp}/empty", "--runs-root", "{runs}"], "{tmp}/empty/trainB: no readable images"),
     (["--dataroot", "{data}", "--epochs", "0", "--epochs-decay", "0", "--runs-root", "{runs}"], "both 0: nothing to train"),
     (["--dataroot", "{data}", "--runs-root", "{file}"], "{file}: is a file, expected a folder for the runs"),
-    (["--dataroot", "{data}", "--runs-root", "{runs}", "--name", "old"], "already holds a run with checkpoints"),
+    (["--dataroot", "{data}", "--runs-root", "{runs}", "--name", "old"],
+     "{runs}/old already holds a run (checkpoints, config.json): continue it with --resume, or give another --name"),
+    (["--dataroot", "{data}", "--runs-root", "{runs}", "--name", "empty"], "{runs}/empty already holds a run (config.json)"),
+    (["--dataroot", "{data}", "--runs-root", "{runs}", "--ngf", "100000000"],
+     "--ngf 100000000 --ndf 64 --n-res-blocks 9: training needs at least 8.26e+11 GiB for the weights"),
     (["--resume", "--runs-root", "{runs}", "--name", "none"], "{runs}/none/config.json: not found"),
     (["--resume", "--runs-root", "{runs}", "--name", "empty"], "{runs}/empty: no checkpoint to resume from"),
     (["--resume", "--runs-root", "{runs}", "--name", "old", "--ngf", "8"], "--ngf 8 contradicts the run"),

@@ -1,19 +1,21 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+import tensorflow as tf
 
 import checkpoints
-import data
-import train
-from conftest import TINY
-import cyclegan
 import cli
+from config import from_command_line, build_parser
+import cyclegan
+import train
+
+from conftest import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_TAGS = ["loss/D_A", "loss/D_B", "loss/adversarial_a", "loss/adversarial_b", "loss/cycle_a",
@@ -55,7 +57,7 @@ def test_learning_rate_is_constant_then_decays_linearly_to_zero():
 
 
 def test_help_documents_every_option():
-    help_text = train.build_parser().format_help()
+    help_text = build_parser().format_help()
     for option in ("--dataroot", "--name", "--runs-root", "--image-size", "--max-steps", "--resume",
                    "--seed", "--batch-size", "--ngf", "--ndf", "--n-res-blocks", "--lambda-cycle",
                    "--lambda-identity", "--pool-size", "--lr", "--beta1", "--epochs", "--epochs-decay",
@@ -71,7 +73,7 @@ def test_help_documents_every_option():
 ])
 def test_bad_numbers_are_refused_by_the_parser(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train.parse_config(argv)
+        from_command_line(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -94,7 +96,7 @@ def test_two_step_run_writes_tags_checkpoint_generators_and_config(trained_run, 
     assert scalar_steps(accumulator, "loss/D_A") == [1, 2]
     assert all(np.isfinite(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors("loss/G_total"))
     grid = tf.make_ndarray(accumulator.Tensors("samples/AtoB")[-1].tensor_proto)
-    assert (int(grid[0]), int(grid[1])) == (3 * 32, 3 * 32)  # real | translated | reconstructed x 3 test images
+    assert (int(grid[0]), int(grid[1])) == (3 * 250, 3 * 250)  # 3 test images x (real, translated, reconstructed)
     assert checkpoints.checkpoint_paths(trained_run)[-1].endswith("step-000000002.npz")
     for name in ("generator_ab.keras", "generator_ba.keras", "config.json"):
         assert os.path.isfile(os.path.join(trained_run, name))
@@ -110,7 +112,8 @@ def test_resume_restores_identical_weights_and_continues_the_step_count(trained_
     shutil.copytree(trained_run, run_dir)
     checkpoint = checkpoints.checkpoint_paths(run_dir)[-1]
 
-    config = train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "tiny"])
+    config, resume = from_command_line(["--resume", "--runs-root", str(tmp_path), "--name", "tiny"])
+    assert resume
     gan = cyclegan.CycleGAN(config)
     rng = np.random.default_rng(9)
     pools = {"A": cyclegan.HistoryPool(50, rng), "B": cyclegan.HistoryPool(50, rng)}
@@ -122,7 +125,7 @@ def test_resume_restores_identical_weights_and_continues_the_step_count(trained_
     assert int(gan.combined.optimizer.iterations) == 2
     assert len(pools["A"].images) == 2
 
-    written = train.train(train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "tiny",
+    written = train.train(*from_command_line(["--resume", "--runs-root", str(tmp_path), "--name", "tiny",
                                               "--max-steps", "4"]), verbose=0)
     assert written["step"] == 4
     assert checkpoints.checkpoint_paths(run_dir)[-1].endswith("step-000000004.npz")
@@ -132,9 +135,44 @@ def test_resume_restores_identical_weights_and_continues_the_step_count(trained_
 def test_resume_refuses_a_contradicting_network_size(trained_run):
     runs_root, name = os.path.split(trained_run)
     with pytest.raises(cli.UsageError, match="--ngf 8 contradicts"):
-        train.parse_config(["--resume", "--runs-root", runs_root, "--name", name, "--ngf", "8"])
+        from_command_line(["--resume", "--runs-root", runs_root, "--name", name, "--ngf", "8"])
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(cli.UsageError, match="config.json: not found"):
-        train.parse_config(["--resume", "--runs-root", str(tmp_path), "--name", "nothing", *TINY])
+        from_command_line(["--resume", "--runs-root", str(tmp_path), "--name", "nothing", *TINY])
+
+
+def test_a_log_file_gets_plain_progress_lines_and_a_terminal_the_bar(dataset, tmp_path):
+    """stdout to a file (nohup, a job scheduler): one plain line every --print-every steps, none of the
+    bar's carriage returns, backspaces or colour codes; on a terminal Keras' live bar."""
+    command = [sys.executable, "train.py", "--dataroot", dataset, "--runs-root", str(tmp_path), *TINY,
+               "--max-steps", "6", "--print-every", "2"]
+    with open(tmp_path / "log.txt", "w") as log:
+        logged = subprocess.Popen(command + ["--name", "logged"], cwd=ROOT, stdout=log, stderr=subprocess.DEVNULL)
+    master, slave = os.openpty()
+    terminal = subprocess.Popen(command + ["--name", "terminal"], cwd=ROOT, stdout=slave, stderr=subprocess.DEVNULL)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # the terminal's other end closed: the process has ended
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert logged.wait(timeout=300) == 0 and terminal.wait(timeout=300) == 0
+
+    text = (tmp_path / "log.txt").read_text()
+    assert not set("\x1b\b\r") & set(text)
+    progress = [line for line in text.splitlines() if line.startswith("step ")]
+    assert [line.split("  ")[0] for line in progress] == ["step 2/6", "step 4/6", "step 6/6"]
+    for line in progress:
+        assert re.fullmatch(r"step \d/6  epoch 1/200  D_A \S+  D_B \S+  G \S+  lr 2\.00e-04  \S+ s/step  "
+                            r"(ETA|took) \d:\d\d:\d\d", line), line
+    assert len(text.encode()) < 1500  # the bar wrote about 240 bytes a step; the summary lines are most of this
+    shown = shown.decode()
+    assert "\r" in shown and "\x1b[" in shown  # Keras' live bar, redrawn in place, in colour
+    assert re.search(r"\r6/6 .* - D_A: \S+ - D_B: \S+ - G: \S+", re.sub(r"\x1b\[[0-9;]*m", "", shown))

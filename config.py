@@ -1,0 +1,210 @@
+"""A run's configuration: every training option with its default and help, defined once, as one typed
+object. train.py builds its command line from it, a run saves it as config.json and `--resume` reads it
+back; bench.py's yardsticks and the offline demo are named variants of it.
+
+No TensorFlow here: reading or checking a configuration costs nothing.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import cli
+from cli import UsageError
+
+MAX_SEED = 2 ** 32 - 1  # TensorFlow's and NumPy's seeds are 32-bit
+
+
+def option(default, help, type=None, choices=None, flag=False, fixed=False, **extra):
+    """A Config field with what its command-line option needs: `type` parses and checks a value
+    (also a saved one), `flag` makes a switch, `fixed` marks what --resume may not change."""
+    return field(default=default, metadata=dict(help=help, type=type, choices=choices, flag=flag, fixed=fixed,
+                                                **extra))
+
+
+def seed(text):
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text}")
+    return value
+
+
+def beta(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 up to (not including) 1, got {text}")
+    return value
+
+
+def run_name(text):
+    if text in ("", ".", "..") or "/" in text or os.sep in text:
+        raise argparse.ArgumentTypeError(f"expected a plain folder name, got {text!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Config:
+    # Defaults: the reference implementation's (the paper's 256x256 network). On a CPU try the book's
+    # size, --image-size 128 --ngf 32 --n-res-blocks 6, about 15x cheaper per step (BENCH["S"]).
+    dataroot: Optional[str] = option(None, "dataset folder in the standard layout (required unless --resume)")
+    name: str = option("cyclegan", "run name: everything is written to RUNS_ROOT/NAME/", run_name)
+    runs_root: str = option("runs", "folder that holds the runs")
+    image_size: int = option(256, "training crop size (multiple of 4, >= 32)", cli.image_size)
+    batch_size: int = option(1, "images of each domain per step (the global batch: split across replicas)",
+                             cli.positive_int)
+    epochs: int = option(100, "epochs at the initial learning rate", cli.non_negative_int)
+    epochs_decay: int = option(100, "epochs of linear decay to zero", cli.non_negative_int)
+    max_steps: Optional[int] = option(None, "stop after this many steps (quick runs)", cli.positive_int)
+    ngf: int = option(64, "generator filters in the first layer (paper: 64)", cli.positive_int, fixed=True)
+    ndf: int = option(64, "discriminator filters in the first layer", cli.positive_int, fixed=True)
+    n_res_blocks: int = option(9, "generator residual blocks (paper: 9 at 256)", cli.positive_int, fixed=True)
+    upsample: str = option("transpose", "generator upsampling: transposed conv (paper) or nearest resize + conv",
+                           choices=("transpose", "resize"), fixed=True)
+    sigmoid: bool = option(False, "sigmoid discriminator output instead of the linear one of least-squares GAN",
+                           flag=True, fixed=True)
+    lambda_cycle: float = option(10.0, "weight of the cycle-consistency loss", cli.non_negative_float)
+    lambda_identity: float = option(0.5, "identity loss weight, relative to --lambda-cycle", cli.non_negative_float)
+    pool_size: int = option(50, "history pool of past fakes (0: none)", cli.non_negative_int)
+    lr: float = option(2e-4, "Adam learning rate of all three optimizers", cli.non_negative_float)
+    beta1: float = option(0.5, "Adam beta_1", beta)
+    sample_every: int = option(500, "steps between sample grids", cli.positive_int)
+    sample_count: int = option(4, "test images in each sample grid", cli.positive_int)
+    save_every: int = option(5, "epochs between checkpoints", cli.positive_int)
+    keep_checkpoints: int = option(2, "checkpoints kept on disk", cli.positive_int)
+    print_every: int = option(100, "steps between plain progress lines when stdout is not a terminal",
+                              cli.positive_int, added=True)
+    seed: Optional[int] = option(None, "random seed for weights, shuffling and augmentation", seed)
+    jit: bool = option(False, "XLA-compile the train functions", flag=True)
+    eval_every: int = option(0, "epochs between evaluate.py's scores on the test split, logged as eval/* "
+                                "(0: never)", cli.non_negative_int)
+    distribute: Optional[str] = option(
+        None, "none: one device; mirrored: all GPUs of this machine (all CPUs without one); multiworker: "
+              "several machines, configured by TF_CONFIG (default: mirrored when TensorFlow sees more than "
+              "one GPU and the batch splits across them, else none); --batch-size is the global batch, "
+              "split across the replicas", choices=("none", "mirrored", "multiworker"))
+    mixed_precision: Union[bool, str] = option(
+        False, "compute in 16 bits, weights and losses in float32: float16 with loss scaling (GPUs with "
+               "tensor cores) or bfloat16 (CPUs with AVX512_BF16 or AMX, recent GPUs); given alone: "
+               "float16 on a GPU, bfloat16 on a CPU", choices=("auto",) + cli.PRECISIONS, optional_value="auto")
+
+    @property
+    def run_dir(self):
+        return os.path.join(self.runs_root, self.name)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+# Named variants: bench.py's two yardstick sizes (the book's network and the paper's) and the demo's
+# small network, sized to train in minutes on a CPU.
+BENCH = {"S": Config(image_size=128, ngf=32, n_res_blocks=6),
+         "P": Config(image_size=256, ngf=64, n_res_blocks=9)}
+DEMO = Config(image_size=64, ngf=16, ndf=32, n_res_blocks=4, upsample="resize", epochs=5, epochs_decay=5,
+              sample_every=250, save_every=5, seed=0)
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def add_options(parser, names=None):
+    """Adds Config's options (all, or `names`) to an argparse parser. Nothing is filled in for an
+    option not given, so the parsed namespace holds exactly what the user typed."""
+    for name in names or FIELDS:
+        meta, default = FIELDS[name].metadata, FIELDS[name].default
+        flag = "--" + name.replace("_", "-")
+        shown = "" if default is None or default is False else f" (default: {default})"
+        kwargs = dict(help=meta["help"] + shown, default=argparse.SUPPRESS)
+        if meta["flag"]:
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        if "optional_value" in meta:
+            kwargs.update(nargs="?", const=meta["optional_value"],
+                          metavar="{" + ",".join(c for c in meta["choices"] if c != meta["optional_value"]) + "}")
+        parser.add_argument(flag, type=meta["type"], choices=meta["choices"], **kwargs)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Train a CycleGAN on an unpaired dataset (trainA/ trainB/ testA/ testB/).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(p)
+    p.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
+                   help="continue RUNS_ROOT/NAME from its latest checkpoint (same step and LR schedule)")
+    return p
+
+
+def from_command_line(argv=None, base=None):
+    """(Config, resume) from train.py's command line: defaults < the run's config.json (with --resume)
+    < the options given. A given network option that contradicts the resumed run is an error."""
+    given = vars(build_parser().parse_args(argv))
+    resume = given.pop("resume", False)
+    config = (base or Config()).replace(**given)
+    if resume:
+        path = os.path.join(config.run_dir, "config.json")
+        saved = load(path)
+        for name in given:
+            if FIELDS[name].metadata["fixed"] and given[name] != getattr(saved, name):
+                raise UsageError(f"--{name.replace('_', '-')} {given[name]} contradicts the run being resumed "
+                                 f"({path} has {getattr(saved, name)})")
+        config = saved.replace(**given)
+    elif not config.dataroot:
+        raise UsageError("--dataroot is required (the dataset folder with trainA/ and trainB/)")
+    if config.epochs + config.epochs_decay == 0:
+        raise UsageError("--epochs and --epochs-decay are both 0: nothing to train")
+    return config, resume
+
+
+def as_json(config):
+    return dataclasses.asdict(config)
+
+
+def load(path):
+    """The Config a run saved, every value checked as the command line checks it: one line naming the
+    file and the key for anything missing, unknown or out of range. Options added after a run was made
+    take their defaults."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: not found (is this a run directory made by train.py?)") from None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: unreadable ({error})") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"{path}: expected a JSON object of options, found {type(saved).__name__}")
+    values = {}
+    for name, spec in FIELDS.items():
+        if name not in saved:
+            if spec.metadata.get("added"):
+                continue
+            raise UsageError(f"{path}: the key {name!r} is missing")
+        values[name] = check_saved(path, name, saved[name])
+    unknown = sorted(set(saved) - set(FIELDS))
+    if unknown:
+        raise UsageError(f"{path}: unknown key {unknown[0]!r}")
+    return Config(**values)
+
+
+def check_saved(path, name, value):
+    """A saved value, checked by the option's own parser (True stands for 'auto' in the
+    --mixed-precision of runs made before the option took a value)."""
+    spec = FIELDS[name]
+    meta, text = spec.metadata, str in (typing.get_args(spec.type) or (spec.type,))
+    if value is None:
+        problem = None if spec.default is None else "null"
+    elif meta["flag"] or (name == "mixed_precision" and isinstance(value, bool)):
+        problem = None if isinstance(value, bool) else "not true or false"
+    elif meta["choices"]:
+        problem = None if value in meta["choices"] else f"{value!r} is not one of {', '.join(meta['choices'])}"
+    elif text != isinstance(value, str) or isinstance(value, bool):
+        problem = f"{value!r} is not a string" if text else f"{value!r} is not a number"
+    else:
+        try:
+            problem = None if (meta["type"] or str)(str(value)) == value else f"{value!r} is not a whole number"
+        except argparse.ArgumentTypeError as error:
+            problem = str(error)
+        except ValueError:
+            problem = f"{value!r} is not a whole number"
+    if problem:
+        raise UsageError(f"{path}: the key {name!r}: {problem}")
+    return value

@@ -1,0 +1,125 @@
+"""The run's configuration: one typed object, its command line, config.json checked on --resume."""
+import dataclasses
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+import cli
+import config
+from config import BENCH, DEMO, Config, as_json, from_command_line
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_help_gives_every_config_field_with_its_help_and_default():
+    text = " ".join(config.build_parser().format_help().split())  # unwrapped
+    for name, spec in config.FIELDS.items():
+        shown = "" if spec.default is None or spec.default is False else f" (default: {spec.default})"
+        assert f"--{name.replace('_', '-')}" in text and spec.metadata["help"] + shown in text, name
+    assert "--resume" in text
+
+
+def test_only_the_options_given_override_and_nothing_else_is_filled_in():
+    cfg, resume = from_command_line(["--dataroot", "d", "--lr", "0.001", "--sigmoid", "--mixed-precision"])
+    assert not resume
+    assert cfg == Config(dataroot="d", lr=0.001, sigmoid=True, mixed_precision="auto")
+    assert cfg.run_dir == str(Path("runs") / "cyclegan")
+
+
+def test_named_variants_change_only_what_they_name():
+    def changed(variant):
+        return {f: getattr(variant, f) for f in config.FIELDS if getattr(variant, f) != getattr(Config(), f)}
+
+    assert changed(BENCH["S"]) == dict(image_size=128, ngf=32, n_res_blocks=6)
+    assert changed(BENCH["P"]) == {}  # the paper's network is the default
+    assert set(changed(DEMO)) == {"image_size", "ngf", "ndf", "n_res_blocks", "upsample", "epochs",
+                                  "epochs_decay", "sample_every", "seed"}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEMO.ngf = 3
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--seed", "-1"], "argument --seed: expected an integer from 0 to 4294967295, got -1"),
+    (["--seed", "4294967296"], "argument --seed: expected an integer from 0 to 4294967295, got 4294967296"),
+    (["--beta1", "5"], "argument --beta1: expected a number from 0 up to (not including) 1, got 5"),
+    (["--beta1", "1"], "argument --beta1: expected a number from 0 up to (not including) 1, got 1"),
+    (["--name", ""], "argument --name: expected a plain folder name, got ''"),
+    (["--name", "a/b"], "argument --name: expected a plain folder name, got 'a/b'"),
+    (["--name", ".."], "argument --name: expected a plain folder name, got '..'"),
+])
+def test_out_of_range_options_are_refused_in_one_line(argv, expected, capsys):
+    with pytest.raises(SystemExit) as ended:
+        from_command_line(["--dataroot", "unused", *argv])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f": error: {expected}")
+
+
+def test_the_largest_seed_is_accepted():
+    assert from_command_line(["--dataroot", "d", "--seed", "4294967295"])[0].seed == 2 ** 32 - 1
+
+
+def saved_run(tmp_path, **changes):
+    run_dir = tmp_path / "runs" / "run"
+    run_dir.mkdir(parents=True)
+    values = dict(as_json(Config(dataroot="d", ngf=4, runs_root=str(tmp_path / "runs"), name="run")), **changes)
+    (run_dir / "config.json").write_text(json.dumps(values))
+    return run_dir / "config.json"
+
+
+def test_resume_takes_the_saved_options_then_the_given_ones(tmp_path):
+    saved_run(tmp_path, lr=0.01)
+    cfg, resume = from_command_line(["--resume", "--runs-root", str(tmp_path / "runs"), "--name", "run",
+                                     "--max-steps", "7"])
+    assert resume and cfg.ngf == 4 and cfg.lr == 0.01 and cfg.max_steps == 7 and cfg.dataroot == "d"
+
+
+def test_options_added_after_a_run_was_made_take_their_defaults(tmp_path):
+    path = saved_run(tmp_path, mixed_precision=True)
+    values = json.loads(path.read_text())
+    del values["print_every"]
+    path.write_text(json.dumps(values))
+    loaded = config.load(str(path))
+    assert loaded.print_every == Config().print_every and loaded.mixed_precision is True
+
+
+@pytest.mark.parametrize("change, expected", [
+    (dict(ngf=None), "the key 'ngf': null"),
+    (dict(ngf="many"), "the key 'ngf': 'many' is not a number"),
+    (dict(ngf=0), "the key 'ngf': expected a positive integer, got 0"),
+    (dict(ngf=4.5), "the key 'ngf': 4.5 is not a whole number"),
+    (dict(seed=-2), "the key 'seed': expected an integer from 0 to 4294967295, got -2"),
+    (dict(lr=True), "the key 'lr': True is not a number"),
+    (dict(upsample="bicubic"), "the key 'upsample': 'bicubic' is not one of transpose, resize"),
+    (dict(sigmoid="yes"), "the key 'sigmoid': not true or false"),
+    (dict(dataroot=3), "the key 'dataroot': 3 is not a string"),
+    (dict(colour="blue"), "unknown key 'colour'"),
+])
+def test_a_hand_edited_config_json_is_one_line_naming_the_file_and_the_key(tmp_path, change, expected):
+    path = saved_run(tmp_path, **change)
+    with pytest.raises(cli.UsageError) as error:
+        config.load(str(path))
+    assert str(error.value) == f"{path}: {expected}"
+
+
+def test_a_missing_key_or_a_config_that_is_not_an_object_is_named(tmp_path):
+    path = saved_run(tmp_path)
+    values = json.loads(path.read_text())
+    del values["n_res_blocks"]
+    path.write_text(json.dumps(values))
+    with pytest.raises(cli.UsageError, match="the key 'n_res_blocks' is missing"):
+        config.load(str(path))
+    path.write_text("[1, 2]")
+    with pytest.raises(cli.UsageError, match="expected a JSON object of options, found list"):
+        config.load(str(path))
+
+
+def test_train_resume_with_a_null_in_config_json_exits_with_one_line(tmp_path):
+    path = saved_run(tmp_path, n_res_blocks=None)
+    done = subprocess.run([sys.executable, "train.py", "--resume", "--runs-root", str(tmp_path / "runs"),
+                           "--name", "run"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [f"train.py: error: {path}: the key 'n_res_blocks': null"]
