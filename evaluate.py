@@ -18,9 +18,10 @@ import argparse
 import os
 
 import cli
+import config
 import metrics
 import networks
-from checkpoints import read_json, write_json
+from checkpoints import write_json
 from metrics import DIRECTIONS
 
 ROWS = (("fid", "FID (InceptionV3)"), ("kid", "KID (InceptionV3)"),
@@ -61,19 +62,19 @@ def evaluate(args, extract_features=None):
         raise cli.UsageError(f"--run-dir {args.run_dir}: no such folder (a run made by train.py)")
     if args.batch_size <= 0:
         raise cli.UsageError(f"--batch-size {args.batch_size}: expected a positive integer")
-    config = read_json(os.path.join(args.run_dir, "config.json"))
-    dataroot = args.dataroot or config["dataroot"]
+    run_config = config.load(os.path.join(args.run_dir, "config.json"))
+    dataroot = args.dataroot or run_config.dataroot
     directions = ("AtoB", "BtoA") if args.direction == "both" else (args.direction,)
     generators = {d: networks.load_generator(os.path.join(args.run_dir, f"{DIRECTIONS[d][0]}.keras"))
                   for d in directions}
     classifier_path = args.classifier or metrics.default_classifier_path(dataroot, args.run_dir)
-    evaluator = metrics.Evaluator(dataroot, config["image_size"], directions, classifier_path, extract_features)
+    evaluator = metrics.Evaluator(dataroot, run_config.image_size, directions, classifier_path, extract_features)
     results = evaluator.score(generators, args.batch_size)
     facts = evaluator.classifier_facts
     print(f"domain classifier {classifier_path}: held-out accuracy {facts['held_out_accuracy']:.1%} on testA/testB")
     for direction, scores in results.items():
         print(format_table(direction, scores))
-    report = dict(results, dataroot=dataroot, image_size=config["image_size"], fid_kid=evaluator.fid_skipped or
+    report = dict(results, dataroot=dataroot, image_size=run_config.image_size, fid_kid=evaluator.fid_skipped or
                   "InceptionV3 ImageNet pool features", classifier=dict(facts, path=classifier_path))
     write_json(os.path.join(args.run_dir, "evaluation.json"), report)
     print(f"written to {os.path.join(args.run_dir, 'evaluation.json')}")

@@ -13,6 +13,7 @@ import argparse
 import os
 
 import cli
+import config
 import data
 import networks
 import samples
@@ -51,7 +52,7 @@ def run_files(run_dir, direction=DIRECTION):
         raise cli.UsageError(f"--run-dir {run_dir}: no such folder (a run made by train.py)")
     forward_name, backward_name, domain = DIRECTIONS[direction]
     reverse = os.path.join(run_dir, f"{backward_name}.keras")
-    dataroot = read_json(os.path.join(run_dir, "config.json"))["dataroot"]
+    dataroot = config.load(os.path.join(run_dir, "config.json")).dataroot
     return dict(generator=os.path.join(run_dir, f"{forward_name}.keras"),
                 reverse_generator=reverse if os.path.exists(reverse) else None,
                 input=os.path.join(dataroot, f"test{domain}"),

@@ -42,6 +42,12 @@ def test_named_variants_change_only_what_they_name():
 
 
 @pytest.mark.parametrize("argv, expected", [
+    (["--image-size", "30"], "argument --image-size: expected a multiple of 4 that is at least 32, got 30"),
+    (["--image-size", "28"], "argument --image-size: expected a multiple of 4 that is at least 32, got 28"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+    (["--epochs", "-1"], "argument --epochs: expected an integer >= 0, got -1"),
+    (["--max-steps", "0"], "argument --max-steps: expected a positive integer, got 0"),
+    (["--lr", "inf"], "argument --lr: expected a finite number >= 0, got inf"),
     (["--seed", "-1"], "argument --seed: expected an integer from 0 to 4294967295, got -1"),
     (["--seed", "4294967296"], "argument --seed: expected an integer from 0 to 4294967295, got 4294967296"),
     (["--beta1", "5"], "argument --beta1: expected a number from 0 up to (not including) 1, got 5"),

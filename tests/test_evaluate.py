@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import cli
-from config import from_command_line
+from config import Config, as_json, from_command_line
 import evaluate
 import metrics
 import train
@@ -164,7 +164,7 @@ def run_evaluate(dataset, tmp_path, *options):
     (an empty Keras cache, no network); returns the finished process and the run directory."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps({"dataroot": dataset, "image_size": SIZE}))
+    (run_dir / "config.json").write_text(json.dumps(as_json(Config(dataroot=dataset, image_size=SIZE))))
     for name in ("generator_ab", "generator_ba"):
         channel_mixer(SWAP, name).save(str(run_dir / f"{name}.keras"))
     empty_keras_home = tmp_path / "keras_home"

@@ -196,16 +196,3 @@ def test_not_a_model_file_is_a_one_line_error(tmp_path):
         networks.load_generator(str(bogus))
     with pytest.raises(cli.UsageError, match="no such model file"):
         networks.load_generator(str(tmp_path / "missing.keras"))
-
-
-def test_missing_run_directory_exits_with_one_line(tmp_path):
-    result = run_generate("--run-dir", tmp_path / "nope")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == \
-        f"generate.py: error: --run-dir {tmp_path / 'nope'}: no such folder (a run made by train.py)"
-
-
-def test_unknown_direction_is_refused(capsys):
-    with pytest.raises(SystemExit):
-        generate.build_parser().parse_args(["--run-dir", "x", "--direction", "AtoC"])
-    assert "invalid choice: 'AtoC'" in capsys.readouterr().err
