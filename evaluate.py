@@ -52,7 +52,7 @@ def build_parser():
     p.add_argument("--direction", choices=("AtoB", "BtoA", "both"), default="both", help="directions to score")
     p.add_argument("--classifier", help=f"domain classifier file, trained and cached there if missing "
                                         f"(default: DATAROOT/{metrics.DOMAIN_FILE}, or RUN_DIR/ if DATAROOT is read-only)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per generator batch")
+    p.add_argument("--batch-size", type=int, default=networks.TRANSLATE_BATCH, help="images per generator batch")
     return p
 
 

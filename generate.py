@@ -21,7 +21,6 @@ from checkpoints import read_json, write_json
 
 DIRECTIONS = {"AtoB": ("generator_ab", "generator_ba", "A"), "BtoA": ("generator_ba", "generator_ab", "B")}
 DIRECTION = "AtoB"
-BATCH_SIZE = 8
 GRID_COUNT = 6
 CHUNK = 64  # images held in memory at once
 MANIFEST = ".generate.json"
@@ -37,7 +36,7 @@ def build_parser():
     p.add_argument("--output", help="folder for the translations (default: RUN_DIR/generated/DIRECTION/)")
     p.add_argument("--generator", help="explicit .keras file for the forward generator")
     p.add_argument("--reverse-generator", help="explicit .keras file for the backward generator (grids)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per inference batch")
+    p.add_argument("--batch-size", type=int, default=networks.TRANSLATE_BATCH, help="images per inference batch")
     p.add_argument("--grid-count", type=cli.non_negative_int, default=GRID_COUNT,
                    help="images in the sample grid (0: no grid)")
     p.add_argument("--overwrite", action="store_true",
@@ -122,8 +121,8 @@ def refuse_writing_over_users_files(input, output, targets, overwrite):
                              "pass --overwrite to replace them, or choose another output folder")
 
 
-def generate(generator, input, output, reverse_generator=None, direction=DIRECTION, batch_size=BATCH_SIZE,
-             grid_count=GRID_COUNT, overwrite=False):
+def generate(generator, input, output, reverse_generator=None, direction=DIRECTION,
+             batch_size=networks.TRANSLATE_BATCH, grid_count=GRID_COUNT, overwrite=False):
     """Translates the readable images of the folder `input` into the folder `output` with the .keras
     generator file `generator`; with `reverse_generator` also draws the first `grid_count` of them
     as a grid. Checks everything before writing anything. Returns (written paths, grid path or None)."""

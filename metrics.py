@@ -123,7 +123,7 @@ def ground_truth_pairs(paths, truth_dir):
     return pairs
 
 
-def ground_truth_scores(generator, test_dir, truth_dir, batch_size=8):
+def ground_truth_scores(generator, test_dir, truth_dir, batch_size=networks.TRANSLATE_BATCH):
     """Mean SSIM and PSNR of G(test images) and of the images themselves against the truth.
 
     `generator` is a Keras model or the path of one saved by train.py; images keep their resolution.
@@ -134,7 +134,7 @@ def ground_truth_scores(generator, test_dir, truth_dir, batch_size=8):
     return pair_scores(generator, pairs, batch_size)
 
 
-def pair_scores(generator, pairs, batch_size=8):
+def pair_scores(generator, pairs, batch_size=networks.TRANSLATE_BATCH):
     """ground_truth_scores for (test image, truth) path pairs from ground_truth_pairs."""
     inputs = [data.read_image(path) for path, _ in pairs]
     truths = [data.to_uint8(data.read_image(truth_path)) for _, truth_path in pairs]
@@ -309,7 +309,7 @@ class Evaluator:
             for d, images in self.tests.items():
                 self.real[d]["features"] = self.extract_features(images)
 
-    def score(self, generators, batch_size=8):
+    def score(self, generators, batch_size=networks.TRANSLATE_BATCH):
         """{direction: {score: value}} for generators given as {"AtoB": model, "BtoA": model}."""
         results = {}
         for direction in self.directions:

@@ -326,7 +326,10 @@ def pad_to_multiple(image, multiple=4, smallest=8):
     return np.pad(image, [(0, pad_h), (0, pad_w), (0, 0)], mode=mode), (height, width)
 
 
-def translate_images(generator, images, batch_size=8):
+TRANSLATE_BATCH = 8  # images a generator translates at once (generate.py, evaluate.py, the demo)
+
+
+def translate_images(generator, images, batch_size=TRANSLATE_BATCH):
     """Translates a list of [-1, 1] images of any sizes, batching images of equal size together."""
     by_shape = defaultdict(list)
     for index, image in enumerate(images):

@@ -180,7 +180,7 @@ def test_run_files_give_the_run_defaults(trained_run, dataset):
     assert explicit == dict(generator=os.path.join(trained_run, "generator_ba.keras"),
                             reverse_generator=os.path.join(trained_run, "generator_ab.keras"),
                             input=os.path.join(dataset, "testB"), output="elsewhere", direction="BtoA",
-                            batch_size=generate.BATCH_SIZE, grid_count=2, overwrite=False)
+                            batch_size=networks.TRANSLATE_BATCH, grid_count=2, overwrite=False)
 
 
 def test_explicit_model_files_work_without_a_run(trained_run, dataset, tmp_path):
