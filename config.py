@@ -20,7 +20,9 @@ MAX_SEED = 2 ** 32 - 1  # TensorFlow's and NumPy's seeds are 32-bit
 
 def option(default, help, type=None, choices=None, flag=False, fixed=False, **extra):
     """A Config field with what its command-line option needs: `type` parses and checks a value
-    (also a saved one), `flag` makes a switch, `fixed` marks what --resume may not change."""
+    (also a saved one), `flag` makes a switch, `fixed` marks what --resume may not change. Options
+    added after runs were made say what those runs' config.json means without them: `added=True`, the
+    default; `old=VALUE`, what those runs did (the default has changed for new runs)."""
     return field(default=default, metadata=dict(help=help, type=type, choices=choices, flag=flag, fixed=fixed,
                                                 **extra))
 
@@ -58,6 +60,8 @@ class Config:
     epochs: int = option(100, "epochs at the initial learning rate", cli.non_negative_int)
     epochs_decay: int = option(100, "epochs of linear decay to zero", cli.non_negative_int)
     max_steps: Optional[int] = option(None, "stop after this many steps (quick runs)", cli.positive_int)
+    netd: str = option("patch70", "discriminator: the paper's 70x70 PatchGAN (3 stride-2 convs) or the book's "
+                                  "(4 stride-2 convs)", choices=("patch70", "book"), fixed=True, old="book")
     ngf: int = option(64, "generator filters in the first layer (paper: 64)", cli.positive_int, fixed=True)
     ndf: int = option(64, "discriminator filters in the first layer", cli.positive_int, fixed=True)
     n_res_blocks: int = option(9, "generator residual blocks (paper: 9 at 256)", cli.positive_int, fixed=True)
@@ -65,6 +69,9 @@ class Config:
                            choices=("transpose", "resize"), fixed=True)
     sigmoid: bool = option(False, "sigmoid discriminator output instead of the linear one of least-squares GAN",
                            flag=True, fixed=True)
+    init_gain: float = option(0.02, "standard deviation of the N(0, gain) initial conv weights, the reference's "
+                                    "(0: Keras' Glorot uniform, runs made before this option)",
+                              cli.non_negative_float, fixed=True, old=0.0)
     lambda_cycle: float = option(10.0, "weight of the cycle-consistency loss", cli.non_negative_float)
     lambda_identity: float = option(0.5, "identity loss weight, relative to --lambda-cycle", cli.non_negative_float)
     pool_size: int = option(50, "history pool of past fakes (0: none)", cli.non_negative_int)
@@ -100,9 +107,9 @@ class Config:
 
 # Named variants: bench.py's two yardstick sizes (the book's network and the paper's) and the demo's
 # small network, sized to train in minutes on a CPU.
-BENCH = {"S": Config(image_size=128, ngf=32, n_res_blocks=6),
+BENCH = {"S": Config(image_size=128, ngf=32, n_res_blocks=6, netd="book"),
          "P": Config(image_size=256, ngf=64, n_res_blocks=9)}
-DEMO = Config(image_size=64, ngf=16, ndf=32, n_res_blocks=4, upsample="resize", epochs=5, epochs_decay=5,
+DEMO = Config(image_size=64, ngf=16, ndf=32, n_res_blocks=4, upsample="resize", netd="book", epochs=5, epochs_decay=5,
               sample_every=250, save_every=5, seed=0)
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
@@ -175,6 +182,9 @@ def load(path):
     values = {}
     for name, spec in FIELDS.items():
         if name not in saved:
+            if "old" in spec.metadata:
+                values[name] = spec.metadata["old"]
+                continue
             if spec.metadata.get("added"):
                 continue
             raise UsageError(f"{path}: the key {name!r} is missing")

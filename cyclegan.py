@@ -51,10 +51,10 @@ class CycleGAN:
 
     def __init__(self, config):
         c = config
-        self.generator_ab = networks.build_generator(c.ngf, c.n_res_blocks, c.upsample, "generator_ab")
-        self.generator_ba = networks.build_generator(c.ngf, c.n_res_blocks, c.upsample, "generator_ba")
-        self.discriminator_a = networks.build_discriminator(c.ndf, c.sigmoid, name="discriminator_a")
-        self.discriminator_b = networks.build_discriminator(c.ndf, c.sigmoid, name="discriminator_b")
+        self.generator_ab = networks.build_generator(c.ngf, c.n_res_blocks, c.upsample, c.init_gain, "generator_ab")
+        self.generator_ba = networks.build_generator(c.ngf, c.n_res_blocks, c.upsample, c.init_gain, "generator_ba")
+        self.discriminator_a = networks.build_discriminator(c.ndf, c.netd, c.sigmoid, c.init_gain, "discriminator_a")
+        self.discriminator_b = networks.build_discriminator(c.ndf, c.netd, c.sigmoid, c.init_gain, "discriminator_b")
         for discriminator in (self.discriminator_a, self.discriminator_b):
             networks.compile_discriminator(discriminator, c.lr, c.beta1, c.jit)
         self.combined = networks.build_combined(

@@ -141,25 +141,33 @@ def instance_norm(name=None):
     return InstanceNormalization(epsilon=1e-5, name=name)
 
 
-def _conv_norm_relu(x, filters, kernel_size, strides=1, reflect=0, name=None):
+def conv_initializer(gain):
+    """The reference's conv weights, N(0, gain) with zero biases (its init_weights('normal', 0.02)): a small
+    start keeps early translations from inverting colours. gain 0: Keras' Glorot uniform."""
+    return keras.initializers.RandomNormal(0.0, gain) if gain else "glorot_uniform"
+
+
+def _conv_norm_relu(x, filters, kernel_size, init, strides=1, reflect=0, name=None):
     if reflect:
         x = ReflectionPadding2D(reflect, name=f"{name}_pad")(x)
-        x = layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", name=f"{name}_conv")(x)
+        x = layers.Conv2D(filters, kernel_size, strides=strides, padding="valid", kernel_initializer=init,
+                          name=f"{name}_conv")(x)
     else:
-        x = PaddedConv2D(filters, kernel_size, pad=kernel_size // 2, strides=strides, name=f"{name}_conv")(x)
+        x = PaddedConv2D(filters, kernel_size, pad=kernel_size // 2, strides=strides, kernel_initializer=init,
+                         name=f"{name}_conv")(x)
     x = instance_norm(f"{name}_norm")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _residual_block(x, filters, name):
-    y = _conv_norm_relu(x, filters, 3, reflect=1, name=f"{name}_a")
+def _residual_block(x, filters, init, name):
+    y = _conv_norm_relu(x, filters, 3, init, reflect=1, name=f"{name}_a")
     y = ReflectionPadding2D(1, name=f"{name}_b_pad")(y)
-    y = layers.Conv2D(filters, 3, padding="valid", name=f"{name}_b_conv")(y)
+    y = layers.Conv2D(filters, 3, padding="valid", kernel_initializer=init, name=f"{name}_b_conv")(y)
     y = instance_norm(f"{name}_b_norm")(y)
     return layers.Add(name=f"{name}_add")([x, y])
 
 
-def build_generator(ngf, n_res_blocks, upsample="transpose", name="generator"):
+def build_generator(ngf, n_res_blocks, upsample, init_gain, name="generator"):
     """Residual generator: image in [-1, 1] -> image in [-1, 1], any H x W divisible by 4.
 
     `upsample="transpose"` uses stride-2 transposed convolutions as the paper; "resize" uses nearest
@@ -167,44 +175,53 @@ def build_generator(ngf, n_res_blocks, upsample="transpose", name="generator"):
     """
     if upsample not in ("transpose", "resize"):
         raise ValueError(f"upsample must be 'transpose' or 'resize', got {upsample!r}")
+    init = conv_initializer(init_gain)
     image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
-    x = _conv_norm_relu(image, ngf, 7, reflect=3, name="c7s1")
-    x = _conv_norm_relu(x, 2 * ngf, 3, strides=2, name="down1")
-    x = _conv_norm_relu(x, 4 * ngf, 3, strides=2, name="down2")
+    x = _conv_norm_relu(image, ngf, 7, init, reflect=3, name="c7s1")
+    x = _conv_norm_relu(x, 2 * ngf, 3, init, strides=2, name="down1")
+    x = _conv_norm_relu(x, 4 * ngf, 3, init, strides=2, name="down2")
     for index in range(n_res_blocks):
-        x = _residual_block(x, 4 * ngf, name=f"res{index + 1}")
+        x = _residual_block(x, 4 * ngf, init, name=f"res{index + 1}")
     for index, filters in enumerate((2 * ngf, ngf)):
         if upsample == "transpose":
-            x = UpConv2D(filters, 3, name=f"up{index + 1}_conv")(x)
+            x = UpConv2D(filters, 3, kernel_initializer=init, name=f"up{index + 1}_conv")(x)
         else:
             x = layers.UpSampling2D(2, name=f"up{index + 1}_resize")(x)
             x = ReflectionPadding2D(1, name=f"up{index + 1}_pad")(x)
-            x = layers.Conv2D(filters, 3, padding="valid", name=f"up{index + 1}_conv")(x)
+            x = layers.Conv2D(filters, 3, padding="valid", kernel_initializer=init, name=f"up{index + 1}_conv")(x)
         x = instance_norm(f"up{index + 1}_norm")(x)
         x = layers.ReLU(name=f"up{index + 1}_relu")(x)
     x = ReflectionPadding2D(3, name="out_pad")(x)
-    x = layers.Conv2D(3, 7, padding="valid", name="out_conv")(x)
+    x = layers.Conv2D(3, 7, padding="valid", kernel_initializer=init, name="out_conv")(x)
     translated = layers.Activation("tanh", dtype="float32", name="out_tanh")(x)
     return keras.Model(image, translated, name=name)
 
 
-def build_discriminator(ndf, sigmoid=False, name="discriminator"):
+# Stride of each 4x4 convolution before the score layer: the paper's 70x70 PatchGAN (the reference's
+# NLayerDiscriminator, n_layers=3: a 30x30 grid at 256 px) and the book's (a 15x15 grid at 256 px).
+DISCRIMINATOR_STRIDES = {"patch70": (2, 2, 2, 1), "book": (2, 2, 2, 2)}
+
+
+def build_discriminator(ndf, netd, sigmoid, init_gain, name="discriminator"):
     """ZeroPadding PatchGAN: one real/fake score per overlapping patch.
 
-    Four ZeroPadding2D(1) + 4x4 stride-2 valid convs (ndf .. 8ndf), then a 4x4 stride-1 conv to one
-    channel: a 128x128 image gives a 7x7 grid, 256x256 gives 15x15. Use `patch_shape` rather than
-    hard-coding the grid. The output is linear for the least-squares loss unless `sigmoid`.
+    ZeroPadding2D(1) + 4x4 valid convs of ndf, 2ndf, 4ndf, 8ndf filters (strides from
+    DISCRIMINATOR_STRIDES[netd]), instance norm from the second on, LeakyReLU 0.2; then ZeroPadding2D(1)
+    + a 4x4 stride-1 conv to one channel. Use `patch_shape` rather than hard-coding the grid. The output
+    is linear (least-squares or vanilla GAN, which takes logits) unless `sigmoid`.
     """
+    init = conv_initializer(init_gain)
     image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
     x = image
-    for index, filters in enumerate((ndf, 2 * ndf, 4 * ndf, 8 * ndf)):
+    for index, strides in enumerate(DISCRIMINATOR_STRIDES[netd]):
         x = layers.ZeroPadding2D(1, name=f"conv{index + 1}_pad")(x)
-        x = layers.Conv2D(filters, 4, strides=2, padding="valid", name=f"conv{index + 1}")(x)
+        x = layers.Conv2D(ndf * 2 ** index, 4, strides=strides, padding="valid", kernel_initializer=init,
+                          name=f"conv{index + 1}")(x)
         if index > 0:
             x = instance_norm(f"conv{index + 1}_norm")(x)
         x = layers.LeakyReLU(0.2, name=f"conv{index + 1}_lrelu")(x)
     x = layers.ZeroPadding2D(1, name="score_pad")(x)
-    x = layers.Conv2D(1, 4, strides=1, padding="valid", name="score")(x)
+    x = layers.Conv2D(1, 4, strides=1, padding="valid", kernel_initializer=init, name="score")(x)
     activation = "sigmoid" if sigmoid else "linear"
     score = layers.Activation(activation, dtype="float32", name=f"score_{activation}")(x)
     return keras.Model(image, score, name=name)

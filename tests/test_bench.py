@@ -55,7 +55,7 @@ def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tm
 
 
 def test_conv_macs_counts_each_convolution_of_the_discriminator():
-    discriminator = networks.build_discriminator(ndf=8)
+    discriminator = networks.build_discriminator(8, "book", False, 0.02)
     # 32 -> 16 -> 8 -> 4 -> 2 through the stride-2 4x4 convs, then a 4x4 valid conv on the padded 2x2.
     expected = (16 * 16 * 16 * 3 * 8 + 8 * 8 * 16 * 8 * 16 + 4 * 4 * 16 * 16 * 32
                 + 2 * 2 * 16 * 32 * 64 + 1 * 1 * 16 * 64 * 1)

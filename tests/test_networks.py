@@ -11,7 +11,7 @@ import networks
 
 @pytest.mark.parametrize("size", [64, 128, 256])
 def test_generator_keeps_the_image_shape(size):
-    generator = networks.build_generator(ngf=4, n_res_blocks=1)
+    generator = networks.build_generator(4, 1, "transpose", 0.02)
     image = np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype("float32")
     output = generator.predict_on_batch(image)
     assert output.shape == (2, size, size, 3)
@@ -20,43 +20,71 @@ def test_generator_keeps_the_image_shape(size):
 
 @pytest.mark.parametrize("upsample", ["transpose", "resize"])
 def test_generator_runs_on_non_square_images(upsample):
-    generator = networks.build_generator(ngf=4, n_res_blocks=1, upsample=upsample)
+    generator = networks.build_generator(4, 1, upsample, 0.02)
     output = generator.predict_on_batch(np.zeros((1, 48, 100, 3), "float32"))
     assert output.shape == (1, 48, 100, 3)
 
 
 def test_generator_follows_the_books_and_the_papers_tables():
-    book = networks.build_generator(BENCH["S"].ngf, BENCH["S"].n_res_blocks)
+    book = networks.build_generator(BENCH["S"].ngf, BENCH["S"].n_res_blocks, "transpose", 0.02)
     assert book.get_layer("c7s1_conv").filters == 32
     assert sum(layer.name.endswith("_add") for layer in book.layers) == 6
     assert book.get_layer("down2_conv").filters == 128
-    paper = networks.build_generator(Config().ngf, Config().n_res_blocks)
+    paper = networks.build_generator(Config().ngf, Config().n_res_blocks, "transpose", 0.02)
     assert paper.get_layer("c7s1_conv").filters == 64
     assert sum(layer.name.endswith("_add") for layer in paper.layers) == 9
     norms = [layer for layer in book.layers if isinstance(layer, networks.InstanceNormalization)]
     assert len(norms) == 3 + 2 * 6 + 2
 
 
-@pytest.mark.parametrize("size, grid", [(64, 3), (128, 7), (256, 15)])
-def test_discriminator_patch_grid_is_read_from_the_model(size, grid):
-    discriminator = networks.build_discriminator(ndf=4)
+@pytest.mark.parametrize("netd, size, grid", [("book", 64, 3), ("book", 128, 7), ("book", 256, 15),
+                                             ("patch70", 64, 6), ("patch70", 256, 30)])
+def test_discriminator_patch_grid_is_read_from_the_model(netd, size, grid):
+    discriminator = networks.build_discriminator(4, netd, False, 0.02)
     assert networks.patch_shape(discriminator, size, size) == (grid, grid, 1)
     output = discriminator.predict_on_batch(np.zeros((1, size, size, 3), "float32"))
     assert output.shape == (1, grid, grid, 1)
 
 
-def test_discriminator_layout_and_output_activation():
-    discriminator = networks.build_discriminator(ndf=8)
+@pytest.mark.parametrize("netd, strides", [("book", [2, 2, 2, 2, 1]), ("patch70", [2, 2, 2, 1, 1])])
+def test_discriminator_layout_and_output_activation(netd, strides):
+    discriminator = networks.build_discriminator(8, netd, False, 0.02)
     convs = [layer for layer in discriminator.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [8, 16, 32, 64, 1]
-    assert [c.strides for c in convs] == [(2, 2)] * 4 + [(1, 1)]
+    assert [c.strides for c in convs] == [(s, s) for s in strides]
     assert all(c.kernel_size == (4, 4) and c.padding == "valid" for c in convs)
-    assert "conv1_norm" not in [layer.name for layer in discriminator.layers]
+    assert [layer.name for layer in discriminator.layers if "norm" in layer.name] == [
+        "conv2_norm", "conv3_norm", "conv4_norm"]
     image = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
-    scores = networks.build_discriminator(ndf=8, sigmoid=True).predict_on_batch(image)
+    scores = networks.build_discriminator(8, netd, True, 0.02).predict_on_batch(image)
     assert np.all((scores > 0) & (scores < 1))
     linear = discriminator.predict_on_batch(image * 50)
     assert linear.min() < 0 or linear.max() > 1
+
+
+def test_the_paper_discriminator_has_the_references_parameter_count():
+    # NLayerDiscriminator(3, 64, n_layers=3, InstanceNorm2d): 2,764,737 weights and biases; our
+    # instance norms add a gamma and a beta per channel of conv2..conv4 (2 * (128 + 256 + 512)).
+    assert networks.build_discriminator(64, "patch70", False, 0.02).count_params() == 2_764_737 + 2 * 896
+
+
+@pytest.mark.parametrize("gain", [0.02, 0.1])
+def test_conv_weights_start_from_the_references_normal_with_zero_biases(gain):
+    keras.utils.set_random_seed(0)
+    nets = [networks.build_generator(8, 2, "transpose", gain), networks.build_discriminator(8, "patch70", False, gain)]
+    convs = [layer for net in nets for layer in net.layers if isinstance(layer, layers.Conv2D)]
+    kernels = np.concatenate([np.ravel(conv.kernel.numpy()) for conv in convs])
+    assert abs(kernels.mean()) < 0.1 * gain and kernels.std() == pytest.approx(gain, rel=0.05)
+    assert np.abs(kernels).max() > 3 * gain  # a normal's tails, not a truncated or uniform draw
+    assert all(not np.any(conv.bias.numpy()) for conv in convs)
+
+
+def test_init_gain_zero_is_keras_glorot_uniform():
+    keras.utils.set_random_seed(0)
+    generator = networks.build_generator(8, 1, "transpose", 0.0)
+    kernel = generator.get_layer("res1_a_conv").kernel.numpy()
+    limit = np.sqrt(6 / (9 * 32 + 9 * 32))
+    assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
 
 
 def snapshot(gan):
@@ -228,7 +256,7 @@ def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
 
 
 def test_generator_with_instance_norm_survives_keras_save_and_safe_load(tmp_path):
-    generator = networks.build_generator(ngf=4, n_res_blocks=1, name="g")
+    generator = networks.build_generator(4, 1, "transpose", 0.02, name="g")
     path = str(tmp_path / "g.keras")
     generator.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
@@ -237,8 +265,8 @@ def test_generator_with_instance_norm_survives_keras_save_and_safe_load(tmp_path
 
 
 def test_combined_outputs_equal_the_separate_passes_it_batches():
-    g_ab, g_ba = (networks.build_generator(ngf=4, n_res_blocks=1, name=n) for n in ("g_ab", "g_ba"))
-    d_a, d_b = (networks.build_discriminator(ndf=8, name=n) for n in ("d_a", "d_b"))
+    g_ab, g_ba = (networks.build_generator(4, 1, "transpose", 0.02, name=n) for n in ("g_ab", "g_ba"))
+    d_a, d_b = (networks.build_discriminator(8, "patch70", False, 0.02, name=n) for n in ("d_a", "d_b"))
     combined = networks.build_combined(g_ab, g_ba, d_a, d_b, 10.0, 0.5, 2e-4, 0.5)
     rng = np.random.default_rng(2)
     a, b = (rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32) for _ in "ab")

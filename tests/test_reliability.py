@@ -380,7 +380,7 @@ def model_files(tmp_path_factory):
     import networks
 
     folder = tmp_path_factory.mktemp("models")
-    networks.build_generator(4, 1, name="generator_ab").save(folder / "generator.keras")
+    networks.build_generator(4, 1, "transpose", 0.02, name="generator_ab").save(folder / "generator.keras")
     (folder / "text.keras").write_text("not a model")
     keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)]).save(folder / "lambda.keras")
     return folder
