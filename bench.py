@@ -214,9 +214,7 @@ def loop_iteration(config, rng):
 
 def fused_iteration(config, rng):
     """One call of the fused yardstick step, over networks of its own."""
-    nets = [networks.build_generator(config.ngf, config.n_res_blocks, config.upsample, config.init_gain,
-                                    f"fused_g{i}")
-            for i in range(2)]
+    nets = [cyclegan.build_generator(config, f"fused_g{i}") for i in range(2)]
     nets += [networks.build_discriminator(config.ndf, config.netd, config.sigmoid, config.init_gain, f"fused_d{i}") for i in range(2)]
     step = fused_step(*nets, config)
     real_a, real_b = (tf.constant(random_images(rng, 1, config.image_size)) for _ in "AB")

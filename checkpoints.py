@@ -149,6 +149,8 @@ def save_checkpoint(run_dir, gan, step, epoch, pools, rng, keep=2):
                 raise UsageError(f"step {step}: {name} has non-finite weights; not saved over the last "
                                       "good checkpoint (try a lower --lr)")
             arrays[f"weights/{name}/{index}"] = weight
+        for index, state in enumerate(dropout_states(model)):
+            arrays[f"dropout/{name}/{index}"] = np.asarray(state)
     for name, optimizer in gan.optimizers.items():
         for index, variable in enumerate(optimizer.variables):
             arrays[f"optimizer/{name}/{index}"] = np.asarray(variable)
@@ -177,6 +179,7 @@ def load_checkpoint(path, gan, pools, rng):
         rng_state = json.loads(arrays["rng"].tobytes().decode())
         step, epoch = int(arrays["step"]), int(arrays["epoch"])
         stored = {name: _numbered(arrays, f"weights/{name}") for name in gan.models}
+        dropout = {name: _numbered(arrays, f"dropout/{name}") for name in gan.models}
         slots = {name: _numbered(arrays, f"optimizer/{name}") for name in gan.optimizers}
         pool_images = {name: list(arrays[f"pool/{name}"]) for name in pools}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
@@ -193,6 +196,8 @@ def load_checkpoint(path, gan, pools, rng):
                                   "resume with the network options it was trained with")
     for name, model in gan.models.items():
         model.set_weights(stored[name])
+        for state, value in zip(dropout_states(model), dropout[name]):  # none in older checkpoints
+            state.assign(value)
     for name, optimizer in gan.optimizers.items():
         for variable, value in zip(optimizer.variables, slots[name]):
             variable.assign(value)
@@ -200,6 +205,12 @@ def load_checkpoint(path, gan, pools, rng):
         pool.images = pool_images[name]
     rng.bit_generator.state = rng_state
     return step, epoch
+
+
+def dropout_states(model):
+    """The random states of a model's dropout layers (the U-Net's): not weights, yet a seeded run
+    resumes bit-identically only with them."""
+    return [variable for variable in model.variables if "seed_generator" in variable.path]
 
 
 def _numbered(arrays, prefix):

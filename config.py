@@ -51,7 +51,15 @@ def run_name(text):
 class Config:
     # Defaults: the reference implementation's (the paper's 256x256 network). On a CPU try the book's
     # size, --image-size 128 --ngf 32 --n-res-blocks 6, about 15x cheaper per step (BENCH["S"]).
-    dataroot: Optional[str] = option(None, "dataset folder in the standard layout (required unless --resume)")
+    dataroot: Optional[str] = option(None, "dataset folder in the standard layout: trainA/ trainB/ testA/ testB/ "
+                                           "(required unless --train-a and --train-b, or --resume)")
+    train_a: Optional[str] = option(None, "domain A's training folder, instead of DATAROOT/trainA/ (image files "
+                                          "or TFRecord shards)", old=None)
+    train_b: Optional[str] = option(None, "domain B's training folder, instead of DATAROOT/trainB/", old=None)
+    test_a: Optional[str] = option(None, "domain A's test folder, instead of DATAROOT/testA/ (default without "
+                                         "--dataroot: samples from the training folder)", old=None)
+    test_b: Optional[str] = option(None, "domain B's test folder, instead of DATAROOT/testB/", old=None)
+    tfrecord_key: str = option("image", "feature of a TFRecord example that holds the encoded image", old="image")
     name: str = option("cyclegan", "run name: everything is written to RUNS_ROOT/NAME/", run_name)
     runs_root: str = option("runs", "folder that holds the runs")
     image_size: int = option(256, "training crop size (multiple of 4, >= 32)", cli.image_size)
@@ -60,6 +68,8 @@ class Config:
     epochs: int = option(100, "epochs at the initial learning rate", cli.non_negative_int)
     epochs_decay: int = option(100, "epochs of linear decay to zero", cli.non_negative_int)
     max_steps: Optional[int] = option(None, "stop after this many steps (quick runs)", cli.positive_int)
+    netg: str = option("resnet", "generator: the paper's residual network, or pix2pix's U-Net (unet_256: image "
+                                 "sides multiples of 256)", choices=("resnet", "unet"), fixed=True, old="resnet")
     netd: str = option("patch70", "discriminator: the paper's 70x70 PatchGAN (3 stride-2 convs) or the book's "
                                   "(4 stride-2 convs)", choices=("patch70", "book"), fixed=True, old="book")
     ngf: int = option(64, "generator filters in the first layer (paper: 64)", cli.positive_int, fixed=True)
@@ -69,9 +79,14 @@ class Config:
                            choices=("transpose", "resize"), fixed=True)
     sigmoid: bool = option(False, "sigmoid discriminator output instead of the linear one of least-squares GAN",
                            flag=True, fixed=True)
+    gan_mode: str = option("lsgan", "adversarial loss: least squares (the paper's) or vanilla (binary cross-entropy "
+                                    "from logits)", choices=("lsgan", "vanilla"), fixed=True, old="lsgan")
     init_gain: float = option(0.02, "standard deviation of the N(0, gain) initial conv weights, the reference's "
                                     "(0: Keras' Glorot uniform, runs made before this option)",
                               cli.non_negative_float, fixed=True, old=0.0)
+    start_ab: Optional[str] = option(None, "start generator_ab from this file to fine-tune: a run's .keras, or a "
+                                           "PyTorch CycleGAN generator (.pth)", old=None)
+    start_ba: Optional[str] = option(None, "start generator_ba from this file (.keras or .pth)", old=None)
     lambda_cycle: float = option(10.0, "weight of the cycle-consistency loss", cli.non_negative_float)
     lambda_identity: float = option(0.5, "identity loss weight, relative to --lambda-cycle", cli.non_negative_float)
     pool_size: int = option(50, "history pool of past fakes (0: none)", cli.non_negative_int)
@@ -109,7 +124,7 @@ class Config:
 # small network, sized to train in minutes on a CPU.
 BENCH = {"S": Config(image_size=128, ngf=32, n_res_blocks=6, netd="book"),
          "P": Config(image_size=256, ngf=64, n_res_blocks=9)}
-DEMO = Config(image_size=64, ngf=16, ndf=32, n_res_blocks=4, upsample="resize", netd="book", epochs=5, epochs_decay=5,
+DEMO = Config(image_size=64, ngf=16, ndf=32, n_res_blocks=4, upsample="resize", epochs=5, epochs_decay=5,
               sample_every=250, save_every=5, seed=0)
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
@@ -155,8 +170,15 @@ def from_command_line(argv=None, base=None):
                 raise UsageError(f"--{name.replace('_', '-')} {given[name]} contradicts the run being resumed "
                                  f"({path} has {getattr(saved, name)})")
         config = saved.replace(**given)
-    elif not config.dataroot:
-        raise UsageError("--dataroot is required (the dataset folder with trainA/ and trainB/)")
+    elif not config.dataroot and not (config.train_a and config.train_b):
+        raise UsageError("--dataroot is required (the dataset folder with trainA/ and trainB/), "
+                         "or both --train-a and --train-b")
+    if config.sigmoid and config.gan_mode == "vanilla":
+        raise UsageError("--sigmoid with --gan-mode vanilla: the vanilla loss takes the discriminator's logits; "
+                         "drop --sigmoid")
+    if config.netg == "unet" and config.image_size % 256:
+        raise UsageError(f"--image-size {config.image_size}: --netg unet takes multiples of 256 (its eight "
+                         "stride-2 downsamplings end at 1 x 1 there)")
     if config.epochs + config.epochs_decay == 0:
         raise UsageError("--epochs and --epochs-decay are both 0: nothing to train")
     return config, resume

@@ -45,21 +45,28 @@ def learning_rate_at(epoch, base_lr, epochs, epochs_decay):
     return base_lr * (1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1))
 
 
+def build_generator(config, name):
+    """The generator --netg names: the paper's residual network or pix2pix's U-Net."""
+    if config.netg == "unet":
+        return networks.build_unet_generator(config.ngf, config.init_gain, name)
+    return networks.build_generator(config.ngf, config.n_res_blocks, config.upsample, config.init_gain, name)
+
+
 class CycleGAN:
     """The four networks, the combined model and their three optimizers, built in the order that
     makes the Keras 3 freezing trick hold (see networks.build_combined)."""
 
     def __init__(self, config):
         c = config
-        self.generator_ab = networks.build_generator(c.ngf, c.n_res_blocks, c.upsample, c.init_gain, "generator_ab")
-        self.generator_ba = networks.build_generator(c.ngf, c.n_res_blocks, c.upsample, c.init_gain, "generator_ba")
+        self.generator_ab = build_generator(c, "generator_ab")
+        self.generator_ba = build_generator(c, "generator_ba")
         self.discriminator_a = networks.build_discriminator(c.ndf, c.netd, c.sigmoid, c.init_gain, "discriminator_a")
         self.discriminator_b = networks.build_discriminator(c.ndf, c.netd, c.sigmoid, c.init_gain, "discriminator_b")
         for discriminator in (self.discriminator_a, self.discriminator_b):
-            networks.compile_discriminator(discriminator, c.lr, c.beta1, c.jit)
+            networks.compile_discriminator(discriminator, c.lr, c.beta1, c.gan_mode, c.jit)
         self.combined = networks.build_combined(
             self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b,
-            c.lambda_cycle, c.lambda_identity, c.lr, c.beta1, c.jit)
+            c.lambda_cycle, c.lambda_identity, c.lr, c.beta1, c.gan_mode, c.jit)
         self.patch = networks.patch_shape(self.discriminator_a, c.image_size, c.image_size)
 
     @property

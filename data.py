@@ -1,8 +1,11 @@
 """Datasets and the input pipeline.
 
 A dataset is a folder in the standard CycleGAN layout: trainA/ trainB/ testA/ testB/ (testA_gt/ when
-the true B rendering of each testA image is known, as in the offline demo). The domains are unpaired:
-A and B are shuffled independently, and an epoch is max(len A, len B) images as in the reference.
+the true B rendering of each testA image is known, as in the offline demo), or domain folders named one
+by one (--train-a ...: Kaggle's monet_tfrec/ photo_tfrec/); domain_folders resolves a run's Config into
+the four folders. A domain folder holds image files or TFRecord shards of tf.train.Example records with
+the encoded image under one feature (--tfrecord-key). The domains are unpaired: A and B are shuffled
+independently, and an epoch is max(len A, len B) images as in the reference.
 
 download.py fetches the official datasets; build_demo_dataset makes the offline one main.py uses.
 """
@@ -13,14 +16,21 @@ import shutil
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from cli import UsageError
+from config import Config
 from distribute import tf
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-LAYOUT = "expected DATAROOT/trainA/ and DATAROOT/trainB/ with .jpg/.png/.bmp images (plus testA/ testB/)"
+SHARD_EXTENSIONS = (".tfrec", ".tfrecord")
+CONTENT = ".jpg/.png/.bmp images or .tfrec/.tfrecord TFRecord shards"
+LAYOUT = f"expected DATAROOT/trainA/ and DATAROOT/trainB/ with {CONTENT} (plus testA/ testB/)"
+SHUFFLE_WINDOW = 2048  # encoded records a shard stream shuffles among (a smaller domain: all of it)
+INTERLEAVED_SHARDS = 16  # shards read at once
 REFERENCE_LOAD_RATIO = 286 / 256
 DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 DEMO_CROP = 72
@@ -36,14 +46,27 @@ PAINT_PALETTE = np.array([[0.12, 0.10, 0.30],   # indigo shadows
 log = logging.getLogger("cyclegan")
 
 
-def list_images(folder):
-    """Sorted image paths in `folder` (jpg/png/bmp, any case); other files are ignored."""
+def folder_files(folder, expected=LAYOUT):
+    """(image paths, TFRecord shard paths) in `folder`, sorted, by extension in any case; other files
+    are ignored. A missing folder, or a file, is a one-line error ending with what was `expected`."""
     if not os.path.exists(folder):
-        raise UsageError(f"{folder}: no such folder ({LAYOUT})")
+        raise UsageError(f"{folder}: no such folder ({expected})")
     if not os.path.isdir(folder):
-        raise UsageError(f"{folder}: is a file, expected a folder of images ({LAYOUT})")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+        raise UsageError(f"{folder}: is a file, expected a folder of images ({expected})")
+    paths = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
+    paths = [p for p in paths if os.path.isfile(p)]
+    return ([p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS)],
+            [p for p in paths if p.lower().endswith(SHARD_EXTENSIONS)])
+
+
+def list_images(folder):
+    """Sorted image paths in `folder` (jpg/png/bmp, any case); other files are ignored, and TFRecord
+    shards refused: the callers (generate.py's input, ground truth) read image files only."""
+    images, shards = folder_files(folder)
+    if shards:
+        raise UsageError(f"{folder}: holds TFRecord shards ({os.path.basename(shards[0])}"
+                         f"{', ...' if len(shards) > 1 else ''}), expected a folder of .jpg/.png/.bmp images")
+    return images
 
 
 def decode_image(data):
@@ -79,15 +102,28 @@ def _stderr_silenced():
             os.close(saved)
 
 
+def _decodes_bytes(data):
+    try:
+        decode_image(data)
+        return True
+    except (tf.errors.OpError, ValueError):
+        return False
+
+
 def _decodes(path):
     try:
-        decode_image(read_bytes(path))
-        return True
-    except (tf.errors.OpError, ValueError, OSError):
+        return _decodes_bytes(read_bytes(path))
+    except OSError:
         return False
 
 
 _named_unreadable = set()  # a script looks at a folder more than once; the warning comes once
+
+
+def warn_skipped(what, reason="not a readable image"):
+    if what not in _named_unreadable:
+        _named_unreadable.add(what)
+        log.warning("skipping %s: %s", what, reason)
 
 
 def usable_images(paths):
@@ -95,21 +131,155 @@ def usable_images(paths):
     with _stderr_silenced(), ThreadPoolExecutor(max_workers=8) as pool:
         ok = list(pool.map(_decodes, paths))
     for path, good in zip(paths, ok):
-        if not good and path not in _named_unreadable:
-            _named_unreadable.add(path)
-            log.warning("skipping %s: not a readable image", path)
+        if not good:
+            warn_skipped(path)
     return [path for path, good in zip(paths, ok) if good]
 
 
-def domain_images(dataroot, split, domain):
-    """The usable images of DATAROOT/<split><domain>, or a one-line error if there are none."""
-    if not os.path.isdir(dataroot):
-        raise UsageError(f"--dataroot {dataroot}: not a folder ({LAYOUT})")
-    folder = os.path.join(dataroot, f"{split}{domain}")
-    paths = usable_images(list_images(folder))
-    if not paths:
-        raise UsageError(f"{folder}: no readable images ({LAYOUT})")
-    return paths
+# ---- TFRecord shards ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Records:
+    """A domain held in TFRecord shards, as one pass over them found it: `lengths` records can be read
+    from each shard, of which the (shard index, record index) pairs in `bad` hold no decodable image
+    under the feature `key`. len() is the number of usable images."""
+    shards: tuple
+    key: str
+    lengths: tuple
+    bad: tuple
+
+    def __len__(self):
+        return sum(self.lengths) - len(self.bad)
+
+
+def record_image(record, key):
+    """The encoded image of a serialized tf.train.Example, or (None, why not)."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        feature = tf.train.Example.FromString(record).features.feature
+    except DecodeError:
+        return None, "not a tf.train.Example"
+    if key not in feature or not feature[key].bytes_list.value:
+        return None, f"no image bytes under the feature {key!r} (--tfrecord-key)"
+    return feature[key].bytes_list.value[0], None
+
+
+def _shard_records(shard, length=None):
+    records = tf.data.TFRecordDataset(os.fsencode(shard))
+    return (records if length is None else records.take(length)).as_numpy_iterator()
+
+
+_checked_shards = {}  # (shard, key, size, mtime) -> (length, problems, damaged): the pass is made once
+
+
+def _check_shard(shard, key):
+    """(records readable, [(index, reason)] of those without a decodable image, whether the shard is
+    damaged). A damaged shard (cut short, overwritten) is used up to the damage."""
+    status = os.stat(shard)
+    cache_key = (shard, key, status.st_size, status.st_mtime_ns)
+    if cache_key not in _checked_shards:
+        length, problems, damaged = 0, [], False
+        try:
+            for record in _shard_records(shard):
+                image, reason = record_image(record, key)
+                if image is not None and not _decodes_bytes(image):
+                    reason = "not a readable image"
+                if reason:
+                    problems.append((length, reason))
+                length += 1
+        except tf.errors.DataLossError:
+            damaged = True
+        _checked_shards[cache_key] = length, problems, damaged
+    return _checked_shards[cache_key]
+
+
+def count_records(shards, key, folder):
+    """The Records of `shards`: one pass decodes every image, each one that does not decode is skipped
+    with a warning naming its shard and index, and a log line says how many are left."""
+    checked_before = len(_checked_shards)
+    with _stderr_silenced(), ThreadPoolExecutor(max_workers=8) as pool:
+        checked = list(pool.map(lambda shard: _check_shard(shard, key), shards))
+    for shard, (length, problems, damaged) in zip(shards, checked):
+        for index, reason in problems:
+            warn_skipped(f"{shard} record {index}", reason)
+        if damaged:
+            warn_skipped(f"the rest of {shard} from record {length}", "cut short or damaged")
+    records = Records(tuple(shards), key, tuple(length for length, _, _ in checked),
+                      tuple((s, index) for s, (_, problems, _) in enumerate(checked) for index, _ in problems))
+    if len(_checked_shards) > checked_before:  # counted now, not by an earlier call
+        log.info("%s: %d images in %d TFRecord shards", folder, len(records), len(shards))
+    return records
+
+
+def record_images(records, count=None):
+    """The encoded images of the first `count` (default: all) usable records, in shard order."""
+    bad, images = set(records.bad), []
+    for shard_index, (shard, length) in enumerate(zip(records.shards, records.lengths)):
+        for index, record in enumerate(_shard_records(shard, length)):
+            if (shard_index, index) not in bad:
+                images.append(record_image(record, records.key)[0])
+                if len(images) == count:
+                    return images
+    return images
+
+
+# ---- domain folders ----------------------------------------------------------------------------
+
+FOLDER_FIELDS = ("train_a", "train_b", "test_a", "test_b")
+
+
+@dataclass(frozen=True)
+class Folders:
+    """A run's four domain folders, resolved once from its Config by domain_folders, so that training,
+    samples, evaluation and generate.py read the same ones. `given`: the fields that came from an option
+    (--train-a ...) rather than DATAROOT; a test field equal to its training field has no test folder."""
+    train_a: str
+    train_b: str
+    test_a: str
+    test_b: str
+    tfrecord_key: str
+    dataroot: Optional[str] = None
+    given: tuple = ()
+
+    def folder(self, split, domain):
+        return getattr(self, f"{split}_{domain.lower()}")
+
+    def expected(self, split, domain):
+        """What a one-line error about the folder says was expected."""
+        name = f"{split}_{domain.lower()}"
+        if name in self.given:
+            return f"--{name.replace('_', '-')}: expected a folder of {CONTENT}"
+        if self.dataroot:
+            return LAYOUT
+        return self.expected("train", domain)
+
+    def images(self, split, domain):
+        """domain_images of the folder."""
+        return domain_images(self.folder(split, domain), self.tfrecord_key, self.expected(split, domain))
+
+
+def domain_folders(config):
+    """The four domain folders of a Config: --train-a or DATAROOT/trainA/ and so on; without --dataroot
+    or --test-a, domain A's test folder is its training folder."""
+    root, given = config.dataroot, tuple(name for name in FOLDER_FIELDS if getattr(config, name))
+    train_a = config.train_a or os.path.join(root, "trainA")
+    train_b = config.train_b or os.path.join(root, "trainB")
+    test_a = config.test_a or (os.path.join(root, "testA") if root else train_a)
+    test_b = config.test_b or (os.path.join(root, "testB") if root else train_b)
+    return Folders(train_a, train_b, test_a, test_b, config.tfrecord_key, root, given)
+
+
+def domain_images(folder, tfrecord_key, expected=LAYOUT):
+    """A domain folder's usable images: the sorted paths of its readable image files, or the Records of
+    its TFRecord shards. One line if there are none, or both kinds."""
+    images, shards = folder_files(folder, expected)
+    if images and shards:
+        raise UsageError(f"{folder}: holds both image files and TFRecord shards, expected one kind ({expected})")
+    found = count_records(shards, tfrecord_key, folder) if shards else usable_images(images)
+    if not len(found):
+        raise UsageError(f"{folder}: no readable images ({expected})")
+    return found
 
 
 def load_size_for(image_size):
@@ -152,26 +322,71 @@ def preprocess_test(image, image_size):
     return _resize(image, image_size) / 127.5 - 1.0
 
 
-def _domain_stream(paths, image_size, seed, deterministic, skip):
-    """One domain's endless augmented images: the files reshuffled every epoch, the n-th image of the
-    stream cropped and flipped with the seed (seed, n), so the stream depends on `seed` alone; the
-    first `skip` images are passed over as file names, never decoded."""
+def _domain_stream(images, image_size, seed, deterministic, skip):
+    """One domain's endless augmented images: the files reshuffled every epoch (TFRecords: see
+    _record_stream), the n-th image of the stream cropped and flipped with the seed (seed, n), so the
+    stream depends on `seed` alone; the first `skip` images are passed over as file names, never decoded."""
+    if isinstance(images, Records):
+        items = _record_stream(images, seed, deterministic, skip)
+        key = images.key
+        read = lambda record: tf.io.parse_single_example(  # noqa: E731
+            record, {key: tf.io.VarLenFeature(tf.string)})[key].values[0]
+    else:
+        files = tf.data.Dataset.from_tensor_slices([os.fsencode(path) for path in images])  # any file name
+        items = files.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat().enumerate().skip(skip)
+        read = tf.io.read_file
     load_size = load_size_for(image_size)
-    files = tf.data.Dataset.from_tensor_slices([os.fsencode(path) for path in paths])  # any file name
-    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat().enumerate().skip(skip)
-    return files.map(
-        lambda index, path: preprocess_train(decode_image(tf.io.read_file(path)), image_size,
+    return items.map(
+        lambda index, item: preprocess_train(decode_image(read(item)), image_size,
                                              tf.stack([tf.constant(seed, tf.int64), index]), load_size),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
-def train_images(dataroot):
-    """The usable images of trainA/ and trainB/, as (paths_a, paths_b); one line if either has none."""
-    return domain_images(dataroot, "train", "A"), domain_images(dataroot, "train", "B")
+def _record_stream(records, seed, deterministic, skip):
+    """(n, serialized record) of _domain_stream for TFRecord shards, which cannot be read at random:
+    epoch e reads the shards in an order drawn from (seed, e), interleaved, leaving out the bad records,
+    and permutes each window of SHUFFLE_WINDOW records with a seed drawn from (seed, e) too. Each epoch
+    depends on its number alone, so a resumed stream starts at its epoch and skips within it only
+    (reading records, not decoding them). Stateless seeds throughout: Dataset.shuffle cannot take a
+    seed computed in the pipeline."""
+    shards = tf.constant([os.fsencode(shard) for shard in records.shards])
+    lengths = tf.constant(records.lengths, tf.int64)
+    per_shard = 2 ** 32  # bad records as shard * per_shard + index; -1 keeps the tensor from being empty
+    bad = tf.constant([shard * per_shard + index for shard, index in records.bad] + [-1], tf.int64)
+
+    def shard_records(shard):
+        read = tf.data.TFRecordDataset(shards[shard]).take(lengths[shard]).enumerate()
+        good = read.filter(lambda index, _: tf.reduce_all(bad != shard * per_shard + index))
+        return good.map(lambda _, record: record)
+
+    def permuted(window_seed, window):
+        return tf.gather(window, tf.random.experimental.stateless_shuffle(tf.range(tf.size(window)), window_seed))
+
+    def epoch(number):
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), number])
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(records.shards), dtype=tf.int64), epoch_seed)
+        windows = (tf.data.Dataset.from_tensor_slices(order)
+                   .interleave(shard_records, cycle_length=min(len(records.shards), INTERLEAVED_SHARDS),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+                   .batch(SHUFFLE_WINDOW).enumerate())
+        return windows.map(lambda index, window: permuted(
+            tf.random.experimental.stateless_fold_in(epoch_seed, index), window)).unbatch()
+
+    first_epoch, within = divmod(skip, len(records))
+    return tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(within).enumerate(start=skip)
+
+
+def train_images(dataset):
+    """The usable images of the training folders of `dataset` (a Folders, or a DATAROOT in the standard
+    layout) as (domain A, domain B), each domain_images' answer; one line if either has none."""
+    folders = dataset if isinstance(dataset, Folders) else domain_folders(Config(dataroot=dataset))
+    if folders.dataroot and not os.path.isdir(folders.dataroot):
+        raise UsageError(f"--dataroot {folders.dataroot}: not a folder ({LAYOUT})")
+    return folders.images("train", "A"), folders.images("train", "B")
 
 
 def train_dataset(train_paths, image_size, batch_size, seed=None, start_step=0):
-    """Endless batches of (real_a, real_b) from train_images' paths, each domain shuffled on its own;
+    """Endless batches of (real_a, real_b) from train_images' answer, each domain shuffled on its own;
     and steps per epoch.
 
     With a seed, every run yields the same batches in the same order, and one resumed at `start_step`
@@ -195,31 +410,35 @@ def read_image(path):
     return to_unit_range(decode_image(read_bytes(path))).numpy()
 
 
-def write_image(path, image):
-    """A [-1, 1] image -> an image file whose format follows the extension (JPEG at quality 95)."""
+def write_image(path, image, extension=None):
+    """A [-1, 1] image -> an image file whose format follows the extension (JPEG at quality 95). `path`
+    may also be a binary file object, whose format `extension` names."""
     import imageio.v3 as iio
 
     pixels = to_uint8(image)
-    if path.lower().endswith((".jpg", ".jpeg")):
-        iio.imwrite(path, pixels, quality=95)
+    if (extension or path).lower().endswith((".jpg", ".jpeg")):
+        iio.imwrite(path, pixels, extension=extension, quality=95)
     else:
-        iio.imwrite(path, pixels)
+        iio.imwrite(path, pixels, extension=extension)
 
 
-def load_images(paths, image_size):
-    """Test-preprocessed images as one float32 array in [-1, 1]."""
-    return np.stack([preprocess_test(decode_image(read_bytes(p)), image_size).numpy() for p in paths])
+def load_images(images, image_size, count=None):
+    """The first `count` (default: all) of domain_images' answer (image paths or Records),
+    test-preprocessed, as one float32 array in [-1, 1]."""
+    encoded = record_images(images, count) if isinstance(images, Records) else map(read_bytes, images[:count])
+    return np.stack([preprocess_test(decode_image(data), image_size).numpy() for data in encoded])
 
 
-def test_images(dataroot, domain, image_size, count):
-    """The first `count` usable test images of a domain (trainX when testX is missing or empty)."""
-    for split in ("test", "train"):
-        folder = os.path.join(dataroot, f"{split}{domain}")
-        if os.path.isdir(folder):
-            paths = usable_images(list_images(folder))[:count]
-            if paths:
-                return load_images(paths, image_size)
-    raise UsageError(f"{dataroot}: no readable images in test{domain}/ or train{domain}/ ({LAYOUT})")
+def test_images(folders, domain, image_size, count):
+    """The first `count` usable test images of a domain (a Folders'). The training folder supplies them,
+    with a log line, when there is no test folder (no --dataroot nor --test-a), or DATAROOT's is
+    missing or empty."""
+    test, train = folders.folder("test", domain), folders.folder("train", domain)
+    given = f"test_{domain.lower()}" in folders.given
+    if test != train and (given or (os.path.isdir(test) and any(folder_files(test)))):
+        return load_images(folders.images("test", domain), image_size, count)
+    log.info("sample images of domain %s from the training folder %s (no test folder)", domain, train)
+    return load_images(folders.images("train", domain), image_size, count)
 
 
 # ---- the offline demo dataset ------------------------------------------------------------------

@@ -1,12 +1,16 @@
-"""Download an official CycleGAN dataset and unpack it into the standard layout, resumably.
+"""Download an official CycleGAN dataset and unpack it into the standard layout, or one of the
+reference's pretrained generators, resumably.
 
-    python download.py horse2zebra          # into datasets/horse2zebra/
+    python download.py horse2zebra                # into datasets/horse2zebra/
     python download.py --list
+    python download.py --pretrained horse2zebra   # into pretrained/horse2zebra.pth (PyTorch)
+    python download.py --pretrained --list
 
 The zip grows as NAME.zip.part (a rerun resumes it with an HTTP Range request), is renamed when
 complete, tested, unpacked into a temporary folder and renamed into place. Refused, with nothing
 extracted: entries that would land outside the target, a zip without trainA/ and trainB/, and one that
 unpacks to more than MAX_EXPANSION times its size (a zip bomb) unless --max-unpacked-gb allows it.
+A pretrained generator is renamed into place only once it reads as one (pretrained.py, no TensorFlow).
 """
 import argparse
 import http.client
@@ -22,12 +26,21 @@ import urllib.request
 import zipfile
 
 from cli import HelpFormatter, UsageError, non_negative_float, run_cli
+import pretrained
 
 log = logging.getLogger("cyclegan")
 
 DATASETS = ("apple2orange", "summer2winter_yosemite", "horse2zebra", "monet2photo", "cezanne2photo",
             "ukiyoe2photo", "vangogh2photo", "maps", "cityscapes", "facades", "iphone2dslr_flower", "ae_photos")
 DATASET_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"  # the reference's address
+# The generators of the reference's scripts/download_cyclegan_model.sh, one direction each (style_*: photo
+# to painting), and their address there.
+PRETRAINED = ("apple2orange", "orange2apple", "summer2winter_yosemite", "winter2summer_yosemite", "horse2zebra",
+              "zebra2horse", "monet2photo", "style_monet", "style_cezanne", "style_ukiyoe", "style_vangogh", "sat2map",
+              "map2sat", "cityscapes_photo2label", "cityscapes_label2photo", "facades_photo2label",
+              "facades_label2photo", "iphone2dslr_flower")
+PRETRAINED_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/{name}.pth"
+ROOTS = {"dataset": "datasets", "pretrained": "pretrained"}  # where each kind goes without --root
 DOWNLOAD_TIMEOUT = 60
 DOWNLOAD_RETRIES = 3
 DOWNLOAD_CHUNK = 1 << 16
@@ -97,8 +110,9 @@ def cut_inside_a_zip(path):
         return f.read(4) == b"PK\x03\x04" and not zipfile.is_zipfile(path)
 
 
-def fetch(url, path, progress=sys.stderr):
-    """Downloads `url` to `path`, growing PATH.part and renaming it only when complete. A cut
+def fetch(url, path, progress=sys.stderr, check=None):
+    """Downloads `url` to `path`, growing PATH.part and renaming it only when complete (and, with
+    `check`, once check(PATH.part) raised no UsageError; a failing .part is removed). A cut
     connection is resumed with an HTTP Range request, here and on the next call."""
     partial = f"{path}.part"
     for attempt in range(DOWNLOAD_RETRIES + 1):
@@ -112,6 +126,12 @@ def fetch(url, path, progress=sys.stderr):
                                  f"run the same command to resume: {url}") from None
             log.warning("connection lost (%s); resuming at byte %d", type(error).__name__, kept)
             time.sleep(attempt)
+    if check:
+        try:
+            check(partial)
+        except UsageError:
+            os.remove(partial)
+            raise
     os.replace(partial, path)
     return path
 
@@ -230,13 +250,48 @@ def download_dataset(name, root="datasets", url=None, progress=sys.stderr, max_u
     return unpack(archive, target, url, max_unpacked_gb)
 
 
+def download_pretrained(name, root=ROOTS["pretrained"], url=None, progress=sys.stderr):
+    """Downloads the reference's pretrained generator NAME into ROOT/NAME.pth, which appears only complete
+    and readable as a CycleGAN generator; returns its path. Without `url` NAME must be one of PRETRAINED.
+    An existing ROOT/NAME.pth is left as it is."""
+    if url is None and name not in PRETRAINED:
+        raise UsageError(f"unknown pretrained model {name!r}, expected one of: {', '.join(PRETRAINED)} "
+                         "(or give --url)")
+    if name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise UsageError(f"{name!r}: expected a plain file name for the model")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UsageError(f"--root {root}: is a file, expected a folder for the pretrained models")
+    target = os.path.join(root, f"{name}.pth")
+    if os.path.exists(target):
+        log.info("%s is already there; delete it to download again", target)
+        return target
+    url = url or PRETRAINED_URL.format(name=name)
+    os.makedirs(root, exist_ok=True)
+
+    def check(path):
+        try:
+            pretrained.generator_weights(path, pretrained.read_state_dict(path))
+        except UsageError as error:
+            raise UsageError(f"the download is not a CycleGAN generator ({error}); removed it: {url}") from None
+
+    return fetch(url, target, progress, check)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description="Download and unpack an official CycleGAN dataset into ROOT/NAME/.",
+    p = argparse.ArgumentParser(description="Download and unpack an official CycleGAN dataset into ROOT/NAME/, "
+                                            "or (--pretrained) one of the reference's pretrained PyTorch generators "
+                                            "into ROOT/NAME.pth, which generate.py, convert.py and train.py "
+                                            "--start-ab take.",
                                 formatter_class=HelpFormatter)
-    p.add_argument("name", nargs="?", help="dataset name (see --list)")
-    p.add_argument("--list", action="store_true", help="print the official dataset names and exit")
-    p.add_argument("--root", default="datasets", help="folder that receives ROOT/NAME/")
-    p.add_argument("--url", help="zip to download instead of the official address (a mirror)")
+    p.add_argument("name", nargs="?", help="dataset name, or with --pretrained model name (see --list)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="download the pretrained generator NAME (one direction, e.g. horse2zebra or zebra2horse; "
+                        "style_*: photo to painting) instead of a dataset")
+    p.add_argument("--list", action="store_true", help="print the official dataset names (with --pretrained: "
+                                                       "the model names) and exit")
+    p.add_argument("--root", help=f"folder that receives ROOT/NAME/ (default: {ROOTS['dataset']}), or "
+                                  f"ROOT/NAME.pth with --pretrained (default: {ROOTS['pretrained']})")
+    p.add_argument("--url", help="file to download instead of the official address (a mirror)")
     p.add_argument("--max-unpacked-gb", type=non_negative_float, metavar="GB",
                    help=f"refuse a zip that unpacks to more (default: {MAX_EXPANSION} times the zip's size)")
     return p
@@ -244,12 +299,22 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    kind = "pretrained" if args.pretrained else "dataset"
     if args.list:
-        print("\n".join(DATASETS))
+        print("\n".join(PRETRAINED if args.pretrained else DATASETS))
         return
     if not args.name:
-        raise UsageError("give a dataset NAME (python download.py --list shows them)")
-    print(f"dataset ready: {download_dataset(args.name, args.root, args.url, max_unpacked_gb=args.max_unpacked_gb)}")
+        raise UsageError(f"give a {'model' if args.pretrained else 'dataset'} NAME (python download.py "
+                         f"{'--pretrained ' if args.pretrained else ''}--list shows them)")
+    root = args.root or ROOTS[kind]
+    if args.pretrained:
+        if args.max_unpacked_gb is not None:
+            raise UsageError("--max-unpacked-gb: applies to datasets (zips), not to --pretrained")
+        path = download_pretrained(args.name, root, args.url)
+        print(f"generator ready: {path}\n  translate with: python generate.py --generator {path} "
+              "--input PHOTOS --output OUT")
+        return
+    print(f"dataset ready: {download_dataset(args.name, root, args.url, max_unpacked_gb=args.max_unpacked_gb)}")
 
 
 if __name__ == "__main__":

@@ -9,16 +9,17 @@ Per direction it prints a small table and writes all scores to RUN_DIR/evaluatio
   Without the weights (no network, nothing in the Keras cache) they are skipped with one line.
 - SSIM and PSNR against paired ground truth when the dataset has it (test<source>_gt/, as the offline
   demo's testA_gt/), next to the do-nothing baseline (the input itself against the truth).
-- A domain score that needs no download: a small classifier trained here on trainA vs trainB (cached
-  beside the dataset, else in the run) gives the fraction of translations it assigns to the target
-  domain, and the Fréchet distance of translated and real target images in its penultimate features.
-  It is not FID: it is only comparable between runs scored by the same classifier file.
+- A domain score that needs no download: a small classifier trained here on the training folders,
+  A vs B (cached beside the dataset, else in the run), gives the fraction of translations it assigns to
+  the target domain, and the Fréchet distance of translated and real target images in its penultimate
+  features. It is not FID: it is only comparable between runs scored by the same classifier file.
 """
 import argparse
 import os
 
 import cli
 import config
+import data
 import metrics
 import networks
 from checkpoints import write_json
@@ -48,12 +49,24 @@ def build_parser():
         description="Score a trained CycleGAN on its dataset's test split: FID/KID, ground truth, domain score.",
         formatter_class=cli.HelpFormatter)
     p.add_argument("--run-dir", required=True, help="a run made by train.py (holds config.json and the generators)")
-    p.add_argument("--dataroot", help="dataset with testA/ testB/ trainA/ trainB/ (default: the run's)")
+    p.add_argument("--dataroot", help="dataset with testA/ testB/ trainA/ trainB/ (default: the run's folders)")
+    p.add_argument("--test-a", help="domain A's test folder: image files or TFRecord shards (default: the run's, "
+                                    "or DATAROOT/testA/)")
+    p.add_argument("--test-b", help="domain B's test folder (default: the run's, or DATAROOT/testB/)")
     p.add_argument("--direction", choices=("AtoB", "BtoA", "both"), default="both", help="directions to score")
-    p.add_argument("--classifier", help=f"domain classifier file, trained and cached there if missing "
-                                        f"(default: DATAROOT/{metrics.DOMAIN_FILE}, or RUN_DIR/ if DATAROOT is read-only)")
+    p.add_argument("--classifier", help=f"domain classifier file, trained and cached there if missing (default: "
+                                        f"DATAROOT/{metrics.DOMAIN_FILE}, or beside the two training folders, named "
+                                        "after them; RUN_DIR/ if that folder is read-only)")
     p.add_argument("--batch-size", type=int, default=networks.TRANSLATE_BATCH, help="images per generator batch")
     return p
+
+
+def dataset_config(run_config, args):
+    """The run's Config with the dataset to score on: --dataroot replaces the run's folders, --test-a
+    and --test-b replace one test folder each."""
+    if args.dataroot:
+        run_config = run_config.replace(dataroot=args.dataroot, train_a=None, train_b=None, test_a=None, test_b=None)
+    return run_config.replace(test_a=args.test_a or run_config.test_a, test_b=args.test_b or run_config.test_b)
 
 
 def evaluate(args, extract_features=None):
@@ -63,19 +76,21 @@ def evaluate(args, extract_features=None):
     if args.batch_size <= 0:
         raise cli.UsageError(f"--batch-size {args.batch_size}: expected a positive integer")
     run_config = config.load(os.path.join(args.run_dir, "config.json"))
-    dataroot = args.dataroot or run_config.dataroot
+    folders = data.domain_folders(dataset_config(run_config, args))
     directions = ("AtoB", "BtoA") if args.direction == "both" else (args.direction,)
     generators = {d: networks.load_generator(os.path.join(args.run_dir, f"{DIRECTIONS[d][0]}.keras"))
                   for d in directions}
-    classifier_path = args.classifier or metrics.default_classifier_path(dataroot, args.run_dir)
-    evaluator = metrics.Evaluator(dataroot, run_config.image_size, directions, classifier_path, extract_features)
+    classifier_path = args.classifier or metrics.default_classifier_path(folders, args.run_dir)
+    evaluator = metrics.Evaluator(folders, run_config.image_size, directions, classifier_path, extract_features)
     results = evaluator.score(generators, args.batch_size)
     facts = evaluator.classifier_facts
-    print(f"domain classifier {classifier_path}: held-out accuracy {facts['held_out_accuracy']:.1%} on testA/testB")
+    print(f"domain classifier {classifier_path}: held-out accuracy {facts['held_out_accuracy']:.1%} on the test "
+          "folders")
     for direction, scores in results.items():
         print(format_table(direction, scores))
-    report = dict(results, dataroot=dataroot, image_size=run_config.image_size, fid_kid=evaluator.fid_skipped or
-                  "InceptionV3 ImageNet pool features", classifier=dict(facts, path=classifier_path))
+    report = dict(results, test_a=folders.test_a, test_b=folders.test_b, image_size=run_config.image_size,
+                  fid_kid=evaluator.fid_skipped or "InceptionV3 ImageNet pool features",
+                  classifier=dict(facts, path=classifier_path))
     write_json(os.path.join(args.run_dir, "evaluation.json"), report)
     print(f"written to {os.path.join(args.run_dir, 'evaluation.json')}")
     return results

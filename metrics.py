@@ -235,16 +235,18 @@ def domain_accuracy(model, images_a, images_b):
     return float((np.sum(~judged_b[0]) + np.sum(judged_b[1])) / (len(images_a) + len(images_b)))
 
 
-def domain_classifier(dataroot, path, log=print):
-    """The cached classifier at `path` and its facts, or a new one trained on the dataset and cached."""
+def domain_classifier(folders, path, log=print):
+    """The cached classifier at `path` and its facts, or a new one trained on the training folders of
+    `folders` (a data.Folders), scored on its test folders, and cached."""
     facts_path = os.path.splitext(path)[0] + ".json"
     if os.path.isfile(path) and os.path.isfile(facts_path):
         return networks.load_generator(path), read_json(facts_path)
     started = time.time()
     load = lambda split, d: classifier_input(  # noqa: E731
-        data.load_images(data.domain_images(dataroot, split, d), DOMAIN_LOAD_SIZE))
+        data.load_images(folders.images(split, d), DOMAIN_LOAD_SIZE))
     model = train_domain_classifier(load("train", "A"), load("train", "B"))
-    facts = {"dataroot": dataroot, "held_out_accuracy": domain_accuracy(model, load("test", "A"), load("test", "B")),
+    facts = {"train": [folders.train_a, folders.train_b], "test": [folders.test_a, folders.test_b],
+             "held_out_accuracy": domain_accuracy(model, load("test", "A"), load("test", "B")),
              "epochs": DOMAIN_EPOCHS, "size": DOMAIN_SIZE, "seconds": time.time() - started}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_atomically(path, model.save)
@@ -253,11 +255,17 @@ def domain_classifier(dataroot, path, log=print):
     return model, facts
 
 
-def default_classifier_path(dataroot, run_dir):
-    """Beside the dataset, so every run on it is scored by the same classifier; in the run when the
-    dataset folder is read-only."""
-    folder = dataroot if os.access(dataroot, os.W_OK) else run_dir
-    return os.path.join(folder, DOMAIN_FILE)
+def default_classifier_path(folders, run_dir):
+    """Beside the dataset (DATAROOT, or the folder holding both training folders, in a file named after
+    them), so every run on it is scored by the same classifier; in the run when that folder is read-only
+    (Kaggle's input) or there is none."""
+    if folders.dataroot:
+        folder, name = folders.dataroot, DOMAIN_FILE
+    else:
+        a, b = (os.path.abspath(f) for f in (folders.train_a, folders.train_b))
+        folder = os.path.dirname(a) if os.path.dirname(a) == os.path.dirname(b) else run_dir
+        name = f"{os.path.splitext(DOMAIN_FILE)[0]}_{os.path.basename(a)}_{os.path.basename(b)}.keras"
+    return os.path.join(folder if os.access(folder, os.W_OK) else run_dir, name)
 
 
 # ---- scoring ---------------------------------------------------------------------------------
@@ -277,15 +285,20 @@ class Evaluator:
     in a domain, SSIM/PSNR without a usable ground-truth pair.
     """
 
-    def __init__(self, dataroot, image_size, directions, classifier_path, extract_features=None, log=print):
+    def __init__(self, folders, image_size, directions, classifier_path, extract_features=None, log=print):
         self.directions = directions
-        paths = {d: data.domain_images(dataroot, "test", d) for d in "AB"}
-        self.tests = {d: as_saved(data.load_images(paths[d], image_size)) for d in "AB"}
+        tests = {d: folders.images("test", d) for d in "AB"}  # image paths or data.Records
+        for d in "AB":
+            if folders.folder("test", d) == folders.folder("train", d):
+                log(f"no test folder for domain {d}: scoring on the training folder {folders.folder('train', d)}")
+        self.tests = {d: as_saved(data.load_images(tests[d], image_size)) for d in "AB"}
         self.fid_skipped = None
-        self.with_distances = min(len(p) for p in paths.values()) >= MIN_SET_SIZE
+        self.with_distances = min(len(t) for t in tests.values()) >= MIN_SET_SIZE
         if not self.with_distances:
+            names = {d: os.path.basename(os.path.normpath(folders.folder("test", d))) for d in "AB"}
             self.fid_skipped = (f"FID, KID and the domain Fréchet distance skipped: they need at least {MIN_SET_SIZE} "
-                                f"images per set, and testA/ has {len(paths['A'])}, testB/ {len(paths['B'])}")
+                                f"images per set, and {names['A']}/ has {len(tests['A'])}, {names['B']}/ "
+                                f"{len(tests['B'])}")
             extract_features = None
         elif extract_features is None:
             extract_features, self.fid_skipped = load_inception()
@@ -295,13 +308,13 @@ class Evaluator:
         self.truth_pairs = {}
         for direction in directions:
             source = DIRECTIONS[direction][1]
-            truth_dir = os.path.join(dataroot, f"test{source}_gt")
-            if os.path.isdir(truth_dir):
+            truth_dir = os.path.normpath(folders.folder("test", source)) + "_gt"  # DATAROOT/testA_gt/
+            if os.path.isdir(truth_dir) and not isinstance(tests[source], data.Records):
                 try:
-                    self.truth_pairs[source] = ground_truth_pairs(paths[source], truth_dir)
+                    self.truth_pairs[source] = ground_truth_pairs(tests[source], truth_dir)
                 except UsageError as error:
                     log(f"SSIM/PSNR skipped: {error}")
-        self.classifier, self.classifier_facts = domain_classifier(dataroot, classifier_path, log)
+        self.classifier, self.classifier_facts = domain_classifier(folders, classifier_path, log)
         self.penultimate = keras.Model(self.classifier.input, self.classifier.get_layer("features").output)
         self.real = {d: {"domain_features": apply(self.penultimate, classifier_input(images))}
                      for d, images in self.tests.items()}

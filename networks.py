@@ -1,10 +1,10 @@
-"""CycleGAN networks: residual generator, ZeroPadding PatchGAN discriminator, combined model, and
-running a trained generator over images of any size.
+"""CycleGAN networks: residual generator, pix2pix's U-Net, ZeroPadding PatchGAN discriminator, combined
+model with the least-squares or vanilla GAN loss, and running a trained generator over images of any size.
 
-The generator follows the paper's table (c7s1-ngf, d2ngf, d4ngf, R4ngf x N, u2ngf, ungf, c7s1-3):
-`ngf=64, n_res_blocks=9` is the paper's 256x256 network, `ngf=32, n_res_blocks=6` the book's 128x128
-one (config.py holds the defaults). Every model is fully convolutional, so the same weights run at any
-H x W divisible by 4.
+The residual generator follows the paper's table (c7s1-ngf, d2ngf, d4ngf, R4ngf x N, u2ngf, ungf,
+c7s1-3): `ngf=64, n_res_blocks=9` is the paper's 256x256 network, `ngf=32, n_res_blocks=6` the book's
+128x128 one (config.py holds the defaults). Every model is fully convolutional, so the same weights run
+at any H x W divisible by 4 (the U-Net: by 256; see size_rule).
 """
 import os
 from collections import defaultdict
@@ -116,9 +116,10 @@ class PaddedConv2D(layers.Conv2D):
 
 @keras.saving.register_keras_serializable(package="cyclegan")
 class UpConv2D(layers.Conv2DTranspose):
-    """Stride-2 transposed convolution that doubles H and W like PyTorch's
-    ConvTranspose2d(padding=1, output_padding=1): the transpose of a PaddedConv2D, so the reference's
-    upsampling, and with gradients TensorFlow computes faster than those of padding='same'."""
+    """Stride-2 transposed convolution that doubles H and W like PyTorch's ConvTranspose2d(padding=1,
+    output_padding=1) at kernel 3 (the residual generator's) and ConvTranspose2d(padding=1) at kernel 4
+    (the U-Net's): the transpose of a PaddedConv2D(pad=1), so the reference's upsampling, and with
+    gradients TensorFlow computes faster than those of padding='same'."""
 
     def __init__(self, filters, kernel_size=3, **kwargs):
         kwargs.update(strides=2, padding="same")
@@ -126,9 +127,10 @@ class UpConv2D(layers.Conv2DTranspose):
 
     def call(self, inputs):
         batch, height, width, _ = ops.shape(inputs)
-        p = self.kernel_size[0] // 2
+        k = self.kernel_size[0]
+        p = (k - 1) // 2
         if inputs.dtype != "float32":  # as PaddedConv2D: the full output, then cut
-            full = [batch, 2 * height + 2 * p - 1, 2 * width + 2 * p - 1, self.filters]
+            full = [batch, 2 * height + k - 2, 2 * width + k - 2, self.filters]
             outputs = tf.nn.conv2d_transpose(inputs, self.kernel, full, 2, "VALID")
             outputs = outputs[:, p:p + 2 * height, p:p + 2 * width]
         else:
@@ -197,6 +199,48 @@ def build_generator(ngf, n_res_blocks, upsample, init_gain, name="generator"):
     return keras.Model(image, translated, name=name)
 
 
+UNET_FILTERS = (1, 2, 4, 8, 8, 8, 8, 8)  # x ngf: the U-Net's eight downsamplings, 256 px down to 1 x 1
+UNET_DROPOUT = (5, 6, 7)  # levels whose up block drops out: the three next to the innermost
+
+
+def build_unet_generator(ngf, init_gain, name="generator"):
+    """pix2pix's U-Net, the reference's unet_256 with instance norm and dropout: image in [-1, 1] ->
+    image in [-1, 1], H and W multiples of 256.
+
+    Level i (1..8) is a 4x4 stride-2 conv to ngf * UNET_FILTERS[i - 1] (LeakyReLU 0.2 before it from
+    level 2 on, instance norm after it on levels 2-7: not on the image, nor on the 1 x 1 bottleneck),
+    mirrored by a ReLU and a 4x4 stride-2 transposed conv back to level i - 1's channels (instance norm
+    after it, dropout 0.5 on UNET_DROPOUT's levels), whose output is concatenated with level i - 1's
+    (the skip connection). Level 1's up conv gives the 3 channels, then tanh. Only that last conv has
+    a bias, as in the tutorial's U-Net: the affine norms' betas do the biases' work (a bias before an
+    instance norm is cancelled by it).
+    """
+    init = conv_initializer(init_gain)
+    image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
+    levels = len(UNET_FILTERS)
+    skips, x = [], image
+    for level, multiple in enumerate(UNET_FILTERS, 1):
+        if level > 1:
+            x = layers.LeakyReLU(0.2, name=f"down{level}_lrelu")(x)
+        x = PaddedConv2D(ngf * multiple, 4, pad=1, strides=2, use_bias=False, kernel_initializer=init,
+                         name=f"down{level}_conv")(x)
+        if 1 < level < levels:
+            x = instance_norm(f"down{level}_norm")(x)
+        skips.append(x)
+    for level in range(levels, 1, -1):
+        x = layers.ReLU(name=f"up{level}_relu")(x)
+        x = UpConv2D(ngf * UNET_FILTERS[level - 2], 4, use_bias=False, kernel_initializer=init,
+                     name=f"up{level}_conv")(x)
+        x = instance_norm(f"up{level}_norm")(x)
+        if level in UNET_DROPOUT:
+            x = layers.Dropout(0.5, name=f"up{level}_dropout")(x)
+        x = layers.Concatenate(name=f"up{level}_skip")([skips[level - 2], x])
+    x = layers.ReLU(name="up1_relu")(x)
+    x = UpConv2D(3, 4, kernel_initializer=init, name="up1_conv")(x)
+    translated = layers.Activation("tanh", dtype="float32", name="out_tanh")(x)
+    return keras.Model(image, translated, name=name)
+
+
 # Stride of each 4x4 convolution before the score layer: the paper's 70x70 PatchGAN (the reference's
 # NLayerDiscriminator, n_layers=3: a 30x30 grid at 256 px) and the book's (a 15x15 grid at 256 px).
 DISCRIMINATOR_STRIDES = {"patch70": (2, 2, 2, 1), "book": (2, 2, 2, 2)}
@@ -257,14 +301,26 @@ def adam(learning_rate, beta_1):
     return FusedAdam(learning_rate=learning_rate, beta_1=beta_1)
 
 
-def compile_discriminator(discriminator, learning_rate, beta_1, jit_compile=False):
-    """Least-squares loss on real (1) / fake (0) patches, with an Adam of its own.
+def gan_loss(gan_mode):
+    """The adversarial loss of discriminator scores against 1 (real) or 0 (fake), averaged over the
+    patches: least squares ("lsgan", the paper's) or binary cross-entropy of the scores taken as
+    logits ("vanilla", the reference's BCEWithLogitsLoss)."""
+    if gan_mode == "lsgan":
+        return "mse"
+    if gan_mode == "vanilla":
+        return keras.losses.BinaryCrossentropy(from_logits=True)
+    raise ValueError(f"gan_mode must be 'lsgan' or 'vanilla', got {gan_mode!r}")
+
+
+def compile_discriminator(discriminator, learning_rate, beta_1, gan_mode, jit_compile=False):
+    """`gan_mode`'s loss (gan_loss) on real (1) / fake (0) patches, with an Adam of its own.
 
     The optimizer's slots are built here, while the discriminator is trainable; its train function
     is traced on the first `train_on_batch`, which `train.train_discriminator` runs trainable too.
     """
     discriminator.trainable = True
-    discriminator.compile(optimizer=adam(learning_rate, beta_1), loss="mse", jit_compile=jit_compile)
+    discriminator.compile(optimizer=adam(learning_rate, beta_1), loss=gan_loss(gan_mode),
+                          jit_compile=jit_compile)
     discriminator.optimizer.build(discriminator.trainable_variables)
 
 
@@ -280,17 +336,17 @@ class CombinedModel(keras.Model):
 
 
 def build_combined(generator_ab, generator_ba, discriminator_a, discriminator_b,
-                   lambda_cycle, lambda_identity, learning_rate, beta_1, jit_compile=False):
+                   lambda_cycle, lambda_identity, learning_rate, beta_1, gan_mode, jit_compile=False):
     """The generators' training model: real A and real B in, the six loss terms' predictions out,
     then the two translations G_BA(b) and G_AB(a), which carry no loss.
 
     Outputs: [D_A(G_BA(b)), D_B(G_AB(a)), G_BA(G_AB(a)), G_AB(G_BA(b)), G_BA(a), G_AB(b), G_BA(b),
-    G_AB(a)], trained (see `combined_targets`) with mse against ones for the adversarial terms and
-    mae against a / b / a / b for the cycle and identity terms. Its train_on_batch returns the
-    translations as logs["fake_a"] and logs["fake_b"], so the discriminators train on them without
-    translating again, as the reference does. Both discriminators are frozen for this model: they
-    are set non-trainable before it is compiled and before its train function is first traced
-    (Keras 3 reads the flag then).
+    G_AB(a)], trained (see `combined_targets`) with `gan_mode`'s loss (gan_loss) against ones for the
+    adversarial terms and mae against a / b / a / b for the cycle and identity terms. Its
+    train_on_batch returns the translations as logs["fake_a"] and logs["fake_b"], so the
+    discriminators train on them without translating again, as the reference does. Both
+    discriminators are frozen for this model: they are set non-trainable before it is compiled and
+    before its train function is first traced (Keras 3 reads the flag then).
     """
     discriminator_a.trainable = False
     discriminator_b.trainable = False
@@ -304,7 +360,7 @@ def build_combined(generator_ab, generator_ba, discriminator_a, discriminator_b,
     combined = CombinedModel([real_a, real_b], outputs, name="combined")
     combined.compile(
         optimizer=adam(learning_rate, beta_1),
-        loss=["mse", "mse", "mae", "mae", "mae", "mae", None, None],
+        loss=[gan_loss(gan_mode), gan_loss(gan_mode), "mae", "mae", "mae", "mae", None, None],
         loss_weights=[1.0, 1.0, lambda_cycle, lambda_cycle,
                       lambda_cycle * lambda_identity, lambda_cycle * lambda_identity, None, None],
         jit_compile=jit_compile,
@@ -333,10 +389,21 @@ def load_generator(path):
         raise UsageError(f"{path}: not a Keras model file ({reason[:200]})") from None
 
 
+def size_rule(generator):
+    """(multiple, smallest): the image sides `generator` takes, read from the model. Each stride-2
+    convolution halves them, so they are multiples of 2 ** (their number): 4 for the residual
+    generator, 256 for the U-Net. The residual generator's reflection paddings also need 2 pixels at its
+    bottleneck, so its smallest side is twice the multiple."""
+    halvings = sum(isinstance(layer, layers.Conv2D) and layer.strides == (2, 2) for layer in generator.layers)
+    multiple = 2 ** halvings
+    reflects = any(isinstance(layer, ReflectionPadding2D) for layer in generator.layers)
+    return multiple, 2 * multiple if reflects else multiple
+
+
 def pad_to_multiple(image, multiple=4, smallest=8):
-    """Mirror-pads H and W up to a multiple and to at least `smallest`: the generator's reflection
-    paddings need 2 pixels at its quarter-size bottleneck, so smaller images could not be translated.
-    Images too small to mirror are edge-padded. Returns the padded image and the original (H, W)."""
+    """Mirror-pads H and W up to a multiple and to at least `smallest` (size_rule; the defaults are the
+    residual generator's). Images too small to mirror are edge-padded. Returns the padded image and the
+    original (H, W)."""
     height, width = image.shape[:2]
     pad_h, pad_w = (max(smallest - size, -size % multiple) for size in (height, width))
     mode = "reflect" if pad_h < height and pad_w < width else "edge"
@@ -347,7 +414,9 @@ TRANSLATE_BATCH = 8  # images a generator translates at once (generate.py, evalu
 
 
 def translate_images(generator, images, batch_size=TRANSLATE_BATCH):
-    """Translates a list of [-1, 1] images of any sizes, batching images of equal size together."""
+    """Translates a list of [-1, 1] images of any sizes, batching images of equal size together. Runs
+    the generator in inference mode: the U-Net's dropout is off, so a translation is deterministic."""
+    multiple, smallest = size_rule(generator)
     by_shape = defaultdict(list)
     for index, image in enumerate(images):
         by_shape[image.shape].append(index)
@@ -355,7 +424,7 @@ def translate_images(generator, images, batch_size=TRANSLATE_BATCH):
     for indices in by_shape.values():
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            padded = [pad_to_multiple(images[i]) for i in chunk]
+            padded = [pad_to_multiple(images[i], multiple, smallest) for i in chunk]
             batch = np.stack([p[0] for p in padded])
             translated = np.asarray(generator.predict_on_batch(batch))
             for i, output, (_, (height, width)) in zip(chunk, translated, padded):

@@ -25,6 +25,7 @@ import cli
 import cyclegan
 import data
 import distribute
+import pretrained
 import samples
 from cli import UsageError
 from config import as_json, from_command_line
@@ -117,7 +118,10 @@ def weight_bytes(config):
     generators and two discriminators (biases, norms and activations left out), each held four times in
     float32: the weights, their gradients and Adam's two moments."""
     g, d = config.ngf, config.ndf
-    generator = 2 * 49 * 3 * g + (18 + 72 + 72 + 18) * g * g + config.n_res_blocks * 2 * 9 * 16 * g * g
+    if config.netg == "unet":  # 4x4 kernels: the eight down convs, then the up convs' (skip-widened) inputs
+        generator = 16 * (3 * g + 298 * g * g) + 16 * (532 * g * g + 3 * 2 * g)
+    else:
+        generator = 2 * 49 * 3 * g + (18 + 72 + 72 + 18) * g * g + config.n_res_blocks * 2 * 9 * 16 * g * g
     discriminator = 16 * (3 * d + 2 * d * d + 8 * d * d + 32 * d * d + 8 * d)
     return 2 * (generator + discriminator) * 4 * 4
 
@@ -150,6 +154,16 @@ def fit_pools_to_image_size(pools, image_size):
             pool.images = []
         log.warning("--image-size %d: emptied the history pools of %s-px fakes from before the change",
                     image_size, "/".join(map(str, sorted(stored))))
+
+
+def start_generators(config, gan):
+    """A fresh run fine-tunes from --start-ab / --start-ba: its generators begin with those files'
+    weights (a run's .keras or a PyTorch .pth), which must be the networks the run's options build."""
+    for option, path, generator in (("--start-ab", config.start_ab, gan.generator_ab),
+                                    ("--start-ba", config.start_ba, gan.generator_ba)):
+        if path:
+            pretrained.start_from(path, generator, option)
+            log.info("%s: starting from the weights of %s", generator.name, path)
 
 
 def start_run_files(run_dir, config, first_step):
@@ -185,9 +199,9 @@ def try_evaluation(evaluator, config, run_dir, writer, gan, step):
     try:
         import metrics  # here: only runs that evaluate pay for its imports
 
+        folders = data.domain_folders(config)
         evaluator = evaluator or metrics.Evaluator(
-            config.dataroot, config.image_size, ("AtoB", "BtoA"),
-            metrics.default_classifier_path(config.dataroot, run_dir))
+            folders, config.image_size, ("AtoB", "BtoA"), metrics.default_classifier_path(folders, run_dir))
         evaluator.log_to_tensorboard(writer, {"AtoB": gan.generator_ab, "BtoA": gan.generator_ba}, step)
     except Exception as error:  # noqa: BLE001  (scores are a side show of training)
         log.warning("step %d: evaluation skipped (%s: %s)", step, type(error).__name__, first_line(error))
@@ -209,8 +223,9 @@ def train(config, resume=False, verbose=1, stop=None):
     check_run_dir(config, resume, chief)
     if config.seed is not None:
         distribute.make_deterministic(config.seed)
-    train_paths = data.train_images(config.dataroot)
-    samples = {d: data.test_images(config.dataroot, d, config.image_size, config.sample_count)
+    folders = data.domain_folders(config)
+    train_paths = data.train_images(folders)
+    samples = {d: data.test_images(folders, d, config.image_size, config.sample_count)
                for d in "AB"}
     with checkpoints.run_lock(run_dir):
         check_run_contents(config, resume, chief)  # again: another train.py may have written it meanwhile
@@ -231,6 +246,8 @@ def train_locked(config, resume, strategy, run_dir, train_paths, samples, verbos
         saved_step = step
         log.info("resumed %s at step %d (epoch %d)", path, step, epoch)
         fit_pools_to_image_size(pools, config.image_size)
+    else:
+        start_generators(config, gan)
     # A seeded run resumed at `step` sees the batches the uninterrupted run would have seen from there.
     dataset, steps_per_epoch = data.train_dataset(train_paths, config.image_size, config.batch_size,
                                                   config.seed, start_step=step)

@@ -35,7 +35,7 @@ def test_named_variants_change_only_what_they_name():
 
     assert changed(BENCH["S"]) == dict(image_size=128, ngf=32, n_res_blocks=6, netd="book")
     assert changed(BENCH["P"]) == {}  # the paper's network is the default
-    assert set(changed(DEMO)) == {"image_size", "ngf", "ndf", "n_res_blocks", "upsample", "netd", "epochs",
+    assert set(changed(DEMO)) == {"image_size", "ngf", "ndf", "n_res_blocks", "upsample", "epochs",
                                   "epochs_decay", "sample_every", "seed"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEMO.ngf = 3
@@ -94,11 +94,12 @@ def test_options_added_after_a_run_was_made_take_their_defaults(tmp_path):
 def test_runs_made_before_a_default_changed_resume_as_they_were_made(tmp_path):
     path = saved_run(tmp_path)
     values = json.loads(path.read_text())
-    for name in ("netd", "init_gain"):
+    for name in ("netd", "init_gain", "netg", "gan_mode", "train_a", "start_ab", "tfrecord_key"):
         del values[name]
     path.write_text(json.dumps(values))
     loaded = config.load(str(path))
-    assert (loaded.netd, loaded.init_gain) == ("book", 0.0)
+    assert (loaded.netd, loaded.init_gain, loaded.netg, loaded.gan_mode) == ("book", 0.0, "resnet", "lsgan")
+    assert (loaded.train_a, loaded.start_ab, loaded.tfrecord_key) == (None, None, "image")
     assert (Config().netd, Config().init_gain) == ("patch70", 0.02)  # what new runs get
 
 

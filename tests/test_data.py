@@ -9,6 +9,7 @@ import pytest
 
 import cli
 import data
+from config import Config
 
 from conftest import make_dataset, write_images
 
@@ -152,11 +153,11 @@ def test_a_file_name_that_is_not_utf8_is_read_everywhere(tmp_path):
             f.write(iio.imwrite("<bytes>", pixels, extension=".png"))
     cafe = os.path.join(str(tmp_path), "testA", os.fsdecode(b"caf\xe9.png"))
     assert data.list_images(str(tmp_path / "testA")) == [cafe, str(tmp_path / "testA" / "img000.png")]
-    assert len(data.domain_images(str(tmp_path), "train", "A")) == 3
+    assert len(data.domain_images(str(tmp_path / "trainA"), "image")) == 3
     assert data.usable_images([cafe]) == [cafe]
     np.testing.assert_allclose(data.read_image(cafe), pixels / 127.5 - 1.0, atol=1e-6)
     np.testing.assert_allclose(data.load_images([cafe], 32), np.full((1, 32, 32, 3), 200 / 127.5 - 1.0), atol=1e-4)
-    assert data.test_images(str(tmp_path), "A", 32, 2).shape == (2, 32, 32, 3)
+    assert data.test_images(data.domain_folders(Config(dataroot=str(tmp_path))), "A", 32, 2).shape == (2, 32, 32, 3)
 
 
 def test_libjpeg_complaints_stay_off_the_terminal_and_the_file_is_named(tmp_path):

@@ -8,6 +8,7 @@ import re
 import pytest
 
 import bench
+import convert
 import config
 import download
 import evaluate
@@ -17,7 +18,7 @@ import main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARSERS = {"train.py": config.build_parser, "generate.py": generate.build_parser,
            "evaluate.py": evaluate.build_parser, "bench.py": bench.build_parser,
-           "download.py": download.build_parser, "main.py": main.build_parser}
+           "download.py": download.build_parser, "main.py": main.build_parser, "convert.py": convert.build_parser}
 REQUIRED = {"evaluate.py": ["--run-dir", "run"]}  # what a command line needs before any other option
 NO_VALUE = ("—", "off")  # the tables' words for "nothing set"
 README_MAX_LINES = 220

@@ -1,6 +1,7 @@
 """`python download.py`, against zips this test builds and serves from http.server on 127.0.0.1:
 a good one, a truncated one, hostile ones, a zip bomb, one that is no dataset, a connection cut
-mid-file (with and without a Content-Length), a 404, a page that is no zip."""
+mid-file (with and without a Content-Length), a 404, a page that is no zip; and `--pretrained`
+against PyTorch generators from tests/fixtures/: a good one, one cut mid-file, a discriminator."""
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import io
 import os
@@ -64,6 +65,8 @@ def lying_zip():
 
 
 GOOD = build_zip(FILES)
+FIXTURES = REPO / "tests" / "fixtures"
+GENERATOR = (FIXTURES / "reference_legacy.pth").read_bytes()
 ANSWERS = {
     "/good.zip": GOOD,
     "/cut.zip": GOOD,
@@ -80,8 +83,12 @@ ANSWERS = {
     "/lying.zip": lying_zip(),
     "/photos.zip": build_zip({"photos/0.png": b"a", "photos/1.png": b"b"}),
     "/flat.zip": build_zip({name.split("/", 1)[1]: content for name, content in FILES.items()}),
+    "/generator.pth": GENERATOR,
+    "/cut.pth": GENERATOR,
+    "/discriminator.pth": (FIXTURES / "discriminator_zip.pth").read_bytes(),
 }
 CUT_AT = len(GOOD) // 3
+CUT_ONCE = {"/cut.zip": CUT_AT, "/nolength.zip": CUT_AT, "/cut.pth": len(GENERATOR) // 3}
 NO_RANGE = ("/norange.zip", "/stuck.zip")
 NO_LENGTH = ("/nolength.zip", "/stuck.zip")
 
@@ -89,7 +96,8 @@ NO_LENGTH = ("/nolength.zip", "/stuck.zip")
 class Handler(BaseHTTPRequestHandler):
     """Serves ANSWERS with Range support, except NO_RANGE (always all of it) and with a Content-Length,
     except NO_LENGTH. /cut.zip's first answer promises the whole file but the connection drops after
-    CUT_AT bytes; so does /nolength.zip's first answer, and every answer of /stuck.zip."""
+    CUT_AT bytes; so does /nolength.zip's first answer, and every answer of /stuck.zip. /cut.pth's
+    first answer drops after a third of the file (CUT_ONCE)."""
     ranges = []
     cut_done = set()
 
@@ -108,9 +116,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.path not in NO_LENGTH:
             self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        if self.path in ("/cut.zip", "/nolength.zip") and self.path not in self.cut_done or self.path == "/stuck.zip":
+        if self.path in CUT_ONCE and self.path not in self.cut_done or self.path == "/stuck.zip":
             self.cut_done.add(self.path)
-            self.wfile.write(body[:CUT_AT])
+            self.wfile.write(body[:CUT_ONCE.get(self.path, CUT_AT)])
             self.close_connection = True
             return
         self.wfile.write(body[start:])
@@ -313,3 +321,53 @@ def test_download_needs_no_tensorflow():
     help_text = run_download("--help")
     assert help_text.returncode == 0 and "--max-unpacked-gb" in help_text.stdout
     assert "Traceback" not in help_text.stderr
+
+
+# ---- --pretrained ------------------------------------------------------------------------------
+
+def test_a_pretrained_generator_is_resumed_checked_and_renamed_into_place(server, tmp_path):
+    root = tmp_path / "pretrained"
+    path = download.download_pretrained("horse2zebra", str(root), f"{server}/cut.pth", io.StringIO())
+    assert path == str(root / "horse2zebra.pth")
+    assert Handler.ranges[-2:] == [("/cut.pth", None), ("/cut.pth", f"bytes={len(GENERATOR) // 3}-")]
+    assert (root / "horse2zebra.pth").read_bytes() == GENERATOR
+    assert os.listdir(root) == ["horse2zebra.pth"]
+    mine = root / "zebra2horse.pth"
+    mine.write_bytes(b"kept")  # an existing file is left as it is, without a download
+    assert download.download_pretrained("zebra2horse", str(root), "http://127.0.0.1:9/unused.pth") == str(mine)
+    assert mine.read_bytes() == b"kept"
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/discriminator.pth", "tensor '0.weight' float32 (2, 3, 4, 4) does not fit a CycleGAN ResnetGenerator"),
+    ("/page.zip", "not a PyTorch .pth file"),
+])
+def test_a_download_that_is_no_generator_is_one_line_and_leaves_nothing(server, tmp_path, path, expected):
+    root = tmp_path / "pretrained"
+    with pytest.raises(cli.UsageError) as error:
+        download.download_pretrained("facades_label2photo", str(root), f"{server}{path}", io.StringIO())
+    message = str(error.value)
+    assert message.startswith(f"the download is not a CycleGAN generator ({root / 'facades_label2photo.pth.part'}: ")
+    assert expected in message and message.endswith(f"; removed it: {server}{path}") and "\n" not in message
+    assert os.listdir(root) == []
+
+
+def test_pretrained_names_and_the_command_line(server, tmp_path):
+    assert len(download.PRETRAINED) == 18
+    assert {"horse2zebra", "zebra2horse", "style_vangogh", "iphone2dslr_flower"} <= set(download.PRETRAINED)
+    assert download.PRETRAINED_URL.format(name="horse2zebra") == \
+        "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/horse2zebra.pth"
+    listed = run_download("--pretrained", "--list")
+    assert listed.returncode == 0 and listed.stdout.split() == list(download.PRETRAINED)
+    unknown = run_download("--pretrained", "horse2giraffe")
+    assert unknown.returncode == 1 and unknown.stderr.strip() == (
+        "download.py: error: unknown pretrained model 'horse2giraffe', expected one of: "
+        f"{', '.join(download.PRETRAINED)} (or give --url)")
+    fetched = subprocess.run([sys.executable, str(REPO / "download.py"), "--pretrained", "monet2photo", "--url",
+                              f"{server}/generator.pth"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 0, fetched.stderr
+    path = os.path.join("pretrained", "monet2photo.pth")
+    assert fetched.stdout.splitlines() == [
+        f"generator ready: {path}",
+        f"  translate with: python generate.py --generator {path} --input PHOTOS --output OUT"]
+    assert (tmp_path / path).read_bytes() == GENERATOR and sorted(os.listdir(tmp_path)) == ["pretrained"]

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import cli
 from config import Config, as_json, from_command_line
+import data
 import evaluate
 import metrics
 import train
@@ -64,6 +65,10 @@ def tiny_features(images):
     return pooled.reshape(len(pooled), -1)
 
 
+def folders(dataroot):
+    return data.domain_folders(Config(dataroot=dataroot))
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return write_two_domains(tmp_path_factory.mktemp("two_domains") / "data")
@@ -72,7 +77,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def classifier(dataset):
     path = os.path.join(dataset, metrics.DOMAIN_FILE)
-    model, _ = metrics.domain_classifier(dataset, path, log=lambda message: None)
+    model, _ = metrics.domain_classifier(folders(dataset), path, log=lambda message: None)
     return model, path
 
 
@@ -136,14 +141,15 @@ def test_domain_classifier_separates_the_domains_on_held_out_images_and_is_cache
     model, path = classifier
     facts = json.load(open(os.path.splitext(path)[0] + ".json"))
     assert facts["held_out_accuracy"] > 0.9
-    cached, cached_facts = metrics.domain_classifier(dataset, path, log=pytest.fail)
+    cached, cached_facts = metrics.domain_classifier(folders(dataset), path, log=pytest.fail)
     assert cached_facts == facts
     probe = metrics.classifier_input(np.random.default_rng(5).uniform(-1, 1, (4, SIZE, SIZE, 3)))
     np.testing.assert_allclose(cached.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-6)
 
 
 def test_scores_end_to_end_with_an_injected_feature_extractor(dataset, classifier):
-    evaluator = metrics.Evaluator(dataset, SIZE, ("AtoB", "BtoA"), classifier[1], tiny_features, log=pytest.fail)
+    evaluator = metrics.Evaluator(folders(dataset), SIZE, ("AtoB", "BtoA"), classifier[1], tiny_features,
+                                  log=pytest.fail)
     swap = {d: channel_mixer(SWAP, "swap") for d in ("AtoB", "BtoA")}
     keep = {d: channel_mixer(np.eye(3), "identity") for d in ("AtoB", "BtoA")}
     good, bad = evaluator.score(swap), evaluator.score(keep)
@@ -280,7 +286,7 @@ def test_the_evaluator_of_train_eval_every_scores_one_image_per_domain(classifie
     root = write_two_domains(tmp_path / "data", test_count=1)
     shutil.rmtree(os.path.join(root, "testA_gt"))
     lines = []
-    evaluator = metrics.Evaluator(root, SIZE, ("AtoB", "BtoA"), classifier[1], pytest.fail, log=lines.append)
+    evaluator = metrics.Evaluator(folders(root), SIZE, ("AtoB", "BtoA"), classifier[1], pytest.fail, log=lines.append)
     results = evaluator.score({d: channel_mixer(SWAP, "swap") for d in ("AtoB", "BtoA")})
     assert lines == [evaluator.fid_skipped] and "at least 2 images per set" in lines[0]
     assert set(results["AtoB"]) == set(results["BtoA"]) == {

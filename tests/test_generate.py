@@ -2,6 +2,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 
 import imageio.v3 as iio
 import numpy as np
@@ -180,7 +181,7 @@ def test_run_files_give_the_run_defaults(trained_run, dataset):
     assert explicit == dict(generator=os.path.join(trained_run, "generator_ba.keras"),
                             reverse_generator=os.path.join(trained_run, "generator_ab.keras"),
                             input=os.path.join(dataset, "testB"), output="elsewhere", direction="BtoA",
-                            batch_size=networks.TRANSLATE_BATCH, grid_count=2, overwrite=False)
+                            batch_size=networks.TRANSLATE_BATCH, grid_count=2, overwrite=False, image_format=None)
 
 
 def test_explicit_model_files_work_without_a_run(trained_run, dataset, tmp_path):
@@ -196,3 +197,105 @@ def test_not_a_model_file_is_a_one_line_error(tmp_path):
         networks.load_generator(str(bogus))
     with pytest.raises(cli.UsageError, match="no such model file"):
         networks.load_generator(str(tmp_path / "missing.keras"))
+
+
+def test_a_zip_of_jpegs_holds_one_per_input_at_its_resolution(trained_run, tmp_path):
+    inputs = tmp_path / "in"
+    write_images(str(inputs), 2, size=(37, 61), seed=1)
+    iio.imwrite(inputs / "wide.bmp", np.zeros((20, 90, 3), np.uint8))
+    iio.imwrite(inputs / "photo.jpg", np.full((30, 30, 3), 99, np.uint8))
+    result = run_generate(*models(trained_run), "--input", "in", "--format", "jpg", "--zip", "out.zip", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "translated 4 images into out.zip" in result.stdout
+    assert sorted(os.listdir(tmp_path)) == ["in", "out.zip", "out_grid.png"]  # no output folder, no temporary
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert archive.testzip() is None
+        assert sorted(archive.namelist()) == ["img000.jpg", "img001.jpg", "photo.jpg", "wide.jpg"]
+        encoded = {name: archive.read(name) for name in archive.namelist()}
+    assert all(data[:3] == b"\xff\xd8\xff" for data in encoded.values())  # JPEG, also where the input was not
+    shapes = {name: iio.imread(data).shape for name, data in encoded.items()}
+    assert shapes == {"img000.jpg": (37, 61, 3), "img001.jpg": (37, 61, 3), "photo.jpg": (30, 30, 3),
+                      "wide.jpg": (20, 90, 3)}
+    assert iio.imread(tmp_path / "out_grid.png").shape == (4 * 250, 3 * 250, 3)  # 4 inputs x 3 columns
+
+
+def test_format_png_renames_outputs_and_refuses_two_inputs_sharing_a_name(trained_run, tmp_path):
+    inputs = tmp_path / "in"
+    write_images(str(inputs), 1, size=(24, 24))
+    iio.imwrite(inputs / "photo.jpg", np.full((16, 20, 3), 99, np.uint8))
+    written, _ = generate.generate(os.path.join(trained_run, "generator_ab.keras"), str(inputs), str(tmp_path / "out"),
+                                   image_format="png")
+    assert sorted(os.path.basename(path) for path in written) == ["img000.png", "photo.png"]
+    assert iio.imread(tmp_path / "out" / "photo.png").shape == (16, 20, 3)
+    assert (tmp_path / "out" / "photo.png").read_bytes()[:4] == b"\x89PNG"
+    iio.imwrite(inputs / "img000.jpg", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(cli.UsageError, match=f"--format png: {inputs / 'img000.jpg'} and {inputs / 'img000.png'} "
+                                             "would both be written as img000.png"):
+        generate.main(["--generator", os.path.join(trained_run, "generator_ab.keras"), "--input", str(inputs),
+                       "--zip", str(tmp_path / "new.zip"), "--format", "png"])
+    assert not (tmp_path / "new.zip").exists()
+
+
+def test_an_existing_zip_or_its_grid_is_replaced_only_with_overwrite(trained_run, tmp_path):
+    photos = tmp_path / "photos"
+    write_images(str(photos), 2, size=(24, 24))
+    target = tmp_path / "sub" / "out.zip"
+    target.parent.mkdir()
+    target.write_bytes(b"the user's archive")
+    argv = [*models(trained_run), "--input", str(photos), "--zip", str(target)]
+    result = run_generate(*argv)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"generate.py: error: --zip {target}: would write over {target}; pass --overwrite to replace, "
+        "or choose another name")
+    assert target.read_bytes() == b"the user's archive" and sorted(os.listdir(target.parent)) == ["out.zip"]
+    generate.main(argv + ["--overwrite"])
+    assert zipfile.ZipFile(target).namelist() == ["img000.png", "img001.png"]
+    target.unlink()
+    with pytest.raises(cli.UsageError, match=f"would write over {target.parent / 'out_grid.png'}; pass --overwrite"):
+        generate.main(argv)  # the grid of the earlier run is there: also kept
+    assert not target.exists()
+    with pytest.raises(cli.UsageError, match="--zip .*: is a folder"):
+        generate.main([*models(trained_run), "--input", str(photos), "--zip", str(tmp_path), "--grid-count", "0"])
+    with pytest.raises(cli.UsageError, match="give an output folder \\(--output\\) or a zip file \\(--zip\\), "
+                                             "one of them"):
+        generate.main(argv + ["--output", str(tmp_path / "folder")])
+
+
+@pytest.mark.parametrize("earlier", [None, b"an earlier complete zip"])
+def test_an_interrupted_zip_leaves_no_zip_and_keeps_the_earlier_one(trained_run, tmp_path, monkeypatch, earlier):
+    """Stopped (Ctrl-C) while the second of three images is translated: the first is in the temporary
+    zip beside the target, which is removed; the target is absent, or still the earlier file."""
+    photos = tmp_path / "photos"
+    write_images(str(photos), 3, size=(24, 24))
+    target = tmp_path / "out.zip"
+    if earlier:
+        target.write_bytes(earlier)
+    translate, calls, seen = networks.translate_images, [], {}
+
+    def interrupted_on_the_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            seen["beside the target"] = sorted(os.listdir(tmp_path))
+            raise KeyboardInterrupt
+        return translate(*args)
+
+    monkeypatch.setattr(generate, "CHUNK", 1)
+    monkeypatch.setattr(networks, "translate_images", interrupted_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        generate.generate(os.path.join(trained_run, "generator_ab.keras"), str(photos), zip_path=str(target),
+                          overwrite=True)
+    temporary = [name for name in seen["beside the target"] if name.startswith("out.tmp")]
+    assert len(temporary) == 1 and temporary[0].endswith(".zip")
+    assert sorted(os.listdir(tmp_path)) == (["out.zip", "photos"] if earlier else ["photos"])
+    if earlier:
+        assert target.read_bytes() == earlier
+
+
+def test_a_zip_replaces_the_runs_default_output_folder(trained_run):
+    settings = generate.resolve(generate.build_parser().parse_args(
+        ["--run-dir", trained_run, "--zip", "images.zip", "--format", "jpg"]))
+    assert "output" not in settings
+    assert (settings["zip_path"], settings["image_format"]) == ("images.zip", "jpg")
+    with pytest.raises(cli.UsageError, match=r"give --run-dir, or all of --generator, --input and --output \(or --zip\)"):
+        generate.resolve(generate.build_parser().parse_args(["--generator", "g.keras", "--zip", "images.zip"]))

@@ -37,6 +37,121 @@ def test_generator_follows_the_books_and_the_papers_tables():
     assert len(norms) == 3 + 2 * 6 + 2
 
 
+def test_unet_keeps_the_image_shape_and_concatenates_each_level_with_its_mirror():
+    """At 256 x 512 the eight levels halve the image down to 1 x 2; each up level's output is joined to
+    the down path's output of the level above it (skip first, as the reference's torch.cat([x, ...]))."""
+    ngf = 4
+    unet = networks.build_unet_generator(ngf, 0.02)
+    image = np.random.default_rng(0).uniform(-1, 1, (1, 256, 512, 3)).astype("float32")
+    output = unet.predict_on_batch(image)
+    assert output.shape == (1, 256, 512, 3) and np.all(np.abs(output) <= 1.0)
+    down = [f"down{level}_norm" if 1 < level < 8 else f"down{level}_conv" for level in range(1, 9)]
+    skips = [f"up{level}_skip" for level in range(8, 1, -1)]
+    probe = keras.Model(unet.input, [unet.get_layer(name).output for name in down + skips])
+    activations = dict(zip(down + skips, probe.predict_on_batch(image)))
+    for level, multiple in enumerate(networks.UNET_FILTERS, 1):
+        assert activations[down[level - 1]].shape == (1, 256 >> level, 512 >> level, ngf * multiple)
+    for level in range(8, 1, -1):
+        skip, joined = activations[down[level - 2]], activations[f"up{level}_skip"]
+        assert joined.shape == skip.shape[:3] + (2 * skip.shape[3],)
+        np.testing.assert_array_equal(joined[..., :skip.shape[3]], skip)
+
+
+def test_unet_follows_the_references_unet_256():
+    unet = networks.build_unet_generator(64, 0.02)
+    convs = [layer for layer in unet.layers if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose))]
+    assert [c.name for c in convs] == [f"down{i}_conv" for i in range(1, 9)] + [f"up{i}_conv" for i in range(8, 0, -1)]
+    assert [c.filters for c in convs] == [64, 128, 256, 512, 512, 512, 512, 512, 512, 512, 512, 512, 256, 128, 64, 3]
+    assert all(c.kernel_size == (4, 4) and c.strides == (2, 2) for c in convs)
+    assert [c.name for c in convs if c.use_bias] == ["up1_conv"]
+    assert [layer.name for layer in unet.layers if isinstance(layer, networks.InstanceNormalization)] == (
+        [f"down{i}_norm" for i in range(2, 8)] + [f"up{i}_norm" for i in range(8, 1, -1)])
+    assert [layer.name for layer in unet.layers if isinstance(layer, layers.Dropout)] == [
+        "up7_dropout", "up6_dropout", "up5_dropout"]
+    assert all(layer.rate == 0.5 for layer in unet.layers if isinstance(layer, layers.Dropout))
+    assert [layer.name for layer in unet.layers if isinstance(layer, layers.LeakyReLU)] == [
+        f"down{i}_lrelu" for i in range(2, 9)]
+    # The reference's unet_256 with an affine norm (a gamma and a beta for each of the 4,928 channels of
+    # its 13 norms, none on the 1 x 1 bottleneck) and, as the tutorial's, a bias on the last conv only.
+    norms = sum(layer.count_params() for layer in unet.layers if isinstance(layer, networks.InstanceNormalization))
+    assert norms == 2 * 4_928
+    assert unet.count_params() == 54_413_955
+
+
+def test_unet_translates_any_size_padded_to_its_multiple_and_drops_out_only_in_training():
+    unet = networks.build_unet_generator(4, 0.02)
+    assert networks.size_rule(unet) == (256, 256)
+    assert networks.size_rule(networks.build_generator(4, 1, "transpose", 0.02)) == (4, 8)
+    image = np.random.default_rng(1).uniform(-1, 1, (40, 300, 3)).astype("float32")
+    padded, size = networks.pad_to_multiple(image, *networks.size_rule(unet))
+    assert padded.shape == (256, 512, 3) and size == (40, 300)
+    translated = networks.translate_images(unet, [image, image])
+    assert [t.shape for t in translated] == [(40, 300, 3)] * 2
+    expected = unet.predict_on_batch(padded[None])[0, :40, :300]
+    np.testing.assert_allclose(translated[0], expected, atol=1e-5)
+    np.testing.assert_array_equal(translated[0], translated[1])  # inference: no dropout
+    training = [np.asarray(unet(padded[None], training=True)) for _ in range(2)]
+    assert not np.allclose(training[0], training[1])
+
+
+def test_unet_survives_keras_save_and_safe_load(tmp_path):
+    unet = networks.build_unet_generator(4, 0.02, name="generator_ab")
+    path = str(tmp_path / "unet.keras")
+    unet.save(path)
+    loaded = networks.load_generator(path)
+    image = np.random.default_rng(2).uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict_on_batch(image), unet.predict_on_batch(image), atol=1e-6)
+    assert networks.size_rule(loaded) == (256, 256)
+
+
+@pytest.mark.parametrize("netg", ["resnet", "unet"])
+def test_the_memory_check_counts_the_kernels_of_the_configured_networks(netg):
+    import train
+
+    config = Config(ngf=8, ndf=8, n_res_blocks=2, netg=netg)
+    gan = cyclegan.CycleGAN(config)
+    kernels = sum(int(np.prod(layer.kernel.shape)) for model in gan.models.values() for layer in model.layers
+                  if hasattr(layer, "kernel"))
+    assert train.weight_bytes(config) == kernels * 4 * 4
+
+
+def log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+@pytest.mark.parametrize("gan_mode", ["lsgan", "vanilla"])
+def test_discriminator_loss_is_the_mean_of_the_real_and_fake_halves(gan_mode):
+    """lsgan: squared distance of the scores from 1 (real) and 0 (fake); vanilla: binary cross-entropy
+    of the scores taken as logits, the reference's BCEWithLogitsLoss."""
+    keras.utils.set_random_seed(0)
+    discriminator = networks.build_discriminator(8, "patch70", False, 0.5)
+    networks.compile_discriminator(discriminator, 2e-4, 0.5, gan_mode)
+    rng = np.random.default_rng(9)
+    real, fake = (rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32") for _ in "rf")
+    scores = [discriminator.predict_on_batch(images).astype(np.float64) for images in (real, fake)]
+    assert scores[0].std() > 0.5  # logits far from 0, where the two losses differ most
+    if gan_mode == "lsgan":
+        expected = 0.5 * (np.mean((scores[0] - 1) ** 2) + np.mean(scores[1] ** 2))
+    else:
+        expected = 0.5 * (np.mean(-log_sigmoid(scores[0])) + np.mean(-log_sigmoid(-scores[1])))
+    patch = networks.patch_shape(discriminator, 32, 32)
+    loss = cyclegan.train_discriminator(discriminator, real, fake, patch)
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_vanilla_adversarial_terms_are_the_cross_entropy_of_the_discriminators_logits():
+    gan = cyclegan.CycleGAN(Config(image_size=32, ngf=4, ndf=8, n_res_blocks=1, gan_mode="vanilla", init_gain=0.5))
+    rng = np.random.default_rng(10)
+    real_a, real_b = (rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32") for _ in "ab")
+    scores = {"adversarial_a": gan.discriminator_a.predict_on_batch(gan.generator_ba.predict_on_batch(real_b)),
+              "adversarial_b": gan.discriminator_b.predict_on_batch(gan.generator_ab.predict_on_batch(real_a))}
+    logs = gan.combined.test_on_batch([real_a, real_b], networks.combined_targets(real_a, real_b, gan.patch),
+                                      return_dict=True)
+    for name, score in scores.items():
+        assert score.std() > 0.5
+        assert logs[f"{name}_loss"] == pytest.approx(np.mean(-log_sigmoid(score.astype(np.float64))), rel=1e-4)
+
+
 @pytest.mark.parametrize("netd, size, grid", [("book", 64, 3), ("book", 128, 7), ("book", 256, 15),
                                              ("patch70", 64, 6), ("patch70", 256, 30)])
 def test_discriminator_patch_grid_is_read_from_the_model(netd, size, grid):
@@ -102,12 +217,13 @@ def assert_changes_only(gan, step, expected):
     assert changed(before, snapshot(gan)) == expected
 
 
-def test_freezing_really_works_in_keras_3():
+@pytest.mark.parametrize("netg, size", [("resnet", 32), ("unet", 256)])
+def test_freezing_really_works_in_keras_3(netg, size):
     """Each discriminator's step moves only itself; the combined step moves both generators only."""
-    config = Config(image_size=32, ngf=4, ndf=8, n_res_blocks=1)
+    config = Config(image_size=size, ngf=4, ndf=8, n_res_blocks=1, netg=netg)
     gan = cyclegan.CycleGAN(config)
     rng = np.random.default_rng(3)
-    real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
+    real_a, real_b = (rng.uniform(-1, 1, (1, size, size, 3)).astype("float32") for _ in range(2))
     step_a = lambda: cyclegan.train_discriminator(gan.discriminator_a, real_a, real_b, gan.patch)
     step_b = lambda: cyclegan.train_discriminator(gan.discriminator_b, real_b, real_a, gan.patch)
     step_combined = lambda: gan.combined.train_on_batch(
@@ -231,14 +347,20 @@ def test_discriminators_train_on_the_translations_of_the_generators_step():
 
 def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
     """PaddedConv2D is ZeroPadding2D(1) then a valid convolution (PyTorch's Conv2d(padding=1));
-    UpConv2D is the full transposed convolution without its first row and column (PyTorch's
-    ConvTranspose2d(padding=1, output_padding=1)). Both ways each layer computes it agree."""
+    UpConv2D is the full transposed convolution without its first row and column, at kernel 3 (PyTorch's
+    ConvTranspose2d(padding=1, output_padding=1), the residual generator's) or without its first and last
+    ones, at kernel 4 (ConvTranspose2d(padding=1), the U-Net's). Both ways each layer computes it agree."""
     rng = np.random.default_rng(8)
     x = rng.normal(size=(2, 10, 14, 5)).astype(np.float32)
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
     pairs = [(networks.PaddedConv2D(7, 3, pad=1, strides=2), layers.Conv2D(7, 3, strides=2, padding="valid"),
-              lambda y: y, np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])),
+              lambda y: y, padded),
+             (networks.PaddedConv2D(7, 4, pad=1, strides=2), layers.Conv2D(7, 4, strides=2, padding="valid"),
+              lambda y: y, padded),
              (networks.UpConv2D(4, 3), layers.Conv2DTranspose(4, 3, strides=2, padding="valid"),
-              lambda y: y[:, 1:, 1:], x)]
+              lambda y: y[:, 1:, 1:], x),
+             (networks.UpConv2D(4, 4), layers.Conv2DTranspose(4, 4, strides=2, padding="valid"),
+              lambda y: y[:, 1:-1, 1:-1], x)]
     for ours, reference, crop, reference_input in pairs:
         ours.build(x.shape)
         reference.build(reference_input.shape)
@@ -252,7 +374,7 @@ def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
         twin.build(x.shape)
         twin.set_weights(weights)
         np.testing.assert_allclose(np.asarray(twin(x.astype(np.float64))), expected, atol=1e-4)
-    assert networks.UpConv2D(4, 3)(x).shape == (2, 20, 28, 4)
+    assert networks.UpConv2D(4, 3)(x).shape == networks.UpConv2D(4, 4)(x).shape == (2, 20, 28, 4)
 
 
 def test_generator_with_instance_norm_survives_keras_save_and_safe_load(tmp_path):
@@ -267,7 +389,7 @@ def test_generator_with_instance_norm_survives_keras_save_and_safe_load(tmp_path
 def test_combined_outputs_equal_the_separate_passes_it_batches():
     g_ab, g_ba = (networks.build_generator(4, 1, "transpose", 0.02, name=n) for n in ("g_ab", "g_ba"))
     d_a, d_b = (networks.build_discriminator(8, "patch70", False, 0.02, name=n) for n in ("d_a", "d_b"))
-    combined = networks.build_combined(g_ab, g_ba, d_a, d_b, 10.0, 0.5, 2e-4, 0.5)
+    combined = networks.build_combined(g_ab, g_ba, d_a, d_b, 10.0, 0.5, 2e-4, 0.5, "lsgan")
     rng = np.random.default_rng(2)
     a, b = (rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32) for _ in "ab")
     expected = [d_a(g_ba(b)), d_b(g_ab(a)), g_ba(g_ab(a)), g_ab(g_ba(b)), g_ba(a), g_ab(b), g_ba(b), g_ab(a)]
