@@ -71,3 +71,39 @@ def test_torch_comparison_refuses_a_resized_config():
 def test_torch_comparison_refuses_a_missing_interpreter(tmp_path):
     with pytest.raises(cli.UsageError, match="no such interpreter"):
         bench.parse_config(["--torch", str(tmp_path / "python")])
+
+
+def test_layers_mode_times_every_layer_kind_of_the_networks(capsys):
+    bench.main(["--layers", *TINY, "--steps", "1", "--warmup", "0"])
+    printed = capsys.readouterr().out
+    report = json.loads(printed.strip().splitlines()[-1][len("BENCH "):])
+    rows = report["rows"]
+    kinds = {row["kind"] for row in rows}
+    assert kinds == {"identity", "conv", "upconv", "norm", "resblock", "disc", "adam"}
+    for row in rows:
+        timings = row["tf"]
+        assert timings["fwdbwd_ms"] > 0 and row["count"] > 0, row["name"]
+        assert (timings["fwd_ms"] is None) == (row["kind"] == "adam"), row["name"]
+        if timings["fwd_ms"] is not None:
+            assert timings["fwd_ms"] > 0, row["name"]
+        assert timings["per_iteration_ms"] == pytest.approx(row["count"] * timings["fwdbwd_ms"])
+    by_name = {row["name"]: row for row in rows}
+    # TINY: 32 px, ngf 4, 1 block, the book discriminator (4 stride-2 convs of ndf 8 .. 64, then the score).
+    assert by_name["c7s1 conv 7x7 reflect"]["shape"] == [32, 32, 3]
+    assert by_name["c7s1 conv 7x7 reflect"]["tf"]["out_shape"] == [32, 32, 4]
+    assert by_name["up2 transposed conv 3x3 s2"]["tf"]["out_shape"] == [32, 32, 4]
+    assert by_name["res conv 3x3 reflect"]["count"] == 2 * 6
+    assert by_name["D score 4x4 s1"]["shape"] == [2, 2, 64]
+    assert by_name["D score 4x4 s1"]["tf"]["out_shape"] == [1, 1, 1]
+    assert not by_name["residual block (whole)"]["summed"]
+    summed = sum(row["tf"]["per_iteration_ms"] for row in rows if row["summed"])
+    assert report["total_ms"]["tf"] == pytest.approx(summed)
+    calls = sum(row["count"] for row in rows if row["summed"])
+    overhead = by_name["call overhead (identity)"]["tf"]["fwdbwd_ms"]
+    assert report["net_total_ms"]["tf"] == pytest.approx(summed - calls * overhead)
+    assert "torch" not in report and "total per iteration" in printed
+
+
+def test_layers_mode_refuses_options_it_does_not_time():
+    with pytest.raises(cli.UsageError, match="--layers .*--jit"):
+        bench.parse_config(["--layers", "--jit"])
