@@ -225,6 +225,19 @@ def unpack(archive, target, url, max_unpacked_gb=None):
     return target
 
 
+def download_target(root, name, target_name, plain, holds):
+    """ROOT/TARGET_NAME once NAME is a plain name and ROOT no file; an existing target is said to be
+    kept, never downloaded over."""
+    if name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise UsageError(f"{name!r}: expected a plain {plain}")
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UsageError(f"--root {root}: is a file, expected a folder for {holds}")
+    target = os.path.join(root, target_name)
+    if os.path.exists(target):
+        log.info("%s is already there; delete it to download again", target)
+    return target
+
+
 def download_dataset(name, root="datasets", url=None, progress=sys.stderr, max_unpacked_gb=None):
     """Downloads and unpacks a dataset into ROOT/NAME, which appears only complete; returns its path.
 
@@ -234,13 +247,8 @@ def download_dataset(name, root="datasets", url=None, progress=sys.stderr, max_u
     if url is None and name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}: python download.py --list shows the names "
                          "(or give --url)")
-    if name in ("", ".", "..") or "/" in name or os.sep in name:
-        raise UsageError(f"{name!r}: expected a plain folder name for the dataset")
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise UsageError(f"--root {root}: is a file, expected a folder for the datasets")
-    target = os.path.join(root, name)
+    target = download_target(root, name, name, "folder name for the dataset", "the datasets")
     if os.path.exists(target):
-        log.info("%s is already there; delete it to download again", target)
         return target
     url = url or DATASET_URL.format(name=name)
     os.makedirs(root, exist_ok=True)
@@ -257,13 +265,8 @@ def download_pretrained(name, root=ROOTS["pretrained"], url=None, progress=sys.s
     if url is None and name not in PRETRAINED:
         raise UsageError(f"unknown pretrained model {name!r}, expected one of: {', '.join(PRETRAINED)} "
                          "(or give --url)")
-    if name in ("", ".", "..") or "/" in name or os.sep in name:
-        raise UsageError(f"{name!r}: expected a plain file name for the model")
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise UsageError(f"--root {root}: is a file, expected a folder for the pretrained models")
-    target = os.path.join(root, f"{name}.pth")
+    target = download_target(root, name, f"{name}.pth", "file name for the model", "the pretrained models")
     if os.path.exists(target):
-        log.info("%s is already there; delete it to download again", target)
         return target
     url = url or PRETRAINED_URL.format(name=name)
     os.makedirs(root, exist_ok=True)
