@@ -386,7 +386,8 @@ def layer_model(row, config):
 
 def time_tf_layer(row, config, steps, warmup, rng):
     """Median ms of the row's layers forward, and forward + backward to the input and the weights with a
-    random upstream gradient, each a tf.function."""
+    random upstream gradient, each a tf.function. The second also returns the output: a linear layer's
+    gradients do not need it, and TensorFlow would otherwise prune its forward pass away."""
     model = layer_model(row, config)
     x = tf.constant(rng.standard_normal([1] + row["shape"]).astype(np.float32))
     upstream = tf.constant(rng.standard_normal(model.output.shape).astype(np.float32))
@@ -401,7 +402,7 @@ def time_tf_layer(row, config, steps, warmup, rng):
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = model(x, training=True)
-        return tape.gradient(y, [x] + weights, output_gradients=upstream)
+        return y, tape.gradient(y, [x] + weights, output_gradients=upstream)
 
     return {"fwd_ms": 1000 * float(np.median(timed(lambda: forward(x), steps, warmup))),
             "fwdbwd_ms": 1000 * float(np.median(timed(lambda: forward_backward(x), steps, warmup))),
