@@ -247,6 +247,16 @@ def bench_inference(generator, size, rng, batches=(1, 8), repeats=3):
     return result
 
 
+def bench_torch_inference(python, config, batches=(1, 8), repeats=3):
+    """PyTorch's images/s for the reference's generator at each batch size (bench_torch_layers.py), to
+    set beside bench_inference's."""
+    rows = [{"kind": "generator", "name": f"generator, batch {batch}", "shape": [config.image_size] * 2 + [3],
+             "ngf": config.ngf, "n_res_blocks": config.n_res_blocks, "batch": batch, "forward_only": True}
+            for batch in batches]
+    timings = bench_torch_layers(python, rows, repeats, 1)["rows"]
+    return {f"batch{batch}_images_per_s": 1000 * batch / row["fwd_ms"] for batch, row in zip(batches, timings)}
+
+
 def write_jpegs(root, count, size, rng):
     """A dataset of `count` smooth random JPEGs per domain, size x size like horse2zebra's."""
     for domain in "AB":
@@ -567,6 +577,8 @@ def run(args, config):
     report["flops"]["loop_fraction_of_peak"] = report["flops"]["loop_gflops"] / max(
         report["flops"]["matmul_gflops"], report["flops"]["conv3x3_gflops"])
     report["inference"] = bench_inference(gan.generator_ab, size, rng)
+    if args.torch:
+        report["torch"]["inference"] = bench_torch_inference(args.torch, config)
     with tempfile.TemporaryDirectory() as scratch:
         dataroot = args.dataroot or write_jpegs(scratch, min(args.pipeline_images, 64), 256, rng)
         pipeline = bench_pipeline(dataroot, config, args.pipeline_images)
@@ -606,7 +618,11 @@ def print_report(report):
           f"conv3x3 {flops['conv3x3_gflops']:.1f} GFLOP/s (loop at {100 * flops['loop_fraction_of_peak']:.0f}%)")
     inference = report["inference"]
     print(f"  generator inference: {inference['batch1_images_per_s']:.2f} images/s at batch 1, "
-          f"{inference['batch8_images_per_s']:.2f} at batch 8")
+          f"{inference['batch8_images_per_s']:.2f} at batch 8", end="")
+    if "torch" in report:
+        theirs = report["torch"]["inference"]
+        print(f"; PyTorch {theirs['batch1_images_per_s']:.2f} and {theirs['batch8_images_per_s']:.2f}", end="")
+    print()
     pipeline = report["pipeline"]
     print(f"  input pipeline: {pipeline['images_per_s']:.0f} images/s; training consumes "
           f"{pipeline['training_consumes_images_per_s']:.2f} images/s ({pipeline['headroom']:.0f}x headroom)")

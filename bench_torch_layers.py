@@ -32,10 +32,29 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
+def generator(ngf, n_res_blocks):
+    """The reference's ResnetGenerator (reflection padding, transposed-conv upsampling), built from the rows'
+    layers: bench.py times its inference beside generate.py's."""
+    def conv_norm_relu(cin, cout, kernel, stride=1, reflect=0):
+        pad = [nn.ReflectionPad2d(reflect), nn.Conv2d(cin, cout, kernel, stride)] if reflect else [
+            nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2)]
+        return [*pad, instance_norm(cout), nn.ReLU(True)]
+
+    layers = conv_norm_relu(3, ngf, 7, reflect=3) + conv_norm_relu(ngf, 2 * ngf, 3, 2) + conv_norm_relu(
+        2 * ngf, 4 * ngf, 3, 2)
+    layers += [build({"kind": "resblock", "shape": [None, None, 4 * ngf]}) for _ in range(n_res_blocks)]
+    for cin in (4 * ngf, 2 * ngf):
+        layers += [nn.ConvTranspose2d(cin, cin // 2, 3, stride=2, padding=1, output_padding=1),
+                   instance_norm(cin // 2), nn.ReLU(True)]
+    return nn.Sequential(*layers, nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh())
+
+
 def build(row):
     """The torch.nn modules of one row, as the reference's ResnetGenerator / NLayerDiscriminator has them."""
     kind, channels = row["kind"], row["shape"][-1]
-    if kind == "identity":
+    if kind == "generator":
+        modules = [generator(row["ngf"], row["n_res_blocks"])]
+    elif kind == "identity":
         modules = [nn.Identity()]
     elif kind == "conv":
         pad, kernel = row["pad"], row["kernel"]
@@ -81,7 +100,7 @@ def median_ms(function, steps, warmup):
 def time_layer(row, steps, warmup):
     module = build(row)
     height, width, channels = row["shape"]
-    x = torch.randn(1, channels, height, width)
+    x = torch.randn(row.get("batch", 1), channels, height, width)
     with torch.no_grad():
         upstream = torch.randn_like(module(x))
 
@@ -95,6 +114,8 @@ def time_layer(row, steps, warmup):
         x.grad = None
         module.zero_grad(set_to_none=True)
 
+    if row.get("forward_only"):
+        return {"fwd_ms": median_ms(forward, steps, warmup), "fwdbwd_ms": None}
     return {"fwd_ms": median_ms(forward, steps, warmup), "fwdbwd_ms": median_ms(forward_backward, steps, warmup)}
 
 
