@@ -33,8 +33,8 @@ class Residual(nn.Module):
 
 
 def generator(ngf, n_res_blocks):
-    """The reference's ResnetGenerator (reflection padding, transposed-conv upsampling), built from the rows'
-    layers: bench.py times its inference beside generate.py's."""
+    """The reference's ResnetGenerator (reflection padding, transposed-conv upsampling) with the rows' affine
+    instance norm (as ours): bench.py times its inference beside generate.py's."""
     def conv_norm_relu(cin, cout, kernel, stride=1, reflect=0):
         pad = [nn.ReflectionPad2d(reflect), nn.Conv2d(cin, cout, kernel, stride)] if reflect else [
             nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2)]

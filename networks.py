@@ -127,7 +127,7 @@ class UpConv2D(layers.Conv2DTranspose):
         batch, height, width, _ = ops.shape(inputs)
         k = self.kernel_size[0]
         p = (k - 1) // 2
-        if inputs.dtype != "float32":  # as PaddedConv2D: the full output, then cut
+        if inputs.dtype != "float32":  # explicit padding is slow in 16 bits: the full output, then cut
             full = [batch, 2 * height + k - 2, 2 * width + k - 2, self.filters]
             outputs = tf.nn.conv2d_transpose(inputs, self.kernel, full, 2, "VALID")
             outputs = outputs[:, p:p + 2 * height, p:p + 2 * width]
