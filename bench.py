@@ -7,13 +7,15 @@
 Prints, from one run: seconds per iteration of cyclegan.CycleGAN.train_step (the code train.py runs) and
 of a plain fused GradientTape step over the same networks (the yardstick), their analytic FLOPs against
 this machine's matmul/conv peak measured in the same run, generator inference images/s, input-pipeline
-images/s on a folder of JPEGs (data.train_dataset) and peak resident memory. With --torch, the PyTorch
-reference step (../shared/bench/torch_reference_step.py, run by that interpreter) is timed back to back.
-The last line, `BENCH {...}`, is the same report as JSON.
+images/s on a folder of JPEGs (data.train_dataset) and peak resident memory (and GPU memory on a GPU).
+With --torch, the PyTorch reference step (../shared/bench/torch_reference_step.py, run by that
+interpreter) is timed back to back, on the GPU where TensorFlow has one. The last line, `BENCH {...}`,
+is the same report as JSON.
 
 --layers times instead each kind of layer of the step's networks alone, forward and forward+backward at
 the shape it sees (batch 1), beside the same torch.nn layers (bench_torch_layers.py), weighted by how
-often one iteration runs it: where the step's time goes, and where it goes against PyTorch's.
+often one iteration runs it: where the step's time goes, and where it goes against PyTorch's
+(bench_layers.py).
 """
 import argparse
 import json
@@ -31,11 +33,11 @@ import cyclegan
 import data
 import distribute
 import networks
+from bench_layers import bench_torch_layers, device_name, on_gpu, print_layers_report, run_layers, timed, torch_env
 from config import BENCH
 from cli import UsageError
 from distribute import tf
 import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
-from keras import layers  # noqa: E402
 
 STEPS = 10
 ROUNDS = 1
@@ -43,7 +45,11 @@ WARMUP = 2
 PIPELINE_IMAGES = 64
 HERE = os.path.dirname(os.path.abspath(__file__))
 TORCH_SCRIPT = os.path.join(HERE, "..", "shared", "bench", "torch_reference_step.py")
-TORCH_LAYERS_SCRIPT = os.path.join(HERE, "bench_torch_layers.py")
+# Runs the yardstick script (argv[1]) with every tensor and parameter it makes on the GPU, then prints
+# PyTorch's peak GPU memory: the reference step has no device option of its own.
+TORCH_ON_GPU = ("import json, runpy, sys, torch; torch.set_default_device('cuda'); script = sys.argv.pop(1); "
+                "sys.argv[0] = script; runpy.run_path(script, run_name='__main__'); "
+                "print('GPU ' + json.dumps({'peak_mb': torch.cuda.max_memory_allocated() / 2 ** 20}))")
 
 
 def build_parser():
@@ -102,16 +108,9 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(function, steps, warmup):
-    """Seconds of each of `steps` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return np.array(times)
+def peak_gpu_mb():
+    """TensorFlow's peak memory on its first GPU so far (None on a CPU)."""
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20 if on_gpu() else None
 
 
 def set_op_determinism(enabled):
@@ -283,15 +282,12 @@ def bench_pipeline(dataroot, config, images):
     return 2 * count * config.batch_size / (time.perf_counter() - started)
 
 
-def torch_env():
-    """PyTorch's threads: TORCH_THREADS if set, else one per CPU, as TensorFlow takes them."""
-    return dict(os.environ, TORCH_THREADS=os.environ.get("TORCH_THREADS", str(os.cpu_count())))
-
-
 def bench_torch(python, script, config_name, steps, warmup):
-    """The PyTorch reference step in its own process; its RESULT line as a dict."""
+    """The PyTorch reference step in its own process, on the GPU where TensorFlow has one; its RESULT
+    line as a dict."""
     env = torch_env()
-    command = [python, os.path.basename(script), config_name, "eager", str(warmup), str(steps)]
+    command = [python] + (["-c", TORCH_ON_GPU] if on_gpu() else []) + [
+        os.path.basename(script), config_name, "eager", str(warmup), str(steps)]
     # Started by a shell that forks it: a process exec'd straight from this one would report this
     # process's resident memory at the fork as its own peak (Linux keeps ru_maxrss across exec).
     command = ["/bin/sh", "-c", '"$0" "$@"; exit $?'] + command
@@ -303,224 +299,11 @@ def bench_torch(python, script, config_name, steps, warmup):
     if done.returncode or not lines:
         raise UsageError(f"--torch {python}: the yardstick failed: {done.stderr.strip()[-300:]}")
     result = json.loads(lines[-1][len("RESULT "):])
-    return {"times": result["times"], "peak_rss_mb": result["peak_rss_MB"], "version": result["torch"]}
-
-# ---- per layer kind (--layers) ------------------------------------------------------------------
-
-GENERATOR_PASSES = 6  # an iteration translates, cycles and identity-maps both ways, all with gradients
-DISCRIMINATOR_PASSES = 6  # two adversarial terms in the generators' step, real + fake twice in theirs
-
-
-def layer_rows(config):
-    """The step's layer kinds at the shapes they see (channels-last, batch 1), each with `count`, how many
-    times one iteration runs it forward and backward. Rows marked summed=False are already inside
-    others (a whole residual block) and stay out of the iteration's total."""
-    size, ngf, blocks, passes = config.image_size, config.ngf, config.n_res_blocks, GENERATOR_PASSES
-    half, quarter = size // 2, size // 4
-    rows = [
-        dict(name="call overhead (identity)", kind="identity", shape=[size, size, 3], count=1, summed=False),
-        dict(name="c7s1 conv 7x7 reflect", kind="conv", shape=[size, size, 3], filters=ngf, kernel=7, stride=1,
-             pad=3, pad_mode="reflect", count=passes),
-        dict(name="down1 conv 3x3 s2", kind="conv", shape=[size, size, ngf], filters=2 * ngf, kernel=3, stride=2,
-             pad=1, pad_mode="zeros", count=passes),
-        dict(name="down2 conv 3x3 s2", kind="conv", shape=[half, half, 2 * ngf], filters=4 * ngf, kernel=3,
-             stride=2, pad=1, pad_mode="zeros", count=passes),
-        dict(name="res conv 3x3 reflect", kind="conv", shape=[quarter, quarter, 4 * ngf], filters=4 * ngf,
-             kernel=3, stride=1, pad=1, pad_mode="reflect", count=2 * blocks * passes),
-        dict(name="up1 transposed conv 3x3 s2", kind="upconv", shape=[quarter, quarter, 4 * ngf], filters=2 * ngf,
-             count=passes),
-        dict(name="up2 transposed conv 3x3 s2", kind="upconv", shape=[half, half, 2 * ngf], filters=ngf,
-             count=passes),
-        dict(name="out conv 7x7 reflect + tanh", kind="conv", shape=[size, size, ngf], filters=3, kernel=7,
-             stride=1, pad=3, pad_mode="reflect", tanh=True, count=passes),
-        dict(name="instance norm + ReLU", kind="norm", shape=[size, size, ngf], relu=True, count=2 * passes),
-        dict(name="instance norm + ReLU", kind="norm", shape=[half, half, 2 * ngf], relu=True, count=2 * passes),
-        dict(name="instance norm + ReLU", kind="norm", shape=[quarter, quarter, 4 * ngf], relu=True,
-             count=(1 + blocks) * passes),
-        dict(name="instance norm (res out)", kind="norm", shape=[quarter, quarter, 4 * ngf], relu=False,
-             count=blocks * passes),
-        dict(name="residual block (whole)", kind="resblock", shape=[quarter, quarter, 4 * ngf],
-             count=blocks * passes, summed=False),
-    ]
-    side, channels = size, 3
-    strides = networks.DISCRIMINATOR_STRIDES[config.netd]
-    for index, stride in enumerate(strides):
-        filters = config.ndf * 2 ** index
-        rows.append(dict(name=f"D conv{index + 1} 4x4 s{stride}" + (" + IN" if index else "") + " + lrelu",
-                         kind="disc", shape=[side, side, channels], filters=filters, stride=stride,
-                         norm=index > 0, lrelu=True, count=DISCRIMINATOR_PASSES))
-        side, channels = (side + 2 - 4) // stride + 1, filters
-    rows.append(dict(name="D score 4x4 s1", kind="disc", shape=[side, side, channels], filters=1, stride=1,
-                     norm=False, lrelu=False, count=DISCRIMINATOR_PASSES))
-    generator = networks.build_generator(config.ngf, blocks, config.upsample, config.init_gain, "layers_g")
-    discriminator = networks.build_discriminator(config.ndf, config.netd, config.sigmoid, config.init_gain,
-                                                 "layers_d")
-    for name, network in (("G", generator), ("D", discriminator)):
-        rows.append(dict(name=f"Adam over one {name}'s variables", kind="adam", shape=None, count=2,
-                         param_shapes=[list(v.shape) for v in network.trainable_variables]))
-    return [{"summed": True, **row} for row in rows]
-
-
-def layer_model(row, config):
-    """The Keras layers of one row, built as networks.py builds them, as a model over the row's shape."""
-    init = networks.conv_initializer(config.init_gain)
-    inputs = keras.Input(shape=row["shape"], batch_size=1)
-    kind, x = row["kind"], inputs
-    if kind == "identity":
-        x = layers.Identity()(x)
-    elif kind == "conv" and row["pad_mode"] == "reflect":
-        x = networks.ReflectionPadding2D(row["pad"])(x)
-        x = layers.Conv2D(row["filters"], row["kernel"], strides=row["stride"], padding="valid",
-                          kernel_initializer=init)(x)
-    elif kind == "conv":
-        x = networks.PaddedConv2D(row["filters"], row["kernel"], pad=row["pad"], strides=row["stride"],
-                                  kernel_initializer=init)(x)
-    elif kind == "upconv":
-        x = networks.UpConv2D(row["filters"], 3, kernel_initializer=init)(x)
-    elif kind == "norm":
-        x = networks.instance_norm()(x)
-    elif kind == "resblock":
-        x = networks._residual_block(x, row["shape"][-1], init, name="res")
-    elif kind == "disc":
-        x = layers.ZeroPadding2D(1)(x)
-        x = layers.Conv2D(row["filters"], 4, strides=row["stride"], padding="valid", kernel_initializer=init)(x)
-        x = networks.instance_norm()(x) if row["norm"] else x
-    if row.get("tanh"):
-        x = layers.Activation("tanh")(x)
-    if row.get("relu"):
-        x = layers.ReLU()(x)
-    if row.get("lrelu"):
-        x = layers.LeakyReLU(0.2)(x)
-    return keras.Model(inputs, x)
-
-
-def time_tf_layer(row, config, steps, warmup, rng):
-    """Median ms of the row's layers forward, and forward + backward to the input and the weights with a
-    random upstream gradient, each a tf.function. The second also returns the output: a linear layer's
-    gradients do not need it, and TensorFlow would otherwise prune its forward pass away."""
-    model = layer_model(row, config)
-    x = tf.constant(rng.standard_normal([1] + row["shape"]).astype(np.float32))
-    upstream = tf.constant(rng.standard_normal(model.output.shape).astype(np.float32))
-    weights = model.trainable_variables
-
-    @tf.function
-    def forward(x):
-        return model(x, training=True)
-
-    @tf.function
-    def forward_backward(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = model(x, training=True)
-        return y, tape.gradient(y, [x] + weights, output_gradients=upstream)
-
-    return {"fwd_ms": 1000 * float(np.median(timed(lambda: forward(x), steps, warmup))),
-            "fwdbwd_ms": 1000 * float(np.median(timed(lambda: forward_backward(x), steps, warmup))),
-            "out_shape": list(model.output.shape[1:])}
-
-
-def time_tf_adam(row, config, steps, warmup, rng):
-    """Median ms of networks.adam's update (FusedAdam) over variables of the network's shapes."""
-    variables = [tf.Variable(rng.normal(0, 0.02, shape).astype(np.float32)) for shape in row["param_shapes"]]
-    gradients = [tf.constant(rng.normal(0, 1e-3, shape).astype(np.float32)) for shape in row["param_shapes"]]
-    optimizer = networks.adam(config.lr, config.beta1)
-    optimizer.build(variables)
-    update = tf.function(lambda: optimizer.apply_gradients(zip(gradients, variables)))
-    return {"fwd_ms": None, "fwdbwd_ms": 1000 * float(np.median(timed(update, steps, warmup)))}
-
-
-def bench_torch_layers(python, rows, steps, warmup):
-    """The rows timed by bench_torch_layers.py under `python`; its JSON as a dict."""
-    spec = json.dumps({"steps": steps, "warmup": warmup, "rows": rows})
-    try:
-        done = subprocess.run([python, TORCH_LAYERS_SCRIPT], input=spec, env=torch_env(), capture_output=True,
-                              text=True)
-    except OSError as error:
-        raise UsageError(f"--torch {python}: cannot run ({error})") from None
-    if done.returncode or not done.stdout.strip():
-        raise UsageError(f"--torch {python}: bench_torch_layers.py failed: {done.stderr.strip()[-300:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def run_layers(args, config):
-    rng = np.random.default_rng(0)
-    rows = layer_rows(config)
-    untimed = args.warmup + 1  # the first call traces a tf.function, and allocates in both frameworks
-    for row in rows:
-        timer = time_tf_adam if row["kind"] == "adam" else time_tf_layer
-        row["tf"] = timer(row, config, args.steps, untimed, rng)
-    report = {"config": args.config, "mode": "layers", "image_size": config.image_size, "ngf": config.ngf,
-              "ndf": config.ndf, "n_res_blocks": config.n_res_blocks, "netd": config.netd, "steps": args.steps,
-              "warmup": args.warmup, "tensorflow": tf.__version__, "cpu_count": os.cpu_count(),
-              "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
-    frameworks = ["tf"]
-    if args.torch:
-        spec = [{key: value for key, value in row.items() if key != "tf"} for row in rows]
-        torch = bench_torch_layers(args.torch, spec, args.steps, untimed)
-        report["torch"] = {"version": torch["torch"], "threads": torch["threads"]}
-        for row, result in zip(rows, torch["rows"]):
-            row["torch"] = result
-        frameworks.append("torch")
-    for row in rows:
-        row.pop("param_shapes", None)
-        for framework in frameworks:
-            row[framework]["per_iteration_ms"] = row["count"] * row[framework]["fwdbwd_ms"]
-        if args.torch:
-            row["tf_over_torch"] = row["tf"]["fwdbwd_ms"] / row["torch"]["fwdbwd_ms"]
-    report["rows"] = rows
-    report["total_ms"] = {framework: sum(row[framework]["per_iteration_ms"] for row in rows if row["summed"])
-                          for framework in frameworks}
-    overhead = rows[0]
-    report["net_total_ms"] = {  # what the layers cost inside one step, without a call's fixed cost each
-        framework: report["total_ms"][framework] - overhead[framework]["fwdbwd_ms"] * sum(
-            row["count"] for row in rows if row["summed"]) for framework in frameworks}
-    if args.torch:
-        report["total_tf_over_torch"] = report["total_ms"]["tf"] / report["total_ms"]["torch"]
-        report["net_total_tf_over_torch"] = report["net_total_ms"]["tf"] / report["net_total_ms"]["torch"]
+    report = {"times": result["times"], "peak_rss_mb": result["peak_rss_MB"], "version": result["torch"]}
+    gpu = [line for line in done.stdout.splitlines() if line.startswith("GPU ")]
+    if gpu:
+        report["peak_gpu_mb"] = json.loads(gpu[-1][len("GPU "):])["peak_mb"]
     return report
-
-
-def print_layers_report(report):
-    torch = "torch" in report
-    print(f"config {report['config']}: {report['image_size']}x{report['image_size']}, ngf {report['ngf']}, "
-          f"{report['n_res_blocks']} blocks, ndf {report['ndf']} {report['netd']}, batch 1, float32, median of "
-          f"{report['steps']} after {report['warmup']} + 1 untimed, TensorFlow {report['tensorflow']}"
-          + (f", PyTorch {report['torch']['version']} ({report['torch']['threads']} threads)" if torch else "")
-          + f", {report['cpu_count']} CPUs")
-    print("  ms; per iter = count x fwd+bwd; ( ) = not in the total: a whole block's layers are rows of "
-          "their own; the\n  identity's is each call's fixed cost, taken off every call in the net total")
-    header = f"  {'layer':<30} {'input':>12} {'out C':>5} {'count':>5} {'TF fwd':>8} {'TF f+b':>8}"
-    if torch:
-        header += f" {'pt fwd':>8} {'pt f+b':>8} {'TF/pt':>6}"
-    header += f" {'TF/iter':>9}" + (f" {'pt/iter':>9} {'TF-pt':>8}" if torch else "")
-    print(header)
-
-    def ms(value):
-        return f"{'-':>8}" if value is None else f"{value:8.2f}"
-
-    for row in report["rows"]:
-        shape = "x".join(map(str, row["shape"])) if row["shape"] else "-"
-        out = str(row["tf"]["out_shape"][-1]) if "out_shape" in row["tf"] else "-"
-        line = f"  {row['name']:<30} {shape:>12} {out:>5} {row['count']:>5} {ms(row['tf']['fwd_ms'])} " \
-               f"{ms(row['tf']['fwdbwd_ms'])}"
-        if torch:
-            line += f" {ms(row['torch']['fwd_ms'])} {ms(row['torch']['fwdbwd_ms'])} {row['tf_over_torch']:6.2f}"
-        per_iteration = [row["tf"]["per_iteration_ms"]] + ([row["torch"]["per_iteration_ms"]] if torch else [])
-        if torch:
-            per_iteration.append(per_iteration[0] - per_iteration[1])
-        wrap = "{:9.1f}" if row["summed"] else "({:7.1f})"
-        line += "".join(" " + wrap.format(value) for value in per_iteration)
-        print(line)
-    for label, key in (("total per iteration", "total"), ("total less call overheads", "net_total")):
-        total = report[f"{key}_ms"]
-        line = f"  {label:<30} {'':>12} {'':>5} {'':>5} {'':>8} {'':>8}"
-        if torch:
-            line += f" {'':>8} {'':>8} {report[f'{key}_tf_over_torch']:6.2f}"
-            line += f" {total['tf']:9.1f} {total['torch']:9.1f} {total['tf'] - total['torch']:8.1f}"
-        else:
-            line += f" {total['tf']:9.1f}"
-        print(line)
-    print("BENCH " + json.dumps(report, sort_keys=True))
 
 
 def run(args, config):
@@ -530,7 +313,8 @@ def run(args, config):
               "n_res_blocks": config.n_res_blocks, "batch_size": config.batch_size, "steps": args.steps,
               "warmup": args.warmup, "rounds": args.rounds, "jit": config.jit, "tensorflow": tf.__version__,
               "policy": distribute.precision_policy(config.mixed_precision),
-              "cpu_count": os.cpu_count(), "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+              "cpu_count": os.cpu_count(), "device": device_name(),
+              "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
     times = {"torch": [], "loop": [], "fused": [], "loop_deterministic": []}
     ratios = {"loop_over_fused": [], "loop_over_torch": [], "fused_over_torch": [], "deterministic_over_loop": []}
     gan, loop = loop_iteration(config, rng)
@@ -541,7 +325,7 @@ def run(args, config):
             times["torch"].append(np.array(torch["times"]))
         times["loop"].append(timed(loop, args.steps, 0))
         if round_ == 0:
-            loop_peak_rss = peak_rss_mb()
+            loop_peak_rss, loop_peak_gpu = peak_rss_mb(), peak_gpu_mb()
             fused = fused_iteration(config, rng)
             timed(fused, 0, args.warmup)
             if args.deterministic:
@@ -564,8 +348,10 @@ def run(args, config):
         if values:
             report[name] = summary(np.concatenate(values))
     report["loop"]["peak_rss_mb"] = loop_peak_rss
+    if loop_peak_gpu is not None:
+        report["loop"]["peak_gpu_mb"] = loop_peak_gpu
     if args.torch:
-        report["torch"].update(peak_rss_mb=torch["peak_rss_mb"], version=torch["version"])
+        report["torch"].update({key: torch[key] for key in ("peak_rss_mb", "peak_gpu_mb", "version") if key in torch})
     for name, values in ratios.items():
         if values:
             report[name] = float(np.median(values))
@@ -598,7 +384,7 @@ def print_report(report):
           f"{report['n_res_blocks']} blocks, ndf {report['ndf']}, batch {report['batch_size']}, "
           f"jit {report['jit']}, {report['policy']}, {report['rounds']} x {report['steps']} steps after "
           f"{report['warmup']} warm-up, "
-          f"TensorFlow {report['tensorflow']}, {report['cpu_count']} CPUs")
+          f"TensorFlow {report['tensorflow']}, on {report['device']}")
     if "torch" in report:
         line(f"PyTorch {report['torch']['version']} reference step", report["torch"])
     line("project loop (CycleGAN.train_step)", report["loop"])
@@ -630,13 +416,17 @@ def print_report(report):
     if "torch" in report:
         rss += f"; PyTorch {report['torch']['peak_rss_mb']:.0f} MB"
     print(rss)
+    if "peak_gpu_mb" in report["loop"]:
+        theirs = report.get("torch", {}).get("peak_gpu_mb")
+        print(f"  peak GPU memory: {report['loop']['peak_gpu_mb']:.0f} MB after the loop"
+              + (f"; PyTorch {theirs:.0f} MB" if theirs is not None else ""))
     print("BENCH " + json.dumps(report, sort_keys=True))
 
 
 def main(argv=None):
     args, config = parse_config(argv)
     if args.layers:
-        print_layers_report(run_layers(args, config))
+        print_layers_report(run_layers(config, args.config, args.steps, args.warmup, args.torch))
     else:
         print_report(run(args, config))
 

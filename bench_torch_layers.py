@@ -4,8 +4,8 @@
 
 A yardstick only: bench.py runs it in a subprocess with an interpreter that has torch; nothing imports it
 and torch is not a requirement of the project. SPEC_JSON is {"steps", "warmup", "rows": [...]} as
-bench.layer_rows writes it (input shapes channels-last, as Keras sees them); it prints one JSON line with
-each row's median forward and forward+backward milliseconds.
+bench_layers.layer_rows writes it (input shapes channels-last, as Keras sees them); it prints one JSON line
+with each row's median forward and forward+backward milliseconds. TORCH_DEVICE=cuda runs it on the GPU.
 """
 import json
 import os
@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "2")))  # as torch_reference_step.py
+DEVICE = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))  # bench.py sets cuda where TensorFlow has a GPU
 
 
 def instance_norm(channels):
@@ -83,16 +84,19 @@ def build(row):
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(layer.weight, 0.0, 0.02)
             nn.init.zeros_(layer.bias)
-    return module
+    return module.to(DEVICE)
 
 
 def median_ms(function, steps, warmup):
+    sync = torch.cuda.synchronize if DEVICE.type == "cuda" else (lambda: None)  # CUDA calls return at once
     for _ in range(warmup):
         function()
+    sync()
     times = []
     for _ in range(steps):
         started = time.perf_counter()
         function()
+        sync()
         times.append(time.perf_counter() - started)
     return 1000 * float(np.median(times))
 
@@ -100,7 +104,7 @@ def median_ms(function, steps, warmup):
 def time_layer(row, steps, warmup):
     module = build(row)
     height, width, channels = row["shape"]
-    x = torch.randn(row.get("batch", 1), channels, height, width)
+    x = torch.randn(row.get("batch", 1), channels, height, width, device=DEVICE)
     with torch.no_grad():
         upstream = torch.randn_like(module(x))
 
@@ -121,7 +125,7 @@ def time_layer(row, steps, warmup):
 
 def time_adam(row, steps, warmup):
     """One Adam step over parameters of the network's shapes, as the reference's optimizers are set up."""
-    parameters = [nn.Parameter(torch.randn(shape) * 0.02) for shape in row["param_shapes"]]
+    parameters = [nn.Parameter(torch.randn(shape, device=DEVICE) * 0.02) for shape in row["param_shapes"]]
     for parameter in parameters:
         parameter.grad = torch.randn_like(parameter) * 1e-3
     optimizer = torch.optim.Adam(parameters, lr=2e-4, betas=(0.5, 0.999))
@@ -133,7 +137,8 @@ def main():
     torch.manual_seed(0)
     rows = [(time_adam if row["kind"] == "adam" else time_layer)(row, spec["steps"], spec["warmup"])
             for row in spec["rows"]]
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}))
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
+                      "rows": rows}))
 
 
 if __name__ == "__main__":
