@@ -120,8 +120,7 @@ def layer_model(row, config):
         x = layers.Identity()(x)
     elif kind == "conv" and row["pad_mode"] == "reflect":
         x = networks.ReflectionPadding2D(row["pad"])(x)
-        x = layers.Conv2D(row["filters"], row["kernel"], strides=row["stride"], padding="valid",
-                          kernel_initializer=init)(x)
+        x = networks.ValidConv2D(row["filters"], row["kernel"], kernel_initializer=init)(x)
     elif kind == "conv":
         x = networks.PaddedConv2D(row["filters"], row["kernel"], pad=row["pad"], strides=row["stride"],
                                   kernel_initializer=init)(x)

@@ -377,6 +377,29 @@ def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
     assert networks.UpConv2D(4, 3)(x).shape == networks.UpConv2D(4, 4)(x).shape == (2, 20, 28, 4)
 
 
+@pytest.mark.parametrize("kernel, channels, backward_data", [(3, 256, True), (7, 128, True), (3, 128, False)])
+def test_valid_conv_runs_large_kernels_as_backward_data_with_the_same_values(kernel, channels, backward_data):
+    """ValidConv2D runs a float32 kernel above BLOCKED_KERNEL_BYTES (the paper's 3x3x256x256) through
+    TensorFlow's backward-data convolution: its output and both gradients are a valid convolution's."""
+    rng = np.random.default_rng(kernel + channels)
+    layer = networks.ValidConv2D(channels, kernel)
+    x = tf.constant(rng.normal(size=(2, 5 + kernel, 4 + kernel, channels)).astype(np.float32))
+    layer.build(x.shape)
+    layer.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in layer.weights])
+    ops = {op.type for op in tf.function(layer).get_concrete_function(x).graph.get_operations()}
+    assert ("Conv2DBackpropInput" in ops) == backward_data and ("Conv2D" in ops) != backward_data
+    upstream = tf.constant(rng.normal(size=(2, 6, 5, channels)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours = layer(x)
+        expected = tf.nn.conv2d(x, layer.kernel, 1, "VALID") + layer.bias
+    assert ours.shape == expected.shape == (2, 6, 5, channels)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(tape.gradient(ours, [x, layer.kernel], upstream),
+                         tape.gradient(expected, [x, layer.kernel], upstream)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
 def test_generator_with_instance_norm_survives_keras_save_and_safe_load(tmp_path):
     generator = networks.build_generator(4, 1, "transpose", 0.02, name="g")
     path = str(tmp_path / "g.keras")
