@@ -20,8 +20,8 @@ import os
 import cli
 import config
 import data
+import inference
 import metrics
-import networks
 from checkpoints import write_json
 from metrics import DIRECTIONS
 
@@ -57,7 +57,7 @@ def build_parser():
     p.add_argument("--classifier", help=f"domain classifier file, trained and cached there if missing (default: "
                                         f"DATAROOT/{metrics.DOMAIN_FILE}, or beside the two training folders, named "
                                         "after them; RUN_DIR/ if that folder is read-only)")
-    p.add_argument("--batch-size", type=int, default=networks.TRANSLATE_BATCH, help="images per generator batch")
+    p.add_argument("--batch-size", type=int, default=inference.TRANSLATE_BATCH, help="images per generator batch")
     return p
 
 
@@ -78,7 +78,7 @@ def evaluate(args, extract_features=None):
     run_config = config.load(os.path.join(args.run_dir, "config.json"))
     folders = data.domain_folders(dataset_config(run_config, args))
     directions = ("AtoB", "BtoA") if args.direction == "both" else (args.direction,)
-    generators = {d: networks.load_generator(os.path.join(args.run_dir, f"{DIRECTIONS[d][0]}.keras"))
+    generators = {d: inference.load_generator(os.path.join(args.run_dir, f"{DIRECTIONS[d][0]}.keras"))
                   for d in directions}
     classifier_path = args.classifier or metrics.default_classifier_path(folders, args.run_dir)
     evaluator = metrics.Evaluator(folders, run_config.image_size, directions, classifier_path, extract_features)

@@ -20,7 +20,7 @@ import zipfile
 import cli
 import config
 import data
-import networks
+import inference
 import pretrained
 import samples
 from checkpoints import read_json, write_atomically, write_json
@@ -43,7 +43,7 @@ def build_parser():
     p.add_argument("--output", help="folder for the translations (default: RUN_DIR/generated/DIRECTION/)")
     p.add_argument("--generator", help="explicit .keras file, or PyTorch CycleGAN .pth, for the forward generator")
     p.add_argument("--reverse-generator", help="explicit .keras or .pth file for the backward generator (grids)")
-    p.add_argument("--batch-size", type=int, default=networks.TRANSLATE_BATCH, help="images per inference batch")
+    p.add_argument("--batch-size", type=int, default=inference.TRANSLATE_BATCH, help="images per inference batch")
     p.add_argument("--grid-count", type=cli.non_negative_int, default=GRID_COUNT,
                    help="images in the sample grid (0: no grid)")
     p.add_argument("--format", choices=FORMATS,
@@ -179,7 +179,7 @@ def translations(generator, paths, targets, batch_size):
     progress = cli.Progress(len(paths), unit="image")
     for start in range(0, len(paths), CHUNK):
         images = [data.read_image(path) for path in paths[start:start + CHUNK]]
-        yield from zip(targets[start:], networks.translate_images(generator, images, batch_size))
+        yield from zip(targets[start:], inference.translate_images(generator, images, batch_size))
         progress.update(start + len(images))
 
 
@@ -193,7 +193,7 @@ def write_zip(path, named_images):
 
 
 def generate(generator, input, output=None, reverse_generator=None, direction=DIRECTION,
-             batch_size=networks.TRANSLATE_BATCH, grid_count=GRID_COUNT, overwrite=False, image_format=None,
+             batch_size=inference.TRANSLATE_BATCH, grid_count=GRID_COUNT, overwrite=False, image_format=None,
              zip_path=None):
     """Translates the readable images of the folder `input` with the generator file `generator` (.keras
     or .pth) into the folder `output`, or into the zip file `zip_path`, in the inputs' formats or
@@ -230,8 +230,8 @@ def generate(generator, input, output=None, reverse_generator=None, direction=DI
             data.write_image(target, image)
     if grid:
         inputs = [data.read_image(path) for path in paths[:grid_count]]
-        translated = networks.translate_images(forward, inputs, batch_size)
-        reconstructed = networks.translate_images(backward, translated, batch_size)
+        translated = inference.translate_images(forward, inputs, batch_size)
+        reconstructed = inference.translate_images(backward, translated, batch_size)
         samples.save_grid(grid, [inputs, translated, reconstructed], samples.direction_titles(direction))
     return targets, grid
 

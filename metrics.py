@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import data
-import networks
+import inference
 from checkpoints import read_json, write_atomically, write_json
 from cli import UsageError
 from distribute import tf
@@ -123,22 +123,22 @@ def ground_truth_pairs(paths, truth_dir):
     return pairs
 
 
-def ground_truth_scores(generator, test_dir, truth_dir, batch_size=networks.TRANSLATE_BATCH):
+def ground_truth_scores(generator, test_dir, truth_dir, batch_size=inference.TRANSLATE_BATCH):
     """Mean SSIM and PSNR of G(test images) and of the images themselves against the truth.
 
     `generator` is a Keras model or the path of one saved by train.py; images keep their resolution.
     """
     if isinstance(generator, str):
-        generator = networks.load_generator(generator)
+        generator = inference.load_generator(generator)
     pairs = ground_truth_pairs(data.usable_images(data.list_images(test_dir)), truth_dir)
     return pair_scores(generator, pairs, batch_size)
 
 
-def pair_scores(generator, pairs, batch_size=networks.TRANSLATE_BATCH):
+def pair_scores(generator, pairs, batch_size=inference.TRANSLATE_BATCH):
     """ground_truth_scores for (test image, truth) path pairs from ground_truth_pairs."""
     inputs = [data.read_image(path) for path, _ in pairs]
     truths = [data.to_uint8(data.read_image(truth_path)) for _, truth_path in pairs]
-    translated = networks.translate_images(generator, inputs, batch_size)
+    translated = inference.translate_images(generator, inputs, batch_size)
     return {"generator": image_scores(truths, [data.to_uint8(i) for i in translated]),
             "baseline": image_scores(truths, [data.to_uint8(i) for i in inputs])}
 
@@ -240,7 +240,7 @@ def domain_classifier(folders, path, log=print):
     `folders` (a data.Folders), scored on its test folders, and cached."""
     facts_path = os.path.splitext(path)[0] + ".json"
     if os.path.isfile(path) and os.path.isfile(facts_path):
-        return networks.load_generator(path), read_json(facts_path)
+        return inference.load_generator(path), read_json(facts_path)
     started = time.time()
     load = lambda split, d: classifier_input(  # noqa: E731
         data.load_images(folders.images(split, d), DOMAIN_LOAD_SIZE))
@@ -322,13 +322,13 @@ class Evaluator:
             for d, images in self.tests.items():
                 self.real[d]["features"] = self.extract_features(images)
 
-    def score(self, generators, batch_size=networks.TRANSLATE_BATCH):
+    def score(self, generators, batch_size=inference.TRANSLATE_BATCH):
         """{direction: {score: value}} for generators given as {"AtoB": model, "BtoA": model}."""
         results = {}
         for direction in self.directions:
             _, source, target = DIRECTIONS[direction]
             generator = generators[direction]
-            translated = as_saved(np.stack(networks.translate_images(generator, list(self.tests[source]), batch_size)))
+            translated = as_saved(np.stack(inference.translate_images(generator, list(self.tests[source]), batch_size)))
             scores = {"images": len(translated), "target_images": len(self.tests[target])}
             if self.extract_features:
                 features = self.extract_features(translated)

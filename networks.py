@@ -1,17 +1,13 @@
 """CycleGAN networks: residual generator, pix2pix's U-Net, ZeroPadding PatchGAN discriminator, combined
-model with the least-squares or vanilla GAN loss, and running a trained generator over images of any size.
+model with the least-squares or vanilla GAN loss (inference.py runs a trained generator).
 
 The residual generator follows the paper's table (c7s1-ngf, d2ngf, d4ngf, R4ngf x N, u2ngf, ungf,
 c7s1-3): `ngf=64, n_res_blocks=9` is the paper's 256x256 network, `ngf=32, n_res_blocks=6` the book's
 128x128 one (config.py holds the defaults). Every model is fully convolutional, so the same weights run
-at any H x W divisible by 4 (the U-Net: by 256; see size_rule).
+at any H x W divisible by 4 (the U-Net: by 256; see inference.size_rule).
 """
-import os
-from collections import defaultdict
-
 import numpy as np
 
-from cli import UsageError
 from distribute import tf
 import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
 from keras import layers, ops  # noqa: E402
@@ -423,59 +419,3 @@ def combined_targets(real_a, real_b, patch):
     real images for the cycle and identity terms, none for the translations."""
     ones = np.ones((len(real_a),) + tuple(patch), np.float32)
     return [ones, ones, real_a, real_b, real_a, real_b, None, None]
-
-
-# ---- using a trained generator ----------------------------------------------------------------
-
-def load_generator(path):
-    """A generator saved by train.py, loaded in Keras' safe mode (no code from the file runs)."""
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: no such model file (train a run first, or pass --generator)")
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:  # Keras raises many types for a bad file; all mean the same here
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UsageError(f"{path}: not a Keras model file ({reason[:200]})") from None
-
-
-def size_rule(generator):
-    """(multiple, smallest): the image sides `generator` takes, read from the model. Each stride-2
-    convolution halves them, so they are multiples of 2 ** (their number): 4 for the residual
-    generator, 256 for the U-Net. The residual generator's reflection paddings also need 2 pixels at its
-    bottleneck, so its smallest side is twice the multiple."""
-    halvings = sum(isinstance(layer, layers.Conv2D) and layer.strides == (2, 2) for layer in generator.layers)
-    multiple = 2 ** halvings
-    reflects = any(isinstance(layer, ReflectionPadding2D) for layer in generator.layers)
-    return multiple, 2 * multiple if reflects else multiple
-
-
-def pad_to_multiple(image, multiple=4, smallest=8):
-    """Mirror-pads H and W up to a multiple and to at least `smallest` (size_rule; the defaults are the
-    residual generator's). Images too small to mirror are edge-padded. Returns the padded image and the
-    original (H, W)."""
-    height, width = image.shape[:2]
-    pad_h, pad_w = (max(smallest - size, -size % multiple) for size in (height, width))
-    mode = "reflect" if pad_h < height and pad_w < width else "edge"
-    return np.pad(image, [(0, pad_h), (0, pad_w), (0, 0)], mode=mode), (height, width)
-
-
-TRANSLATE_BATCH = 8  # images a generator translates at once (generate.py, evaluate.py, the demo)
-
-
-def translate_images(generator, images, batch_size=TRANSLATE_BATCH):
-    """Translates a list of [-1, 1] images of any sizes, batching images of equal size together. Runs
-    the generator in inference mode: the U-Net's dropout is off, so a translation is deterministic."""
-    multiple, smallest = size_rule(generator)
-    by_shape = defaultdict(list)
-    for index, image in enumerate(images):
-        by_shape[image.shape].append(index)
-    results = [None] * len(images)
-    for indices in by_shape.values():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            padded = [pad_to_multiple(images[i], multiple, smallest) for i in chunk]
-            batch = np.stack([p[0] for p in padded])
-            translated = np.asarray(generator.predict_on_batch(batch))
-            for i, output, (_, (height, width)) in zip(chunk, translated, padded):
-                results[i] = output[:height, :width]
-    return results

@@ -299,11 +299,12 @@ def generator_weights(path, state_dict):
 
 def load_generator(path):
     """A Keras generator from a PyTorch .pth (or .pt) state_dict, or from any other file through
-    networks.load_generator (a .keras file, in Keras' safe mode)."""
-    import networks  # here: download.py checks .pth files with this module without importing TensorFlow
+    inference.load_generator (a .keras file, in Keras' safe mode)."""
+    import inference  # here: download.py checks .pth files with this module without importing TensorFlow
+    import networks
 
     if not path.lower().endswith(TORCH_SUFFIXES):
-        return networks.load_generator(path)
+        return inference.load_generator(path)
     ngf, n_res_blocks, weights = generator_weights(path, read_state_dict(path))
     generator = networks.build_generator(ngf, n_res_blocks, "transpose", 0.0)  # its weights are set below
     for layer_name, arrays in weights.items():

@@ -10,7 +10,7 @@ import pytest
 
 import cli
 import generate
-import networks
+import inference
 
 from conftest import write_images
 
@@ -71,26 +71,26 @@ def test_tiny_and_unreadable_images_in_a_real_process(trained_run, tmp_path):
 
 
 def test_translation_matches_the_generator_on_the_padded_image(trained_run):
-    generator = networks.load_generator(os.path.join(trained_run, "generator_ab.keras"))
+    generator = inference.load_generator(os.path.join(trained_run, "generator_ab.keras"))
     image = np.random.default_rng(0).uniform(-1, 1, (30, 42, 3)).astype("float32")
-    padded, _ = networks.pad_to_multiple(image)
+    padded, _ = inference.pad_to_multiple(image)
     assert padded.shape == (32, 44, 3)
     expected = generator.predict_on_batch(padded[None])[0, :30, :42]
     same_size = np.random.default_rng(1).uniform(-1, 1, (30, 42, 3)).astype("float32")
-    results = networks.translate_images(generator, [image, same_size, image[:28, :40]], batch_size=2)
+    results = inference.translate_images(generator, [image, same_size, image[:28, :40]], batch_size=2)
     np.testing.assert_allclose(results[0], expected, atol=1e-5)
     assert [r.shape for r in results] == [(30, 42, 3), (30, 42, 3), (28, 40, 3)]
 
 
 def test_tiny_images_match_the_generator_on_their_padded_form(trained_run):
-    generator = networks.load_generator(os.path.join(trained_run, "generator_ab.keras"))
+    generator = inference.load_generator(os.path.join(trained_run, "generator_ab.keras"))
     tiny = np.random.default_rng(2).uniform(-1, 1, (3, 5, 3)).astype("float32")
-    padded, size = networks.pad_to_multiple(tiny)
+    padded, size = inference.pad_to_multiple(tiny)
     assert padded.shape == (8, 8, 3) and size == (3, 5)
     np.testing.assert_array_equal(padded[:3, :5], tiny)
     np.testing.assert_array_equal(padded[3:, :5], np.broadcast_to(tiny[2:3], (5, 5, 3)))  # edge-padded
     expected = generator.predict_on_batch(padded[None])[0, :3, :5]
-    np.testing.assert_allclose(networks.translate_images(generator, [tiny])[0], expected, atol=1e-5)
+    np.testing.assert_allclose(inference.translate_images(generator, [tiny])[0], expected, atol=1e-5)
 
 
 def test_a_folder_of_unreadable_images_is_one_line_and_no_output_folder(trained_run, tmp_path):
@@ -181,7 +181,7 @@ def test_run_files_give_the_run_defaults(trained_run, dataset):
     assert explicit == dict(generator=os.path.join(trained_run, "generator_ba.keras"),
                             reverse_generator=os.path.join(trained_run, "generator_ab.keras"),
                             input=os.path.join(dataset, "testB"), output="elsewhere", direction="BtoA",
-                            batch_size=networks.TRANSLATE_BATCH, grid_count=2, overwrite=False, image_format=None)
+                            batch_size=inference.TRANSLATE_BATCH, grid_count=2, overwrite=False, image_format=None)
 
 
 def test_explicit_model_files_work_without_a_run(trained_run, dataset, tmp_path):
@@ -194,9 +194,9 @@ def test_not_a_model_file_is_a_one_line_error(tmp_path):
     bogus = tmp_path / "fake.keras"
     bogus.write_bytes(b"PK not really a zip")
     with pytest.raises(cli.UsageError, match="fake.keras: not a Keras model file"):
-        networks.load_generator(str(bogus))
+        inference.load_generator(str(bogus))
     with pytest.raises(cli.UsageError, match="no such model file"):
-        networks.load_generator(str(tmp_path / "missing.keras"))
+        inference.load_generator(str(tmp_path / "missing.keras"))
 
 
 def test_a_zip_of_jpegs_holds_one_per_input_at_its_resolution(trained_run, tmp_path):
@@ -271,7 +271,7 @@ def test_an_interrupted_zip_leaves_no_zip_and_keeps_the_earlier_one(trained_run,
     target = tmp_path / "out.zip"
     if earlier:
         target.write_bytes(earlier)
-    translate, calls, seen = networks.translate_images, [], {}
+    translate, calls, seen = inference.translate_images, [], {}
 
     def interrupted_on_the_second_chunk(*args):
         calls.append(1)
@@ -281,7 +281,7 @@ def test_an_interrupted_zip_leaves_no_zip_and_keeps_the_earlier_one(trained_run,
         return translate(*args)
 
     monkeypatch.setattr(generate, "CHUNK", 1)
-    monkeypatch.setattr(networks, "translate_images", interrupted_on_the_second_chunk)
+    monkeypatch.setattr(inference, "translate_images", interrupted_on_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         generate.generate(os.path.join(trained_run, "generator_ab.keras"), str(photos), zip_path=str(target),
                           overwrite=True)

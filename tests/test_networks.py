@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from config import BENCH, Config
 import cyclegan
+import inference
 import networks
 
 
@@ -80,12 +81,12 @@ def test_unet_follows_the_references_unet_256():
 
 def test_unet_translates_any_size_padded_to_its_multiple_and_drops_out_only_in_training():
     unet = networks.build_unet_generator(4, 0.02)
-    assert networks.size_rule(unet) == (256, 256)
-    assert networks.size_rule(networks.build_generator(4, 1, "transpose", 0.02)) == (4, 8)
+    assert inference.size_rule(unet) == (256, 256)
+    assert inference.size_rule(networks.build_generator(4, 1, "transpose", 0.02)) == (4, 8)
     image = np.random.default_rng(1).uniform(-1, 1, (40, 300, 3)).astype("float32")
-    padded, size = networks.pad_to_multiple(image, *networks.size_rule(unet))
+    padded, size = inference.pad_to_multiple(image, *inference.size_rule(unet))
     assert padded.shape == (256, 512, 3) and size == (40, 300)
-    translated = networks.translate_images(unet, [image, image])
+    translated = inference.translate_images(unet, [image, image])
     assert [t.shape for t in translated] == [(40, 300, 3)] * 2
     expected = unet.predict_on_batch(padded[None])[0, :40, :300]
     np.testing.assert_allclose(translated[0], expected, atol=1e-5)
@@ -98,10 +99,10 @@ def test_unet_survives_keras_save_and_safe_load(tmp_path):
     unet = networks.build_unet_generator(4, 0.02, name="generator_ab")
     path = str(tmp_path / "unet.keras")
     unet.save(path)
-    loaded = networks.load_generator(path)
+    loaded = inference.load_generator(path)
     image = np.random.default_rng(2).uniform(-1, 1, (1, 256, 256, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict_on_batch(image), unet.predict_on_batch(image), atol=1e-6)
-    assert networks.size_rule(loaded) == (256, 256)
+    assert inference.size_rule(loaded) == (256, 256)
 
 
 @pytest.mark.parametrize("netg", ["resnet", "unet"])

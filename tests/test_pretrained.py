@@ -16,6 +16,7 @@ import pytest
 
 import checkpoints
 import cli
+import inference
 import networks
 import pretrained
 import train
@@ -226,7 +227,7 @@ def test_convert_writes_a_keras_generator_and_never_over_a_file(tmp_path):
     result = run_script("convert.py", FIXTURES / "reference_legacy.pth", target)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"saved {target}: resnet generator, ngf 4, 2 residual blocks"
-    converted = networks.load_generator(str(target))
+    converted = inference.load_generator(str(target))
     np.testing.assert_allclose(converted.predict_on_batch(EXPECTED["input"]), EXPECTED["reference_legacy"],
                                atol=1e-4)
     before = target.read_bytes()
@@ -252,7 +253,7 @@ def test_generate_translates_with_a_pth_and_no_reverse_generator(tmp_path):
     generator = pretrained.load_generator(str(FIXTURES / "fork_zip.pth"))
     for name in ("img000.png", "img001.png"):
         image = iio.imread(photos / name).astype(np.float32) / 127.5 - 1
-        expected = networks.translate_images(generator, [image])[0]
+        expected = inference.translate_images(generator, [image])[0]
         written = iio.imread(tmp_path / "out" / name).astype(np.float32) / 127.5 - 1
         assert written.shape == (20, 24, 3)
         assert np.abs(written - expected).max() < 2.5 / 127.5  # 8-bit rounding
@@ -267,7 +268,7 @@ def test_a_fresh_run_starts_from_a_pth_and_a_keras_file(dataset, tmp_path):
                 "--n-res-blocks", "2", "--max-steps", "1", "--lr", "0", "--start-ab", str(source_ab),
                 "--start-ba", str(source_ba), "--sample-every", "100"])
     for run_file, source in (("generator_ab.keras", source_ab), ("generator_ba.keras", source_ba)):
-        trained = networks.load_generator(str(tmp_path / "runs" / "tuned" / run_file)).get_weights()
+        trained = inference.load_generator(str(tmp_path / "runs" / "tuned" / run_file)).get_weights()
         expected = pretrained.load_generator(str(source)).get_weights()
         assert len(trained) == len(expected) == 2 * 10 + 2 * 9  # kernel + bias per conv, gamma + beta per norm
         for got, want in zip(trained, expected):

@@ -1,0 +1,65 @@
+"""Using a trained generator: loading its file safely, padding images to the sizes it takes, and
+translating images of any size in batches (generate.py, evaluate.py, the metrics and the demo)."""
+import os
+from collections import defaultdict
+
+import numpy as np
+
+from cli import UsageError
+import networks  # first: it imports TensorFlow quietly, and registers the layers a saved generator names
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+
+def load_generator(path):
+    """A generator saved by train.py, loaded in Keras' safe mode (no code from the file runs)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such model file (train a run first, or pass --generator)")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a bad file; all mean the same here
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"{path}: not a Keras model file ({reason[:200]})") from None
+
+
+def size_rule(generator):
+    """(multiple, smallest): the image sides `generator` takes, read from the model. Each stride-2
+    convolution halves them, so they are multiples of 2 ** (their number): 4 for the residual
+    generator, 256 for the U-Net. The residual generator's reflection paddings also need 2 pixels at its
+    bottleneck, so its smallest side is twice the multiple."""
+    halvings = sum(isinstance(layer, layers.Conv2D) and layer.strides == (2, 2) for layer in generator.layers)
+    multiple = 2 ** halvings
+    reflects = any(isinstance(layer, networks.ReflectionPadding2D) for layer in generator.layers)
+    return multiple, 2 * multiple if reflects else multiple
+
+
+def pad_to_multiple(image, multiple=4, smallest=8):
+    """Mirror-pads H and W up to a multiple and to at least `smallest` (size_rule; the defaults are the
+    residual generator's). Images too small to mirror are edge-padded. Returns the padded image and the
+    original (H, W)."""
+    height, width = image.shape[:2]
+    pad_h, pad_w = (max(smallest - size, -size % multiple) for size in (height, width))
+    mode = "reflect" if pad_h < height and pad_w < width else "edge"
+    return np.pad(image, [(0, pad_h), (0, pad_w), (0, 0)], mode=mode), (height, width)
+
+
+TRANSLATE_BATCH = 8  # images a generator translates at once (generate.py, evaluate.py, the demo)
+
+
+def translate_images(generator, images, batch_size=TRANSLATE_BATCH):
+    """Translates a list of [-1, 1] images of any sizes, batching images of equal size together. Runs
+    the generator in inference mode: the U-Net's dropout is off, so a translation is deterministic."""
+    multiple, smallest = size_rule(generator)
+    by_shape = defaultdict(list)
+    for index, image in enumerate(images):
+        by_shape[image.shape].append(index)
+    results = [None] * len(images)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            padded = [pad_to_multiple(images[i], multiple, smallest) for i in chunk]
+            batch = np.stack([p[0] for p in padded])
+            translated = np.asarray(generator.predict_on_batch(batch))
+            for i, output, (_, (height, width)) in zip(chunk, translated, padded):
+                results[i] = output[:height, :width]
+    return results
