@@ -143,7 +143,7 @@ class ValidConv2D(layers.Conv2D):
     TensorFlow gives oneDNN's forward convolution the weights in their plain HWIO layout, and its
     backward-data convolution a blocked copy. Once a kernel outgrows a core's L2 cache (the paper's
     residual blocks: 3x3x256x256, 2.4 MB) the blocked one is faster: 24 against 29 ms at 64x64x256 on a
-    2-core Xeon, about 5 % of the paper's training step. So in float32 on a CPU such a kernel's forward pass
+    2-core Xeon, about 7 % of the paper's training step. So in float32 on a CPU such a kernel's forward pass
     is run as that backward-data convolution (`valid_conv_by_backward_data`): the same sums, the same
     gradients. Smaller kernels, 16 bits and GPUs keep the plain convolution.
     """
