@@ -7,12 +7,11 @@ the four folders. A domain folder holds image files or TFRecord shards of tf.tra
 the encoded image under one feature (--tfrecord-key). The domains are unpaired: A and B are shuffled
 independently, and an epoch is max(len A, len B) images as in the reference.
 
-download.py fetches the official datasets; build_demo_dataset makes the offline one main.py uses.
+download.py fetches the official datasets; demo_data.py makes the offline one main.py uses.
 """
 import contextlib
 import logging
 import os
-import shutil
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -32,17 +31,6 @@ LAYOUT = f"expected DATAROOT/trainA/ and DATAROOT/trainB/ with {CONTENT} (plus t
 SHUFFLE_WINDOW = 2048  # encoded records a shard stream shuffles among (a smaller domain: all of it)
 INTERLEAVED_SHARDS = 16  # shards read at once
 REFERENCE_LOAD_RATIO = 286 / 256
-DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
-DEMO_CROP = 72
-DEMO_PHOTO_HEIGHT = 180
-DEMO_TEST_ROWS = 72
-PAINT_LEVELS = 6
-PAINT_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
-PAINT_PALETTE = np.array([[0.12, 0.10, 0.30],   # indigo shadows
-                          [0.70, 0.25, 0.30],   # crimson
-                          [0.95, 0.60, 0.20],   # orange
-                          [1.00, 0.93, 0.70]])  # cream highlights
-
 log = logging.getLogger("cyclegan")
 
 
@@ -439,82 +427,3 @@ def test_images(folders, domain, image_size, count):
         return load_images(folders.images("test", domain), image_size, count)
     log.info("sample images of domain %s from the training folder %s (no test folder)", domain, train)
     return load_images(folders.images("train", domain), image_size, count)
-
-
-# ---- the offline demo dataset ------------------------------------------------------------------
-
-def paint(photo):
-    """The demo's domain B style: a soft-brushed, auto-contrasted poster in a sunset palette with ink
-    outlines. Deterministic; it depends only on the image it is given, so a crop's painting is its
-    ground truth.
-    """
-    from skimage import color, filters
-
-    image = filters.gaussian(photo.astype(np.float32) / 255.0, sigma=1.0, channel_axis=-1)
-    tone = color.rgb2gray(image)
-    low, high = np.percentile(tone, [2, 98])
-    tone = np.clip((tone - low) / max(high - low, 1e-3), 0.0, 1.0)
-    tone = np.round(tone * (PAINT_LEVELS - 1)) / (PAINT_LEVELS - 1)
-    painted = np.stack([np.interp(tone, PAINT_STOPS, PAINT_PALETTE[:, c]) for c in range(3)], axis=-1)
-    painted = filters.gaussian(painted, sigma=0.7, channel_axis=-1)
-    outline = np.clip(3.0 * filters.sobel(tone), 0.0, 1.0)
-    painted = painted * (1.0 - 0.5 * outline)[..., None]
-    return np.clip(np.round(painted * 255.0), 0, 255).astype(np.uint8)
-
-
-def _demo_photos():
-    from skimage import data, transform
-
-    photos = []
-    for name in DEMO_PHOTOS:
-        photo = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
-        scale = DEMO_PHOTO_HEIGHT / photo.shape[0]
-        photo = transform.rescale(photo, scale, channel_axis=-1, anti_aliasing=True)
-        photos.append(np.clip(np.round(photo * 255.0), 0, 255).astype(np.uint8))
-    return photos
-
-
-def _random_crops(photos, rows, count, rng):
-    crops = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        top = rng.integers(rows[0], rows[1] - DEMO_CROP + 1)
-        left = rng.integers(0, photo.shape[1] - DEMO_CROP + 1)
-        crops.append(photo[top:top + DEMO_CROP, left:left + DEMO_CROP])
-    return crops
-
-
-def build_demo_dataset(root, train_per_domain=200, test_per_domain=20, seed=0):
-    """Writes the offline demo dataset (standard layout plus testA_gt/) from scikit-image's photos.
-
-    Each photo is scaled to 4 crop heights; training crops come from its top three quarters and test
-    crops from the bottom quarter, so no test pixel is seen in training. trainA and trainB are drawn
-    independently (different crops: unpaired); testA_gt/ holds the true painting of each testA crop.
-    Returns `root`; a complete dataset already there is reused.
-    """
-    import imageio.v3 as iio
-
-    folders = ("trainA", "trainB", "testA", "testB", "testA_gt")
-    if all(os.path.isdir(os.path.join(root, f)) and os.listdir(os.path.join(root, f)) for f in folders):
-        return root
-    rng = np.random.default_rng(seed)
-    photos = _demo_photos()
-    train_rows = (0, DEMO_PHOTO_HEIGHT - DEMO_TEST_ROWS)
-    test_rows = (DEMO_PHOTO_HEIGHT - DEMO_TEST_ROWS, DEMO_PHOTO_HEIGHT)
-    content = {
-        "trainA": _random_crops(photos, train_rows, train_per_domain, rng),
-        "trainB": [paint(c) for c in _random_crops(photos, train_rows, train_per_domain, rng)],
-        "testA": _random_crops(photos, test_rows, test_per_domain, rng),
-        "testB": [paint(c) for c in _random_crops(photos, test_rows, test_per_domain, rng)],
-    }
-    content["testA_gt"] = [paint(c) for c in content["testA"]]
-    staging = f"{root}.partial"
-    for folder, images in content.items():
-        os.makedirs(os.path.join(staging, folder), exist_ok=True)
-        for index, image in enumerate(images):
-            iio.imwrite(os.path.join(staging, folder, f"{index:04d}.png"), image)
-    if os.path.exists(root):
-        shutil.rmtree(root)
-    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-    os.replace(staging, root)
-    return root

@@ -2,7 +2,7 @@
 
     python main.py
 
-Domain A is crops of photos; domain B is other crops rendered in a painterly style (data.paint).
+Domain A is crops of photos; domain B is other crops rendered in a painterly style (demo_data.paint).
 Because the painting is known, the demo can score G_AB(testA) against the true paintings in
 testA_gt/ with SSIM and PSNR, next to the do-nothing baseline (testA itself). It uses the same
 functions as train.py and generate.py, on a small network sized to finish in minutes on a CPU.
@@ -11,7 +11,7 @@ import argparse
 import os
 
 import cli
-import data
+import demo_data
 import generate
 import train
 from config import DEMO
@@ -41,7 +41,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     print(f"building the demo dataset in {args.dataroot} (from scikit-image's photos, no network)")
-    data.build_demo_dataset(args.dataroot)
+    demo_data.build_demo_dataset(args.dataroot)
     name = free_run_name(args.runs_root, args.name)
     config = DEMO.replace(dataroot=args.dataroot, runs_root=args.runs_root, name=name, max_steps=args.max_steps)
     written = train.train(config)

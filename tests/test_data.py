@@ -9,6 +9,7 @@ import pytest
 
 import cli
 import data
+import demo_data
 from config import Config
 
 from conftest import make_dataset, write_images
@@ -129,19 +130,33 @@ def test_domains_are_shuffled_independently_every_epoch(tmp_path):
 
 
 def test_demo_dataset_is_unpaired_and_carries_ground_truth(tmp_path):
-    root = data.build_demo_dataset(str(tmp_path / "demo"), train_per_domain=12, test_per_domain=4)
+    root = demo_data.build_demo_dataset(str(tmp_path / "demo"), train_per_domain=12, test_per_domain=4)
     names = {f: sorted(os.listdir(os.path.join(root, f))) for f in ("trainA", "trainB", "testA", "testB", "testA_gt")}
     assert [len(names[f]) for f in ("trainA", "trainB", "testA", "testB")] == [12, 12, 4, 4]
     assert names["testA_gt"] == names["testA"]
     read = lambda folder, name: iio.imread(os.path.join(root, folder, name))
     for name in names["testA"]:
         photo, truth = read("testA", name), read("testA_gt", name)
-        assert truth.shape == photo.shape == (data.DEMO_CROP, data.DEMO_CROP, 3)
-        np.testing.assert_array_equal(truth, data.paint(photo))
+        assert truth.shape == photo.shape == (demo_data.DEMO_CROP, demo_data.DEMO_CROP, 3)
+        np.testing.assert_array_equal(truth, demo_data.paint(photo))
         assert np.abs(truth.astype(int) - photo.astype(int)).mean() > 20
-    paintings_of_a = {data.paint(read("trainA", n)).tobytes() for n in names["trainA"]}
+    paintings_of_a = {demo_data.paint(read("trainA", n)).tobytes() for n in names["trainA"]}
     assert not paintings_of_a & {read("trainB", n).tobytes() for n in names["trainB"]}
-    assert data.build_demo_dataset(root) == root  # reused, not rebuilt
+    assert demo_data.build_demo_dataset(root) == root  # reused, not rebuilt
+
+
+def test_demo_dataset_never_replaces_a_folder_that_is_not_one(tmp_path):
+    """main.py --dataroot pointed at the user's own folder: refused, the folder untouched."""
+    mine = tmp_path / "photos"
+    write_images(str(mine), 2, size=(16, 16))
+    before = sorted(os.listdir(mine))
+    with pytest.raises(cli.UsageError, match="is not a demo dataset"):
+        demo_data.build_demo_dataset(str(mine), train_per_domain=2, test_per_domain=1)
+    assert sorted(os.listdir(mine)) == before and not os.path.exists(f"{mine}.partial")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert demo_data.build_demo_dataset(str(empty), train_per_domain=2, test_per_domain=1) == str(empty)
+    assert len(os.listdir(empty / "testA_gt")) == 1
 
 
 def test_a_file_name_that_is_not_utf8_is_read_everywhere(tmp_path):
