@@ -6,8 +6,10 @@
 
 Prints, from one run: seconds per iteration of cyclegan.CycleGAN.train_step (the code train.py runs) and
 of a plain fused GradientTape step over the same networks (the yardstick), their analytic FLOPs against
-this machine's matmul/conv peak measured in the same run, generator inference images/s, input-pipeline
-images/s on a folder of JPEGs (data.train_dataset) and peak resident memory (and GPU memory on a GPU).
+this machine's matmul/conv peak, generator inference images/s (these two in a process of its own, in
+TensorFlow's default threads as generate.py runs: the steps run in train.py's thread layout,
+distribute.set_training_threads), input-pipeline images/s on a folder of JPEGs (data.train_dataset)
+and peak resident memory (and GPU memory on a GPU).
 With --torch, the PyTorch reference step (../shared/bench/torch_reference_step.py, run by that
 interpreter) is timed back to back, on the GPU where TensorFlow has one. The last line, `BENCH {...}`,
 is the same report as JSON.
@@ -23,6 +25,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -82,6 +85,10 @@ def build_parser():
     p.add_argument("--deterministic", action="store_true",
                    help="also time the project loop with TensorFlow's op determinism on (what train.py --seed "
                         "turns on), in turn with the plain loop in every round")
+    p.add_argument("--generator-only", action="store_true",
+                   help="time only generate.py's generator images/s and the machine's matmul and conv peaks, in "
+                        "TensorFlow's default threads, and print them as JSON: bench.py runs this in a process "
+                        "of its own, since its loop runs in train.py's thread layout")
     return p
 
 
@@ -89,7 +96,8 @@ def parse_config(argv=None):
     args = build_parser().parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("image_size", "ngf", "ndf", "n_res_blocks") if getattr(args, k) is not None}
     if args.layers:
-        mixed = [f"--{name.replace('_', '-')}" for name in ("jit", "mixed_precision", "deterministic", "dataroot")
+        mixed = [f"--{name.replace('_', '-')}" for name in ("jit", "mixed_precision", "deterministic", "dataroot",
+                                                             "generator_only")
                  if getattr(args, name)]
         if mixed:
             raise UsageError(f"--layers times float32 layers alone: drop {', '.join(mixed)}")
@@ -306,7 +314,27 @@ def bench_torch(python, script, config_name, steps, warmup):
     return report
 
 
-def run(args, config):
+def generator_report(config):
+    """What generate.py and the machine do in TensorFlow's default threads: generator images/s
+    (bench_inference) and the matmul and conv peaks (measured_peak_gflops)."""
+    keras.mixed_precision.set_global_policy(distribute.precision_policy(config.mixed_precision))
+    generator = cyclegan.build_generator(config, "generator_ab")
+    return {"peaks": measured_peak_gflops(config),
+            "inference": bench_inference(generator, config.image_size, np.random.default_rng(0))}
+
+
+def generator_report_in_own_process(argv):
+    """generator_report from `bench.py ARGV --generator-only`: this process runs its ops in train.py's
+    thread layout (distribute.set_training_threads), which is not generate.py's."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--generator-only"],
+                          capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("GENERATOR ")]
+    if done.returncode or not lines:
+        raise UsageError(f"bench.py --generator-only failed: {done.stderr.strip()[-300:]}")
+    return json.loads(lines[-1][len("GENERATOR "):])
+
+
+def run(args, config, argv, threads):
     rng = np.random.default_rng(0)
     size = config.image_size
     report = {"config": args.config, "image_size": size, "ngf": config.ngf, "ndf": config.ndf,
@@ -314,6 +342,7 @@ def run(args, config):
               "warmup": args.warmup, "rounds": args.rounds, "jit": config.jit, "tensorflow": tf.__version__,
               "policy": distribute.precision_policy(config.mixed_precision),
               "cpu_count": os.cpu_count(), "device": device_name(),
+              "threads": "TensorFlow's default" if threads is None else f"{threads[0]} per op, {threads[1]} ops at a time",
               "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
     times = {"torch": [], "loop": [], "fused": [], "loop_deterministic": []}
     ratios = {"loop_over_fused": [], "loop_over_torch": [], "fused_over_torch": [], "deterministic_over_loop": []}
@@ -357,12 +386,13 @@ def run(args, config):
             report[name] = float(np.median(values))
             report.setdefault("round_ratios", {})[name] = [float(v) for v in values]
     flops = iteration_flops(gan.generator_ab, gan.discriminator_a, size)
-    report["flops"] = {"iteration_gflop": flops / 1e9, **measured_peak_gflops(config),
+    generator = generator_report_in_own_process(argv)
+    report["flops"] = {"iteration_gflop": flops / 1e9, **generator["peaks"],
                        "loop_gflops": flops / report["loop"]["median_s"] / 1e9,
                        "fused_gflops": flops / report["fused"]["median_s"] / 1e9}
     report["flops"]["loop_fraction_of_peak"] = report["flops"]["loop_gflops"] / max(
         report["flops"]["matmul_gflops"], report["flops"]["conv3x3_gflops"])
-    report["inference"] = bench_inference(gan.generator_ab, size, rng)
+    report["inference"] = generator["inference"]
     if args.torch:
         report["torch"]["inference"] = bench_torch_inference(args.torch, config)
     with tempfile.TemporaryDirectory() as scratch:
@@ -384,7 +414,7 @@ def print_report(report):
           f"{report['n_res_blocks']} blocks, ndf {report['ndf']}, batch {report['batch_size']}, "
           f"jit {report['jit']}, {report['policy']}, {report['rounds']} x {report['steps']} steps after "
           f"{report['warmup']} warm-up, "
-          f"TensorFlow {report['tensorflow']}, on {report['device']}")
+          f"TensorFlow {report['tensorflow']}, on {report['device']}, threads: {report['threads']}")
     if "torch" in report:
         line(f"PyTorch {report['torch']['version']} reference step", report["torch"])
     line("project loop (CycleGAN.train_step)", report["loop"])
@@ -424,11 +454,15 @@ def print_report(report):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, config = parse_config(argv)
     if args.layers:
         print_layers_report(run_layers(config, args.config, args.steps, args.warmup, args.torch))
+    elif args.generator_only:
+        print("GENERATOR " + json.dumps(generator_report(config)))
     else:
-        print_report(run(args, config))
+        threads = distribute.set_training_threads()  # as train.py runs the loop; before any op
+        print_report(run(args, config, argv, threads))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 the order the Keras 3 freezing trick needs; one training iteration; the history pool of past fakes and
 the learning-rate schedule. train.py loops over it, bench.py times it.
 """
+from concurrent.futures import ThreadPoolExecutor, wait
+
 import numpy as np
 
 from cli import UsageError
@@ -68,6 +70,10 @@ class CycleGAN:
             self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b,
             c.lambda_cycle, c.lambda_identity, c.lr, c.beta1, c.gan_mode, c.jit)
         self.patch = networks.patch_shape(self.discriminator_a, c.image_size, c.image_size)
+        # The two discriminator steps share nothing, so they run side by side, except across replicas,
+        # whose collective ops must be issued in one order by every process.
+        replicas = distribute.tf.distribute.get_strategy().num_replicas_in_sync
+        self.side_by_side = ThreadPoolExecutor(2, "discriminator-step") if replicas == 1 else None
 
     @property
     def models(self):
@@ -86,15 +92,20 @@ class CycleGAN:
 
     def train_step(self, real_a, real_b, pool_a, pool_b):
         """One CycleGAN iteration in the reference's order: the generators' step, then each
-        discriminator's step on the translations that step made (through its history pool).
-        Returns the losses by name."""
+        discriminator's step on the translations that step made (through its history pool), the two
+        at once. Returns the losses by name."""
         logs = self.combined.train_on_batch(
             [real_a, real_b], networks.combined_targets(real_a, real_b, self.patch), return_dict=True)
         losses = {name: logs[f"{name}_loss"] for name in networks.LOSS_TERMS}
         losses["G_total"] = logs["loss"]
         fake_a, fake_b = pool_a.query(logs["fake_a"]), pool_b.query(logs["fake_b"])
-        losses["D_A"] = train_discriminator(self.discriminator_a, real_a, fake_a, self.patch)
-        losses["D_B"] = train_discriminator(self.discriminator_b, real_b, fake_b, self.patch)
+        steps = [(self.discriminator_a, real_a, fake_a), (self.discriminator_b, real_b, fake_b)]
+        if self.side_by_side is None:
+            losses["D_A"], losses["D_B"] = (train_discriminator(*step, self.patch) for step in steps)
+        else:
+            running = [self.side_by_side.submit(train_discriminator, *step, self.patch) for step in steps]
+            wait(running)  # both finish, even when one fails
+            losses["D_A"], losses["D_B"] = (future.result() for future in running)
         return losses
 
 

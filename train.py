@@ -216,6 +216,9 @@ def train(config, resume=False, verbose=1, stop=None):
     is locked for the whole run (checkpoints.run_lock): one writer at a time.
     """
     stop = stop or GracefulStop()
+    threads = distribute.set_training_threads()  # first: TensorFlow fixes its thread pools when it starts
+    if threads:
+        log.info("on the CPU: %d thread(s) per op, %d ops at a time", *threads)
     check_fits_in_memory(config)
     strategy = distribute.make_strategy(config.distribute, config.batch_size)
     run_dir = distribute.writable_run_dir(config.run_dir, strategy)

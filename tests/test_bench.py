@@ -22,7 +22,7 @@ def numbers(report, prefix=""):
             yield from numbers(value, f"{prefix}{key}.")
         elif isinstance(value, list):
             yield from numbers(dict(enumerate(value)), f"{prefix}{key}.")
-        elif key not in ("config", "tensorflow", "onednn", "jit", "policy", "version", "warmup", "device"):
+        elif key not in ("config", "tensorflow", "onednn", "jit", "policy", "version", "warmup", "device", "threads"):
             yield f"{prefix}{key}", value
 
 

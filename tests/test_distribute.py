@@ -246,6 +246,27 @@ def test_multiworker_without_tf_config_is_a_usage_error(monkeypatch):
 
 # ---- mixed precision ---------------------------------------------------------------------------
 
+# ---- threads -----------------------------------------------------------------------------------
+
+THREADS_CHILD = ("import json, sys, distribute; from distribute import tf; started = sys.argv[1:] and tf.constant(1.0); "
+                 "layout = distribute.set_training_threads(); "
+                 "pools = [tf.config.threading.get_intra_op_parallelism_threads(), "
+                 "tf.config.threading.get_inter_op_parallelism_threads()]; tf.constant(1.0) + 1; "
+                 "print(json.dumps([layout, pools, distribute.set_training_threads()]))")  # the last: already in force
+
+
+def test_training_threads_give_each_of_the_steps_two_chains_half_of_the_cores():
+    """In a fresh process (TensorFlow fixes its thread pools when it starts): half of the cores per
+    op, two ops at a time; nothing over the user's own setting, nor once TensorFlow has started."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TF_NUM_")}
+    results = [run_python(["-c", THREADS_CHILD, *extra], env=dict(env, **more))
+               for extra, more in (([], {}), (["started"], {}), ([], {"TF_NUM_INTEROP_THREADS": "3"}))]
+    assert all(result.returncode == 0 for result in results), [result.stderr[-3000:] for result in results]
+    (layout, pools, again), started, users = (json.loads(result.stdout.splitlines()[-1]) for result in results)
+    assert layout == pools == again == [max(1, len(os.sched_getaffinity(0)) // 2), 2]
+    assert started == users == [None, [0, 0], None]
+
+
 def test_mixed_precision_step_keeps_outputs_float32_and_losses_finite():
     import keras
     import tensorflow as tf

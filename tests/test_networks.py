@@ -1,3 +1,5 @@
+import threading
+
 import keras
 from keras import layers
 import numpy as np
@@ -236,6 +238,39 @@ def test_freezing_really_works_in_keras_3(netg, size):
         assert_changes_only(gan, step_b, {"discriminator_b"})
     pools = cyclegan.HistoryPool(50, rng), cyclegan.HistoryPool(50, rng)
     assert_changes_only(gan, lambda: gan.train_step(real_a, real_b, *pools), set(gan.models))
+
+
+def test_the_discriminator_steps_run_side_by_side_and_train_as_one_after_the_other():
+    """train_step runs the two discriminator steps in two threads at once: each in a thread of its
+    own, and the same losses and weights, to the bit, as the same step with the two in turn."""
+    gan = cyclegan.CycleGAN(Config(image_size=32, ngf=4, ndf=8, n_res_blocks=1, pool_size=0))
+    rng = np.random.default_rng(5)
+    real_a, real_b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype("float32") for _ in range(2))
+    pools = cyclegan.HistoryPool(0, rng), cyclegan.HistoryPool(0, rng)
+    optimizer_variables = [v for optimizer in gan.optimizers.values() for v in optimizer.variables]
+    start = snapshot(gan), [v.numpy() for v in optimizer_variables]
+    threads = []
+    original = cyclegan.train_discriminator
+
+    def recording(*args):
+        threads.append(threading.current_thread())
+        return original(*args)
+
+    cyclegan.train_discriminator = recording
+    try:
+        side_by_side = gan.train_step(real_a, real_b, *pools), snapshot(gan)
+    finally:
+        cyclegan.train_discriminator = original
+    assert len(threads) == 2 and threading.main_thread() not in threads and threads[0] is not threads[1]
+    for name, weights in start[0].items():
+        gan.models[name].set_weights(weights)
+    for variable, value in zip(optimizer_variables, start[1]):
+        variable.assign(value)
+    gan.side_by_side = None
+    in_turn = gan.train_step(real_a, real_b, *pools), snapshot(gan)
+    assert side_by_side[0] == in_turn[0]
+    assert changed(side_by_side[1], in_turn[1]) == set()
+    assert changed(start[0], in_turn[1]) == set(gan.models)
 
 
 def test_combined_model_outputs_losses_and_weights():
