@@ -7,14 +7,19 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import distribute  # noqa: E402
-
-# TensorFlow starts now, in its default thread layout, whichever test comes first: train.train's
-# layout (one thread per op on 2 cores) would leave a core idle in the many one-chain tests.
-distribute.tf.constant(0.0)
 
 TINY_NETWORK = dict(image_size=32, ngf=4, ndf=8, n_res_blocks=1)  # networks that train in milliseconds
 TINY = [arg for name, value in TINY_NETWORK.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def pytest_configure(config):
+    """TensorFlow starts now, in its default thread layout, whichever test comes first: train.train's
+    layout (one thread per op on 2 cores) would leave a core idle in the many one-chain tests. (A
+    hook, not an import-time call: test_distribute's child process imports this file and must
+    configure TensorFlow's devices itself.)"""
+    import distribute
+
+    distribute.tf.constant(0.0)
 
 
 def smooth_image(rng, height, width):
