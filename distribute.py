@@ -46,8 +46,8 @@ def set_training_threads():
     A CycleGAN step is two chains that do not wait on each other: each generator's passes, then
     each discriminator's step (cyclegan.CycleGAN.train_step runs the two side by side). At batch 1
     most of their ops are too small to share out over all the cores well, so each chain gets half.
-    On 2 cores, one thread per op, S's step went from 0.57 to 0.51 s and P's peak memory down
-    (docs/performance.md). One inference chain (generate.py) keeps the default. Left alone: on a GPU,
+    On 2 cores (one thread per op) S's step was about 5 % faster in alternating processes, P's the
+    same (docs/performance.md). One inference chain (generate.py) keeps the default. Left alone: on a GPU,
     where the user sets TF_NUM_INTRAOP_THREADS or TF_NUM_INTEROP_THREADS, and once TensorFlow has
     started in another layout (it makes its thread pools then: call this before any op runs).
     """
