@@ -118,12 +118,9 @@ def layer_model(row, config):
     kind, x = row["kind"], inputs
     if kind == "identity":
         x = layers.Identity()(x)
-    elif kind == "conv" and row["pad_mode"] == "reflect":
-        x = networks.ReflectionPadding2D(row["pad"])(x)
-        x = networks.ValidConv2D(row["filters"], row["kernel"], kernel_initializer=init)(x)
     elif kind == "conv":
-        x = networks.PaddedConv2D(row["filters"], row["kernel"], pad=row["pad"], strides=row["stride"],
-                                  kernel_initializer=init)(x)
+        x = networks.PaddedConv2D(row["filters"], row["kernel"], pad=row["pad"], reflect=row["pad_mode"] == "reflect",
+                                  strides=row["stride"], kernel_initializer=init)(x)
     elif kind == "upconv":
         x = networks.UpConv2D(row["filters"], 3, kernel_initializer=init)(x)
     elif kind == "norm":

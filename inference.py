@@ -29,7 +29,8 @@ def size_rule(generator):
     bottleneck, so its smallest side is twice the multiple."""
     halvings = sum(isinstance(layer, layers.Conv2D) and layer.strides == (2, 2) for layer in generator.layers)
     multiple = 2 ** halvings
-    reflects = any(isinstance(layer, networks.ReflectionPadding2D) for layer in generator.layers)
+    reflects = any(isinstance(layer, networks.ReflectionPadding2D) or getattr(layer, "reflect", False)
+                   for layer in generator.layers)
     return multiple, 2 * multiple if reflects else multiple
 
 

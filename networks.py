@@ -19,7 +19,8 @@ TRANSLATIONS = ("fake_a", "fake_b")
 
 @keras.saving.register_keras_serializable(package="cyclegan")
 class ReflectionPadding2D(layers.Layer):
-    """Mirror-pads H and W; keeps 7x7 and 3x3 convolutions free of dark borders."""
+    """Mirror-pads H and W. Generators saved before PaddedConv2D took `reflect` have one before each
+    of their reflection-padded convolutions (a ValidConv2D)."""
 
     def __init__(self, padding=1, **kwargs):
         super().__init__(**kwargs)
@@ -83,19 +84,21 @@ class InstanceNormalization(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cyclegan")
 class PaddedConv2D(layers.Conv2D):
-    """Conv2D over `pad` zero pixels on every side, PyTorch's Conv2d(padding=pad): the reference's
-    stride-2 downsampling, which sees the image symmetrically ('same' pads only the bottom and right).
-    The padding is an op of its own before a 'valid' convolution, which keeps the convolution and its
-    gradients on oneDNN's kernels (a convolution's own explicit padding sends them to slower ones)."""
+    """Conv2D over `pad` pixels added on every side, zeros (PyTorch's Conv2d(padding=pad): the reference's
+    stride-2 downsampling, which sees the image symmetrically; 'same' pads only the bottom and right) or
+    with `reflect` a mirror image (its ReflectionPad2d + Conv2d: no dark borders). The padding is an op of
+    its own before a 'valid' convolution, which keeps the convolution and its gradients on oneDNN's
+    kernels (a convolution's own explicit padding sends them to slower ones); see `padded_conv` for its
+    gradients and forward pass."""
 
-    def __init__(self, filters, kernel_size, pad=1, **kwargs):
+    def __init__(self, filters, kernel_size, pad=1, reflect=False, **kwargs):
         kwargs.pop("padding", None)
         super().__init__(filters, kernel_size, padding="valid", **kwargs)
         self.pad = int(pad)
+        self.reflect = bool(reflect)
 
     def convolution_op(self, inputs, kernel):
-        p = self.pad
-        return tf.nn.conv2d(tf.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]]), kernel, self.strides, "VALID")
+        return padded_conv(inputs, tf.convert_to_tensor(kernel), self.pad, self.reflect, self.strides[0])
 
     def compute_output_shape(self, input_shape):
         def shrink(size):
@@ -105,15 +108,17 @@ class PaddedConv2D(layers.Conv2D):
         return batch, shrink(height), shrink(width), self.filters
 
     def get_config(self):
-        return {**super().get_config(), "pad": self.pad}
+        return {**super().get_config(), "pad": self.pad, "reflect": self.reflect}
 
 
 @keras.saving.register_keras_serializable(package="cyclegan")
 class UpConv2D(layers.Conv2DTranspose):
     """Stride-2 transposed convolution that doubles H and W like PyTorch's ConvTranspose2d(padding=1,
     output_padding=1) at kernel 3 (the residual generator's) and ConvTranspose2d(padding=1) at kernel 4
-    (the U-Net's): the transpose of a PaddedConv2D(pad=1), so the reference's upsampling, and with
-    gradients TensorFlow computes faster than those of padding='same'."""
+    (the U-Net's): the transpose of a PaddedConv2D(pad=1), so the reference's upsampling. In float32 it
+    is a 'same' transposed convolution of the flipped image and kernel, flipped back, which TensorFlow
+    runs and differentiates on oneDNN; with explicit padding it takes Eigen's slower kernels (forward +
+    backward on one thread: P's two up convolutions 6 % faster, S's 14 and 27 %)."""
 
     def __init__(self, filters, kernel_size=3, **kwargs):
         kwargs.update(strides=2, padding="same")
@@ -127,62 +132,90 @@ class UpConv2D(layers.Conv2DTranspose):
             full = [batch, 2 * height + k - 2, 2 * width + k - 2, self.filters]
             outputs = tf.nn.conv2d_transpose(inputs, self.kernel, full, 2, "VALID")
             outputs = outputs[:, p:p + 2 * height, p:p + 2 * width]
-        else:
-            outputs = tf.nn.conv2d_transpose(inputs, self.kernel, [batch, 2 * height, 2 * width, self.filters],
-                                             2, [[0, 0], [p, p], [p, p], [0, 0]])
+        else:  # 'same' pads the end, so flipped it pads the reference's start: oneDNN's kernels, not Eigen's
+            flipped = tf.nn.conv2d_transpose(tf.reverse(inputs, [1, 2]), tf.reverse(self.kernel, [0, 1]),
+                                             [batch, 2 * height, 2 * width, self.filters], 2, "SAME")
+            outputs = tf.reverse(flipped, [1, 2])
         return outputs + self.bias if self.use_bias else outputs
 
 
 BLOCKED_KERNEL_BYTES = 2 * 2 ** 20  # a core's L2 cache on current server CPUs (1-2 MiB)
+PADDED_AGAIN_BYTES = 4 * 2 ** 20  # padded inputs from this size on are padded again for the gradients
 
 
-@keras.saving.register_keras_serializable(package="cyclegan")
-class ValidConv2D(layers.Conv2D):
-    """Stride-1 'valid' Conv2D: the residual generator's convolutions, each behind a reflection padding.
+def padded_conv(x, kernel, pad, reflect, stride):
+    """tf.nn.conv2d of x padded by `pad` pixels (zeros, or a mirror image with `reflect`), 'valid'.
 
-    TensorFlow gives oneDNN's forward convolution the weights in their plain HWIO layout, and its
-    backward-data convolution a blocked copy. Once a kernel outgrows a core's L2 cache (the paper's
-    residual blocks: 3x3x256x256, 2.4 MB) the blocked one is faster: 24 against 29 ms at 64x64x256 on a
-    2-core Xeon, about 7 % of the paper's training step. So in float32 on a CPU such a kernel's forward pass
-    is run as that backward-data convolution (`valid_conv_by_backward_data`): the same sums, the same
-    gradients. Smaller kernels, 16 bits and GPUs keep the plain convolution.
+    Its gradients are the convolution's usual two, with two savings measured on a 2-core Xeon:
+    - Memory: a padded input of PADDED_AGAIN_BYTES or more is padded again for the gradients instead of
+      kept from the forward pass to the backward one. The paper's generator then holds about 90 MB less
+      per pass at 256x256 (a training step runs six), for a few ms of copying; the book's 128x128
+      network keeps its small ones.
+    - Time: TensorFlow gives oneDNN's forward convolution the weights in their plain HWIO layout, and its
+      backward-data convolution a blocked copy. Once a kernel outgrows a core's L2 cache (the paper's
+      residual blocks: 3x3x256x256, 2.4 MB) the blocked one is faster: 24 against 29 ms at 64x64x256,
+      about 7 % of the paper's training step. So in float32 on a CPU such a kernel's stride-1 forward
+      pass is run as that backward-data convolution (`valid_conv_by_backward_data`): the same sums.
     """
+    paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+    mode = "REFLECT" if reflect else "CONSTANT"
+    strides = [1, stride, stride, 1]
+    height, width, _, _ = kernel.shape
+    by_backward_data = (4 * int(np.prod(kernel.shape)) > BLOCKED_KERNEL_BYTES and stride == 1 and height % 2
+                        and width % 2 and x.dtype == "float32" and kernel.dtype == "float32"
+                        and not tf.config.list_physical_devices("GPU"))
 
-    def __init__(self, filters, kernel_size, **kwargs):
-        kwargs.update(strides=1, padding="valid")
-        super().__init__(filters, kernel_size, **kwargs)
+    @tf.custom_gradient
+    def conv(x, kernel):
+        padded = tf.pad(x, paddings, mode) if pad else x
+        if by_backward_data:
+            y = valid_conv_by_backward_data(padded, kernel)
+        else:
+            y = tf.nn.conv2d(padded, kernel, strides, "VALID")
+        size = padded.shape.num_elements() * padded.dtype.size if padded.shape.is_fully_defined() else 0
+        again = pad and size >= PADDED_AGAIN_BYTES
 
-    def convolution_op(self, inputs, kernel):
-        height, width, _, _ = kernel.shape
-        large = 4 * int(np.prod(kernel.shape)) > BLOCKED_KERNEL_BYTES
-        if (large and height % 2 and width % 2 and inputs.dtype == "float32" and kernel.dtype == "float32"
-                and not tf.config.list_physical_devices("GPU")):
-            return valid_conv_by_backward_data(inputs, tf.convert_to_tensor(kernel))  # a tensor: read once, here
-        return super().convolution_op(inputs, kernel)
+        def gradients(upstream):
+            source = padded
+            if again:
+                with tf.control_dependencies([upstream]):  # padded when needed, not kept from the forward pass
+                    source = tf.pad(x, paddings, mode)
+            d_padded = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(source), filter=kernel,
+                                                      out_backprop=upstream, strides=strides, padding="VALID")
+            d_kernel = tf.raw_ops.Conv2DBackpropFilter(input=source, filter_sizes=tf.shape(kernel),
+                                                       out_backprop=upstream, strides=strides, padding="VALID")
+            if not pad:
+                return d_padded, d_kernel
+            if reflect:
+                return tf.raw_ops.MirrorPadGrad(input=d_padded, paddings=paddings, mode="REFLECT"), d_kernel
+            return d_padded[:, pad:-pad, pad:-pad], d_kernel
+
+        return y, gradients
+
+    return conv(x, kernel)
 
 
-@tf.custom_gradient
 def valid_conv_by_backward_data(x, kernel):
     """tf.nn.conv2d(x, kernel, 1, "VALID") for an odd-sized kernel, computed as the gradient of a 'same'
     convolution of the spatially flipped kernel with its in and out channels swapped (the transposed
-    convolution), whose frame of kernel // 2 pixels is then cut off. Its own gradients are a valid
-    convolution's usual two."""
+    convolution), whose frame of kernel // 2 pixels is then cut off."""
     cut_h, cut_w = kernel.shape[0] // 2, kernel.shape[1] // 2
     with tf.control_dependencies([x]):  # flipped when needed: else every layer's copy is made at the step's start
         flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
     frame = tf.concat([tf.shape(x)[:3], tf.shape(kernel)[3:]], axis=0)
     y = tf.raw_ops.Conv2DBackpropInput(input_sizes=frame, filter=flipped, out_backprop=x, strides=[1, 1, 1, 1],
                                        padding="SAME")
-    y = y[:, cut_h:tf.shape(y)[1] - cut_h, cut_w:tf.shape(y)[2] - cut_w, :]
+    return y[:, cut_h:tf.shape(y)[1] - cut_h, cut_w:tf.shape(y)[2] - cut_w, :]
 
-    def gradients(upstream):
-        strides = [1, 1, 1, 1]
-        return (tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(x), filter=kernel, out_backprop=upstream,
-                                               strides=strides, padding="VALID"),
-                tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=tf.shape(kernel), out_backprop=upstream,
-                                                strides=strides, padding="VALID"))
 
-    return y, gradients
+@keras.saving.register_keras_serializable(package="cyclegan")
+class ValidConv2D(PaddedConv2D):
+    """A stride-1 'valid' PaddedConv2D without padding: generators saved before the reflection padding
+    moved into PaddedConv2D have one behind each ReflectionPadding2D layer."""
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        kwargs.update(strides=1, pad=0, reflect=False)
+        super().__init__(filters, kernel_size, **kwargs)
 
 
 def instance_norm(name=None):
@@ -195,21 +228,16 @@ def conv_initializer(gain):
     return keras.initializers.RandomNormal(0.0, gain) if gain else "glorot_uniform"
 
 
-def _conv_norm_relu(x, filters, kernel_size, init, strides=1, reflect=0, name=None):
-    if reflect:
-        x = ReflectionPadding2D(reflect, name=f"{name}_pad")(x)
-        x = ValidConv2D(filters, kernel_size, kernel_initializer=init, name=f"{name}_conv")(x)
-    else:
-        x = PaddedConv2D(filters, kernel_size, pad=kernel_size // 2, strides=strides, kernel_initializer=init,
-                         name=f"{name}_conv")(x)
+def _conv_norm_relu(x, filters, kernel_size, init, strides=1, reflect=False, name=None):
+    x = PaddedConv2D(filters, kernel_size, pad=kernel_size // 2, reflect=reflect, strides=strides,
+                     kernel_initializer=init, name=f"{name}_conv")(x)
     x = instance_norm(f"{name}_norm")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def _residual_block(x, filters, init, name):
-    y = _conv_norm_relu(x, filters, 3, init, reflect=1, name=f"{name}_a")
-    y = ReflectionPadding2D(1, name=f"{name}_b_pad")(y)
-    y = ValidConv2D(filters, 3, kernel_initializer=init, name=f"{name}_b_conv")(y)
+    y = _conv_norm_relu(x, filters, 3, init, reflect=True, name=f"{name}_a")
+    y = PaddedConv2D(filters, 3, pad=1, reflect=True, kernel_initializer=init, name=f"{name}_b_conv")(y)
     y = instance_norm(f"{name}_b_norm")(y)
     return layers.Add(name=f"{name}_add")([x, y])
 
@@ -224,7 +252,7 @@ def build_generator(ngf, n_res_blocks, upsample, init_gain, name="generator"):
         raise ValueError(f"upsample must be 'transpose' or 'resize', got {upsample!r}")
     init = conv_initializer(init_gain)
     image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
-    x = _conv_norm_relu(image, ngf, 7, init, reflect=3, name="c7s1")
+    x = _conv_norm_relu(image, ngf, 7, init, reflect=True, name="c7s1")
     x = _conv_norm_relu(x, 2 * ngf, 3, init, strides=2, name="down1")
     x = _conv_norm_relu(x, 4 * ngf, 3, init, strides=2, name="down2")
     for index in range(n_res_blocks):
@@ -234,12 +262,10 @@ def build_generator(ngf, n_res_blocks, upsample, init_gain, name="generator"):
             x = UpConv2D(filters, 3, kernel_initializer=init, name=f"up{index + 1}_conv")(x)
         else:
             x = layers.UpSampling2D(2, name=f"up{index + 1}_resize")(x)
-            x = ReflectionPadding2D(1, name=f"up{index + 1}_pad")(x)
-            x = ValidConv2D(filters, 3, kernel_initializer=init, name=f"up{index + 1}_conv")(x)
+            x = PaddedConv2D(filters, 3, pad=1, reflect=True, kernel_initializer=init, name=f"up{index + 1}_conv")(x)
         x = instance_norm(f"up{index + 1}_norm")(x)
         x = layers.ReLU(name=f"up{index + 1}_relu")(x)
-    x = ReflectionPadding2D(3, name="out_pad")(x)
-    x = ValidConv2D(3, 7, kernel_initializer=init, name="out_conv")(x)
+    x = PaddedConv2D(3, 7, pad=3, reflect=True, kernel_initializer=init, name="out_conv")(x)
     translated = layers.Activation("tanh", dtype="float32", name="out_tanh")(x)
     return keras.Model(image, translated, name=name)
 

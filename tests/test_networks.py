@@ -413,6 +413,53 @@ def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
     assert networks.UpConv2D(4, 3)(x).shape == networks.UpConv2D(4, 4)(x).shape == (2, 20, 28, 4)
 
 
+@pytest.mark.parametrize("pad, reflect, stride, kernel, channels", [
+    (1, True, 1, 3, 8), (3, True, 1, 7, 4), (1, False, 2, 3, 8), (1, False, 2, 4, 6), (1, True, 1, 3, 256)])
+@pytest.mark.parametrize("again", [False, True])
+def test_padded_conv_has_the_gradients_of_padding_then_convolving(monkeypatch, pad, reflect, stride, kernel,
+                                                                   channels, again):
+    """PaddedConv2D's own gradients (padding again for them above PADDED_AGAIN_BYTES, and the large
+    kernel's backward-data forward pass) are those TensorFlow derives for a padding then a 'valid'
+    convolution, and a padded input is padded a second time exactly when it is that large."""
+    monkeypatch.setattr(networks, "PADDED_AGAIN_BYTES", 1 if again else 2 ** 40)
+    rng = np.random.default_rng(kernel + channels + stride)
+    layer = networks.PaddedConv2D(channels, kernel, pad=pad, reflect=reflect, strides=stride)
+    x = tf.constant(rng.normal(size=(2, 11, 9, channels)).astype(np.float32))
+    layer.build(x.shape)
+    layer.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in layer.weights])
+    paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+    mode = "REFLECT" if reflect else "CONSTANT"
+    expected_fn = lambda x: tf.nn.conv2d(tf.pad(x, paddings, mode), layer.kernel, stride, "VALID") + layer.bias
+    upstream = tf.constant(rng.normal(size=layer.compute_output_shape(x.shape)).astype(np.float32))
+
+    def value_and_gradients(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return [y, *tape.gradient(y, [x, layer.kernel, layer.bias], upstream)]
+
+    for ours, want in zip(value_and_gradients(layer), value_and_gradients(expected_fn)):
+        np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-4)
+    graph = tf.function(lambda: value_and_gradients(layer)).get_concrete_function().graph
+    pads = [op for op in graph.get_operations() if op.type in ("Pad", "PadV2", "MirrorPad")]
+    assert len(pads) == 1 + again
+
+
+def test_a_generator_saved_with_separate_reflection_padding_layers_loads_and_computes_the_same(tmp_path):
+    """Generators saved before PaddedConv2D took `reflect` padded in a ReflectionPadding2D layer before a
+    ValidConv2D; such files still load, and compute what a reflecting PaddedConv2D does."""
+    x = np.random.default_rng(3).normal(size=(1, 12, 10, 5)).astype(np.float32)
+    image = keras.Input(shape=(None, None, 5))
+    old = keras.Model(image, networks.ValidConv2D(6, 3)(networks.ReflectionPadding2D(1)(image)))
+    old.save(tmp_path / "old.keras")
+    loaded = keras.saving.load_model(tmp_path / "old.keras", safe_mode=True)
+    new = networks.PaddedConv2D(6, 3, pad=1, reflect=True)
+    new.build(x.shape)
+    new.set_weights(old.get_weights())
+    np.testing.assert_allclose(loaded(x), new(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(loaded(x), old(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kernel, channels, backward_data", [(3, 256, True), (7, 128, True), (3, 128, False)])
 def test_valid_conv_runs_large_kernels_as_backward_data_with_the_same_values(kernel, channels, backward_data):
     """ValidConv2D runs a float32 kernel above BLOCKED_KERNEL_BYTES (the paper's 3x3x256x256) through
