@@ -413,18 +413,20 @@ def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
     assert networks.UpConv2D(4, 3)(x).shape == networks.UpConv2D(4, 4)(x).shape == (2, 20, 28, 4)
 
 
-@pytest.mark.parametrize("pad, reflect, stride, kernel, channels", [
-    (1, True, 1, 3, 8), (3, True, 1, 7, 4), (1, False, 2, 3, 8), (1, False, 2, 4, 6), (1, True, 1, 3, 256)])
+@pytest.mark.parametrize("pad, reflect, stride, kernel, inputs, channels", [
+    (1, True, 1, 3, 8, 8), (3, True, 1, 7, 4, 4), (1, False, 2, 3, 8, 8), (1, False, 2, 4, 6, 6),
+    (1, True, 1, 3, 256, 256), (3, True, 1, 7, 16, 3), (3, True, 1, 7, 3, 16), (2, False, 1, 5, 8, 1)])
 @pytest.mark.parametrize("again", [False, True])
 def test_padded_conv_has_the_gradients_of_padding_then_convolving(monkeypatch, pad, reflect, stride, kernel,
-                                                                   channels, again):
-    """PaddedConv2D's own gradients (padding again for them above PADDED_AGAIN_BYTES, and the large
-    kernel's backward-data forward pass) are those TensorFlow derives for a padding then a 'valid'
-    convolution, and a padded input is padded a second time exactly when it is that large."""
+                                                                   inputs, channels, again):
+    """PaddedConv2D's own gradients (padding again for them above PADDED_AGAIN_BYTES), and its forward
+    passes and gradients rearranged for large kernels and for few channels in or out, are those
+    TensorFlow derives for a padding then a 'valid' convolution, and a padded input is padded a second
+    time exactly when it is that large."""
     monkeypatch.setattr(networks, "PADDED_AGAIN_BYTES", 1 if again else 2 ** 40)
     rng = np.random.default_rng(kernel + channels + stride)
     layer = networks.PaddedConv2D(channels, kernel, pad=pad, reflect=reflect, strides=stride)
-    x = tf.constant(rng.normal(size=(2, 11, 9, channels)).astype(np.float32))
+    x = tf.constant(rng.normal(size=(2, 11, 9, inputs)).astype(np.float32))
     layer.build(x.shape)
     layer.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in layer.weights])
     paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
@@ -441,8 +443,12 @@ def test_padded_conv_has_the_gradients_of_padding_then_convolving(monkeypatch, p
     for ours, want in zip(value_and_gradients(layer), value_and_gradients(expected_fn)):
         np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-4)
     graph = tf.function(lambda: value_and_gradients(layer)).get_concrete_function().graph
-    pads = [op for op in graph.get_operations() if op.type in ("Pad", "PadV2", "MirrorPad")]
+    padded_shape = (11 + 2 * pad, 9 + 2 * pad)
+    pads = [op for op in graph.get_operations()
+            if op.type in ("Pad", "PadV2", "MirrorPad") and tuple(op.outputs[0].shape[1:3]) == padded_shape]
     assert len(pads) == 1 + again
+    kinds = {op.type for op in graph.get_operations()}
+    assert ("SpaceToDepth" in kinds) == (stride == 1 and kernel % 2 == 1 and min(inputs, channels) <= 4)
 
 
 def test_a_generator_saved_with_separate_reflection_padding_layers_loads_and_computes_the_same(tmp_path):
