@@ -221,10 +221,9 @@ def mirror_pad(x, pad):
     """tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], "REFLECT") as two concatenations, of the
     mirrored rows and then columns: on a CPU thread 2-2.5x as fast as TensorFlow's MirrorPad kernel
     (64x64x256 by 1: 2.5 against 1.3 ms; 256x256x64 by 3: 9.2 against 3.8 ms)."""
-    height, width = tf.shape(x)[1], tf.shape(x)[2]
     mirrored = lambda lines, axis: lines if pad == 1 else tf.reverse(lines, [axis])
-    x = tf.concat([mirrored(x[:, 1:pad + 1], 1), x, mirrored(x[:, height - pad - 1:height - 1], 1)], 1)
-    return tf.concat([mirrored(x[:, :, 1:pad + 1], 2), x, mirrored(x[:, :, width - pad - 1:width - 1], 2)], 2)
+    x = tf.concat([mirrored(x[:, 1:pad + 1], 1), x, mirrored(x[:, -pad - 1:-1], 1)], 1)
+    return tf.concat([mirrored(x[:, :, 1:pad + 1], 2), x, mirrored(x[:, :, -pad - 1:-1], 2)], 2)
 
 
 def turned(kernel):
