@@ -199,16 +199,31 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(killed_run, 
 
 
 def test_the_first_sigint_or_sigterm_is_a_stop_request_and_the_second_acts_as_usual():
+    """The second signal goes to the handler that was there before, whichever it is: here one that
+    records it, then Python's own for SIGINT (KeyboardInterrupt), set explicitly so that the test does
+    not depend on what earlier tests of this process left installed."""
+    received = []
     for number in (signal.SIGINT, signal.SIGTERM):
-        default = signal.getsignal(number)
-        with train.GracefulStop() as stop:
-            signal.raise_signal(number)
-            assert stop.signal_name == signal.Signals(number).name
-            assert signal.getsignal(number) is default
-        assert signal.getsignal(number) is default
-    with train.GracefulStop(), pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
-        signal.raise_signal(signal.SIGINT)
+        previous = signal.signal(number, lambda received_number, frame: received.append(received_number))
+        usual = signal.getsignal(number)
+        try:
+            with train.GracefulStop() as stop:
+                signal.raise_signal(number)
+                assert stop.signal_name == signal.Signals(number).name and not received
+                assert signal.getsignal(number) is usual
+                signal.raise_signal(number)
+                assert received == [number]
+            assert signal.getsignal(number) is usual
+        finally:
+            signal.signal(number, previous)
+            received.clear()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with train.GracefulStop(), pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cli_error(main_function, argv, program="train.py"):
