@@ -88,6 +88,10 @@ def killed_run(dataset, tmp_path_factory):
     wait_for(lambda: checkpoints.checkpoint_paths(root / "run"), process)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    # A kill during the next checkpoint's write leaves its temporary (resume removes such files; the
+    # tests below plant their own). Gone here, every test starts from a run killed between writes.
+    for temporary in (root / "run").rglob(f"*.tmp{process.pid}.*"):
+        temporary.unlink()
     killed = SimpleNamespace(root=root, step=newest_step(root / "run"), process=process)
 
     for name, extra in (("resumed", []), ("diverging", ["--lr", "1e30"])):
