@@ -166,8 +166,7 @@ def padded_conv(x, kernel, pad, reflect, stride):
     paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
     mode = "REFLECT" if reflect else "CONSTANT"
     strides = [1, stride, stride, 1]
-    height, width, _, _ = kernel.shape
-    _, _, channels, outputs = kernel.shape
+    height, width, channels, outputs = kernel.shape
     on_cpu = not tf.config.list_physical_devices("GPU")
     rearranged = (stride == 1 and height == width and height % 2 and x.dtype == "float32"
                   and kernel.dtype == "float32" and on_cpu)
@@ -196,8 +195,7 @@ def padded_conv(x, kernel, pad, reflect, stride):
                 with tf.control_dependencies([upstream]):  # padded when needed, not kept from the forward pass
                     source = padding(x)
             if few_inputs:  # the full convolution of the upstream gradient by the kernel turned round
-                full = [[0, 0], [height - 1, height - 1], [width - 1, width - 1], [0, 0]]
-                d_padded = valid_conv_by_space_to_depth(tf.pad(upstream, full), turned(kernel))
+                d_padded = valid_conv_by_space_to_depth(padded_for_full_conv(upstream, kernel.shape), turned(kernel))
             else:
                 d_padded = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(source), filter=kernel,
                                                           out_backprop=upstream, strides=strides, padding="VALID")
@@ -257,10 +255,16 @@ def kernel_gradient_by_swapped_roles(x, upstream, kernel_shape):
     yields the kernel turned round (`turned`); with few output channels it is oneDNN's fast direction
     (the generator's last convolution: 54 against 11 ms at 256x256x64)."""
     height, width, channels, outputs = kernel_shape
-    padded = tf.pad(upstream, [[0, 0], [height - 1, height - 1], [width - 1, width - 1], [0, 0]])
-    swapped = tf.raw_ops.Conv2DBackpropFilter(input=padded, filter_sizes=[height, width, outputs, channels],
+    swapped = tf.raw_ops.Conv2DBackpropFilter(input=padded_for_full_conv(upstream, kernel_shape),
+                                              filter_sizes=[height, width, outputs, channels],
                                               out_backprop=x, strides=[1, 1, 1, 1], padding="VALID")
     return turned(swapped)
+
+
+def padded_for_full_conv(x, kernel_shape):
+    """x with kernel size - 1 zeros on every side: a 'valid' convolution of it is the full one."""
+    height, width = kernel_shape[:2]
+    return tf.pad(x, [[0, 0], [height - 1, height - 1], [width - 1, width - 1], [0, 0]])
 
 
 def valid_conv_by_backward_data(x, kernel):
