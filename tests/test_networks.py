@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from config import BENCH, Config
+import convolutions
 import cyclegan
 import inference
 import networks
@@ -423,7 +424,7 @@ def test_padded_conv_has_the_gradients_of_padding_then_convolving(monkeypatch, p
     passes and gradients rearranged for large kernels and for few channels in or out, are those
     TensorFlow derives for a padding then a 'valid' convolution, and a padded input is padded a second
     time exactly when it is that large."""
-    monkeypatch.setattr(networks, "PADDED_AGAIN_BYTES", 1 if again else 2 ** 40)
+    monkeypatch.setattr(convolutions, "PADDED_AGAIN_BYTES", 1 if again else 2 ** 40)
     rng = np.random.default_rng(kernel + channels + stride)
     layer = networks.PaddedConv2D(channels, kernel, pad=pad, reflect=reflect, strides=stride)
     x = tf.constant(rng.normal(size=(2, 11, 9, inputs)).astype(np.float32))
