@@ -13,6 +13,16 @@ BLOCKED_KERNEL_BYTES = 2 * 2 ** 20  # a core's L2 cache on current server CPUs (
 FEW_CHANNELS = 4  # convolutions to (from) this few channels are rearranged for oneDNN's faster kernels
 PADDED_AGAIN_BYTES = 4 * 2 ** 20  # padded inputs from this size on are padded again for the gradients
 
+# Winograd's F(2x2, 3x3) (Lavin and Gray, 2016): a 4x4 input tile d and a 3x3 kernel g make the 2x2
+# outputs A^T [(G g G^T) * (B^T d B)] A, 16 multiplications instead of 36. As Kronecker products they act
+# on a tile's 16 elements (row by row) at once.
+_B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+WINOGRAD_INPUT = np.kron(_B_T, _B_T)  # 16 x 16
+WINOGRAD_KERNEL = np.kron(_G, _G)  # 16 x 9
+WINOGRAD_OUTPUT = np.kron(_A_T, _A_T)  # 4 x 16: the 2x2 outputs, row by row
+
 
 def padded_conv(x, kernel, pad, reflect, stride):
     """tf.nn.conv2d of x padded by `pad` pixels (zeros, or a mirror image with `reflect`), 'valid'.
@@ -23,10 +33,14 @@ def padded_conv(x, kernel, pad, reflect, stride):
       kept from the forward pass to the backward one. The paper's generator then holds about 90 MB less
       per pass at 256x256 (a training step runs six), for a few ms of copying; the book's 128x128
       network keeps its small ones.
-    - Large kernels: TensorFlow gives oneDNN's forward convolution the weights in their plain HWIO
+    - 3x3 kernels (the residual blocks') take Winograd's F(2x2, 3x3), forward and both gradients
+      (`winograd_conv3x3`, `winograd_conv3x3_gradients`): 2.25x fewer multiplications, as batched matrix
+      products. On one thread the paper's 64x64x256 went from 34 to 20 ms forward and from 67 to 45 ms
+      for the two gradients; the book's 32x32x128 from 2.6 to 2.0 and 5.6 to 5.1 ms.
+    - Other large kernels: TensorFlow gives oneDNN's forward convolution the weights in their plain HWIO
       layout, and its backward-data convolution a blocked copy. Once a kernel outgrows a core's L2 cache
-      (the paper's residual blocks: 3x3x256x256, 2.4 MB) the blocked one is faster, so such a kernel's
-      stride-1 forward pass is run as that backward-data convolution (`valid_conv_by_backward_data`).
+      (BLOCKED_KERNEL_BYTES) the blocked one is faster, so such a kernel's stride-1 forward pass is run
+      as that backward-data convolution (`valid_conv_by_backward_data`).
     - Few channels: a convolution to FEW_CHANNELS outputs or fewer (the generator's last one, 64 -> 3
       colours) runs at a fifth of oneDNN's speed. Its forward pass goes through 2x2 blocks folded into
       channels (`valid_conv_by_space_to_depth`), its kernel gradient with the two roles swapped
@@ -40,7 +54,8 @@ def padded_conv(x, kernel, pad, reflect, stride):
     on_cpu = not tf.config.list_physical_devices("GPU")
     rearranged = (stride == 1 and height == width and height % 2 and x.dtype == "float32"
                   and kernel.dtype == "float32" and on_cpu)
-    by_backward_data = rearranged and 4 * int(np.prod(kernel.shape)) > BLOCKED_KERNEL_BYTES
+    winograd = rearranged and height == 3 and min(channels, outputs) > FEW_CHANNELS
+    by_backward_data = rearranged and not winograd and 4 * int(np.prod(kernel.shape)) > BLOCKED_KERNEL_BYTES
     few_outputs = rearranged and outputs <= FEW_CHANNELS
     few_inputs = rearranged and channels <= FEW_CHANNELS
 
@@ -50,7 +65,9 @@ def padded_conv(x, kernel, pad, reflect, stride):
     @tf.custom_gradient
     def conv(x, kernel):
         padded = padding(x) if pad else x
-        if by_backward_data:
+        if winograd:
+            y = winograd_conv3x3(padded, kernel)
+        elif by_backward_data:
             y = valid_conv_by_backward_data(padded, kernel)
         elif few_outputs:
             y = valid_conv_by_space_to_depth(padded, kernel)
@@ -64,16 +81,20 @@ def padded_conv(x, kernel, pad, reflect, stride):
             if again:
                 with tf.control_dependencies([upstream]):  # padded when needed, not kept from the forward pass
                     source = padding(x)
-            if few_inputs:  # the full convolution of the upstream gradient by the kernel turned round
-                d_padded = valid_conv_by_space_to_depth(padded_for_full_conv(upstream, kernel.shape), turned(kernel))
+            if winograd:
+                d_padded, d_kernel = winograd_conv3x3_gradients(source, upstream, kernel)
             else:
-                d_padded = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(source), filter=kernel,
-                                                          out_backprop=upstream, strides=strides, padding="VALID")
-            if few_outputs:
-                d_kernel = kernel_gradient_by_swapped_roles(source, upstream, kernel.shape)
-            else:
-                d_kernel = tf.raw_ops.Conv2DBackpropFilter(input=source, filter_sizes=tf.shape(kernel),
-                                                           out_backprop=upstream, strides=strides, padding="VALID")
+                if few_inputs:  # the full convolution of the upstream gradient by the kernel turned round
+                    d_padded = valid_conv_by_space_to_depth(padded_for_full_conv(upstream, kernel.shape),
+                                                            turned(kernel))
+                else:
+                    d_padded = tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.shape(source), filter=kernel,
+                                                              out_backprop=upstream, strides=strides, padding="VALID")
+                if few_outputs:
+                    d_kernel = kernel_gradient_by_swapped_roles(source, upstream, kernel.shape)
+                else:
+                    d_kernel = tf.raw_ops.Conv2DBackpropFilter(input=source, filter_sizes=tf.shape(kernel),
+                                                               out_backprop=upstream, strides=strides, padding="VALID")
             if not pad:
                 return d_padded, d_kernel
             if reflect:
@@ -92,6 +113,103 @@ def mirror_pad(x, pad):
     mirrored = lambda lines, axis: lines if pad == 1 else tf.reverse(lines, [axis])
     x = tf.concat([mirrored(x[:, 1:pad + 1], 1), x, mirrored(x[:, -pad - 1:-1], 1)], 1)
     return tf.concat([mirrored(x[:, :, 1:pad + 1], 2), x, mirrored(x[:, :, -pad - 1:-1], 2)], 2)
+
+
+def winograd_conv3x3(x, kernel):
+    """tf.nn.conv2d(x, kernel, 1, "VALID") for a 3x3 kernel by Winograd's F(2x2, 3x3): the input's 4x4
+    tiles at stride 2 and the kernel taken to the Winograd domain, one matrix product per domain element
+    (16 of C x K, batched), and back to 2x2 blocks of outputs. Within float32 rounding of the direct sum
+    (the tests' tolerance)."""
+    _, height, width, _ = sizes(x)
+    x = even_sized(x, height - 2, width - 2)
+    tiles = winograd_tiles(x)
+    with tf.control_dependencies([tiles]):  # made when needed: else every layer's is made at the step's start
+        transformed = winograd_kernel(kernel)
+    return winograd_outputs(tf.matmul(tiles, transformed), sizes(x))[:, :height - 2, :width - 2]
+
+
+def winograd_conv3x3_gradients(x, upstream, kernel):
+    """The input and kernel gradients of `winograd_conv3x3(x, kernel)` for the upstream gradient, by the
+    adjoints of its steps. Each takes the upstream gradient to the Winograd domain itself: a shared one
+    (16 MB at the paper's size) would wait in memory with x for the kernel gradient, which the backward
+    pass, running on along the input gradients, makes later (1.4 GB more at the paper's size)."""
+    _, height, width, _ = sizes(upstream)
+    x, upstream = even_sized(x, height, width), even_sized(upstream, height, width)
+    with tf.control_dependencies([x]):  # its own domain gradient, not merged with the input gradient's
+        domain_upstream = winograd_outputs_adjoint(upstream)
+    d_transformed = tf.matmul(winograd_tiles(x), domain_upstream, transpose_a=True)
+    d_kernel = tf.matmul(WINOGRAD_KERNEL, tf.reshape(d_transformed, [16, -1]), transpose_a=True)
+    domain_upstream = winograd_outputs_adjoint(upstream)
+    with tf.control_dependencies([domain_upstream]):
+        transformed = winograd_kernel(kernel)
+    d_x = winograd_tiles_adjoint(tf.matmul(domain_upstream, transformed, transpose_b=True), sizes(x))
+    return d_x[:, :height + 2, :width + 2], tf.reshape(d_kernel, kernel.shape)
+
+
+def sizes(x):
+    """x's shape, as Python ints where the graph knows them (no shape ops), else as scalar tensors."""
+    return [size if size is not None else tf.shape(x)[axis] for axis, size in enumerate(x.shape)]
+
+
+def even_sized(x, height, width):
+    """x with a row (column) of zeros at the end when `height` (`width`) is odd."""
+    if isinstance(height, int) and isinstance(width, int) and not height % 2 and not width % 2:
+        return x
+    return tf.pad(x, [[0, 0], [0, height % 2], [0, width % 2], [0, 0]])
+
+
+def winograd_tile_index(shape):
+    """For x of `shape` (n, 2t + 2, 2s + 2, c) flattened to (n (2t + 2) (2s + 2), c): the rows of the 16
+    elements (a, b) of its n t s overlapping 4x4 tiles at stride 2, (16 n t s,), tile by tile."""
+    batch, height, width = shape[:3]
+    if all(isinstance(size, int) for size in shape[:3]):  # a constant, made once
+        a, b, n, i, j = np.ix_(range(4), range(4), range(batch), range(height // 2 - 1), range(width // 2 - 1))
+        return ((n * height + 2 * i + a) * width + 2 * j + b).reshape(-1).astype(np.int32)
+    a, b, n, i, j = (tf.reshape(tf.range(size), [-1 if axis == k else 1 for k in range(5)])
+                     for axis, size in enumerate([4, 4, batch, height // 2 - 1, width // 2 - 1]))
+    return tf.reshape((n * height + 2 * i + a) * width + 2 * j + b, [-1])
+
+
+def winograd_tiles(x):
+    """x (n, 2t + 2, 2s + 2, c) as its n t s overlapping 4x4 tiles at stride 2, in the Winograd domain:
+    (16, n t s, c)."""
+    channels = x.shape[3]
+    elements = tf.gather(tf.reshape(x, [-1, channels]), winograd_tile_index(sizes(x)))
+    return tf.reshape(tf.matmul(WINOGRAD_INPUT, tf.reshape(elements, [16, -1])), [16, -1, channels])
+
+
+def winograd_tiles_adjoint(domain, shape):
+    """The adjoint of `winograd_tiles`: (16, n t s, c) back to (n, 2t + 2, 2s + 2, c), the sizes in
+    `shape`, where overlapping tiles' elements add up."""
+    batch, height, width, channels = shape
+    elements = tf.matmul(WINOGRAD_INPUT, tf.reshape(domain, [16, -1]), transpose_a=True)
+    index = tf.reshape(winograd_tile_index(shape), [-1, 1])
+    flat = tf.scatter_nd(index, tf.reshape(elements, [-1, channels]), [batch * height * width, channels])
+    return tf.reshape(flat, [batch, height, width, channels])
+
+
+def winograd_kernel(kernel):
+    """A 3x3 kernel (3, 3, c, k) in the Winograd domain: (16, c, k)."""
+    channels, outputs = kernel.shape[2:]
+    return tf.reshape(tf.matmul(WINOGRAD_KERNEL, tf.reshape(kernel, [9, -1])), [16, channels, outputs])
+
+
+def winograd_outputs(domain, shape):
+    """Products in the Winograd domain (16, n t s, k) as the outputs (n, 2t, 2s, k) of an input with the
+    sizes in `shape` (n, 2t + 2, 2s + 2, c)."""
+    outputs = domain.shape[2]
+    batch, tiles_down, tiles_across = shape[0], shape[1] // 2 - 1, shape[2] // 2 - 1
+    blocks = tf.matmul(WINOGRAD_OUTPUT, tf.reshape(domain, [16, -1]))  # (row, column) in the block, n t s k
+    blocks = tf.reshape(blocks, [2, 2, batch, tiles_down, tiles_across, outputs])
+    return tf.reshape(tf.transpose(blocks, [2, 3, 0, 4, 1, 5]), [batch, 2 * tiles_down, 2 * tiles_across, outputs])
+
+
+def winograd_outputs_adjoint(upstream):
+    """The adjoint of `winograd_outputs`: a gradient (n, 2t, 2s, k) in the Winograd domain (16, n t s, k)."""
+    batch, height, width, outputs = sizes(upstream)
+    blocks = tf.reshape(upstream, [batch, height // 2, 2, width // 2, 2, outputs])
+    blocks = tf.reshape(tf.transpose(blocks, [2, 4, 0, 1, 3, 5]), [4, -1])
+    return tf.reshape(tf.matmul(WINOGRAD_OUTPUT, blocks, transpose_a=True), [16, -1, outputs])
 
 
 def turned(kernel):

@@ -421,9 +421,9 @@ def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
 def test_padded_conv_has_the_gradients_of_padding_then_convolving(monkeypatch, pad, reflect, stride, kernel,
                                                                    inputs, channels, again):
     """PaddedConv2D's own gradients (padding again for them above PADDED_AGAIN_BYTES), and its forward
-    passes and gradients rearranged for large kernels and for few channels in or out, are those
-    TensorFlow derives for a padding then a 'valid' convolution, and a padded input is padded a second
-    time exactly when it is that large."""
+    passes and gradients rearranged (Winograd's F(2x2, 3x3) at 3x3, space-to-depth for few channels in or
+    out) are those TensorFlow derives for a padding then a 'valid' convolution; a padded input is padded
+    a second time exactly when it is that large."""
     monkeypatch.setattr(convolutions, "PADDED_AGAIN_BYTES", 1 if again else 2 ** 40)
     rng = np.random.default_rng(kernel + channels + stride)
     layer = networks.PaddedConv2D(channels, kernel, pad=pad, reflect=reflect, strides=stride)
@@ -449,6 +449,8 @@ def test_padded_conv_has_the_gradients_of_padding_then_convolving(monkeypatch, p
             if op.type in ("Pad", "PadV2", "MirrorPad", "ConcatV2") and tuple(op.outputs[0].shape[1:3]) == padded_shape]
     assert len(pads) == 1 + again
     kinds = {op.type for op in graph.get_operations()}
+    winograd = stride == 1 and kernel == 3 and min(inputs, channels) > convolutions.FEW_CHANNELS
+    assert ("BatchMatMulV2" in kinds) == winograd
     assert ("SpaceToDepth" in kinds) == (stride == 1 and kernel % 2 == 1 and min(inputs, channels) <= 4)
 
 
@@ -467,17 +469,19 @@ def test_a_generator_saved_with_separate_reflection_padding_layers_loads_and_com
     np.testing.assert_allclose(loaded(x), old(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("kernel, channels, backward_data", [(3, 256, True), (7, 128, True), (3, 128, False)])
-def test_valid_conv_runs_large_kernels_as_backward_data_with_the_same_values(kernel, channels, backward_data):
-    """ValidConv2D runs a float32 kernel above BLOCKED_KERNEL_BYTES (the paper's 3x3x256x256) through
-    TensorFlow's backward-data convolution: its output and both gradients are a valid convolution's."""
+@pytest.mark.parametrize("kernel, channels, path", [(3, 256, "BatchMatMulV2"), (3, 16, "BatchMatMulV2"),
+                                                     (7, 128, "Conv2DBackpropInput"), (5, 16, "Conv2D")])
+def test_valid_conv_runs_by_winograd_or_backward_data_with_the_same_values(kernel, channels, path):
+    """ValidConv2D runs a float32 3x3 kernel by Winograd's F(2x2, 3x3), another odd one above
+    BLOCKED_KERNEL_BYTES through TensorFlow's backward-data convolution, a smaller one as a plain
+    convolution: outputs and both gradients are a valid convolution's."""
     rng = np.random.default_rng(kernel + channels)
     layer = networks.ValidConv2D(channels, kernel)
     x = tf.constant(rng.normal(size=(2, 5 + kernel, 4 + kernel, channels)).astype(np.float32))
     layer.build(x.shape)
     layer.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in layer.weights])
     ops = {op.type for op in tf.function(layer).get_concrete_function(x).graph.get_operations()}
-    assert ("Conv2DBackpropInput" in ops) == backward_data and ("Conv2D" in ops) != backward_data
+    assert ops & {"BatchMatMulV2", "Conv2DBackpropInput", "Conv2D"} == {path}
     upstream = tf.constant(rng.normal(size=(2, 6, 5, channels)).astype(np.float32))
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
