@@ -461,7 +461,8 @@ def main(argv=None):
     elif args.generator_only:
         print("GENERATOR " + json.dumps(generator_report(config)))
     else:
-        threads = distribute.set_training_threads()  # as train.py runs the loop; before any op
+        # as train.py runs the loop; before any op
+        threads = distribute.set_training_threads(distribute.first_activation_elements(config))
         print_report(run(args, config, argv, threads))
 
 

@@ -36,7 +36,9 @@ def padded_conv(x, kernel, pad, reflect, stride):
     - 3x3 kernels (the residual blocks') take Winograd's F(2x2, 3x3), forward and both gradients
       (`winograd_conv3x3`, `winograd_conv3x3_gradients`): 2.25x fewer multiplications, as batched matrix
       products. On one thread the paper's 64x64x256 went from 34 to 20 ms forward and from 67 to 45 ms
-      for the two gradients; the book's 32x32x128 from 2.6 to 2.0 and 5.6 to 5.1 ms.
+      for the two gradients; the book's 32x32x128 from 2.6 to 2.0 and 5.6 to 5.1 ms. A mirror image is
+      read straight from the input by the tiles' gather, so it is never a tensor of its own: no padding
+      op forward or backward, and about a third fewer graph nodes per convolution.
     - Other large kernels: TensorFlow gives oneDNN's forward convolution the weights in their plain HWIO
       layout, and its backward-data convolution a blocked copy. Once a kernel outgrows a core's L2 cache
       (BLOCKED_KERNEL_BYTES) the blocked one is faster, so such a kernel's stride-1 forward pass is run
@@ -58,15 +60,16 @@ def padded_conv(x, kernel, pad, reflect, stride):
     by_backward_data = rearranged and not winograd and 4 * int(np.prod(kernel.shape)) > BLOCKED_KERNEL_BYTES
     few_outputs = rearranged and outputs <= FEW_CHANNELS
     few_inputs = rearranged and channels <= FEW_CHANNELS
+    folded = pad if winograd and reflect else 0  # the mirror image is read by Winograd's tile gather
 
     def padding(x):
         return mirror_pad(x, pad) if reflect and on_cpu else tf.pad(x, paddings, mode)
 
     @tf.custom_gradient
     def conv(x, kernel):
-        padded = padding(x) if pad else x
+        padded = padding(x) if pad and not folded else x
         if winograd:
-            y = winograd_conv3x3(padded, kernel)
+            y = winograd_conv3x3(padded, kernel, folded)
         elif by_backward_data:
             y = valid_conv_by_backward_data(padded, kernel)
         elif few_outputs:
@@ -74,7 +77,7 @@ def padded_conv(x, kernel, pad, reflect, stride):
         else:
             y = tf.nn.conv2d(padded, kernel, strides, "VALID")
         size = padded.shape.num_elements() * padded.dtype.size if padded.shape.is_fully_defined() else 0
-        again = pad and size >= PADDED_AGAIN_BYTES
+        again = pad and not folded and size >= PADDED_AGAIN_BYTES
 
         def gradients(upstream):
             source = padded
@@ -82,7 +85,7 @@ def padded_conv(x, kernel, pad, reflect, stride):
                 with tf.control_dependencies([upstream]):  # padded when needed, not kept from the forward pass
                     source = padding(x)
             if winograd:
-                d_padded, d_kernel = winograd_conv3x3_gradients(source, upstream, kernel)
+                d_padded, d_kernel = winograd_conv3x3_gradients(source, upstream, kernel, folded)
             else:
                 if few_inputs:  # the full convolution of the upstream gradient by the kernel turned round
                     d_padded = valid_conv_by_space_to_depth(padded_for_full_conv(upstream, kernel.shape),
@@ -95,7 +98,7 @@ def padded_conv(x, kernel, pad, reflect, stride):
                 else:
                     d_kernel = tf.raw_ops.Conv2DBackpropFilter(input=source, filter_sizes=tf.shape(kernel),
                                                                out_backprop=upstream, strides=strides, padding="VALID")
-            if not pad:
+            if not pad or folded:
                 return d_padded, d_kernel
             if reflect:
                 return tf.raw_ops.MirrorPadGrad(input=d_padded, paddings=paddings, mode="REFLECT"), d_kernel
@@ -104,6 +107,34 @@ def padded_conv(x, kernel, pad, reflect, stride):
         return y, gradients
 
     return conv(x, kernel)
+
+
+def flipped_up_conv(x, kernel):
+    """The stride-2 'same' transposed convolution of x by `kernel` (Keras' Conv2DTranspose layout), with
+    x and the kernel flipped in H and W before it and the output flipped after: networks.UpConv2D's
+    float32 pass. Its gradients flip x again when they need it rather than keep the flipped copy from
+    the forward pass: 12 MB less per pass of the paper's generator, six passes in a training step."""
+    flip = lambda t: tf.reverse(t, [1, 2])
+    batch, height, width, _ = sizes(x)
+    strides = [1, 2, 2, 1]
+
+    @tf.custom_gradient
+    def up_conv(x, kernel):
+        turned = tf.reverse(kernel, [0, 1])
+        y = tf.nn.conv2d_transpose(flip(x), turned, [batch, 2 * height, 2 * width, kernel.shape[2]], strides, "SAME")
+
+        def gradients(upstream):
+            with tf.control_dependencies([upstream]):  # flipped when needed, not kept from the forward pass
+                flipped = flip(x)
+            d_y = flip(upstream)
+            d_x = flip(tf.nn.conv2d(d_y, turned, strides, "SAME"))
+            d_turned = tf.raw_ops.Conv2DBackpropFilter(input=d_y, filter_sizes=tf.shape(kernel), out_backprop=flipped,
+                                                       strides=strides, padding="SAME")
+            return d_x, tf.reverse(d_turned, [0, 1])
+
+        return flip(y), gradients
+
+    return up_conv(x, kernel)
 
 
 def mirror_pad(x, pad):
@@ -115,35 +146,38 @@ def mirror_pad(x, pad):
     return tf.concat([mirrored(x[:, :, 1:pad + 1], 2), x, mirrored(x[:, :, -pad - 1:-1], 2)], 2)
 
 
-def winograd_conv3x3(x, kernel):
-    """tf.nn.conv2d(x, kernel, 1, "VALID") for a 3x3 kernel by Winograd's F(2x2, 3x3): the input's 4x4
-    tiles at stride 2 and the kernel taken to the Winograd domain, one matrix product per domain element
-    (16 of C x K, batched), and back to 2x2 blocks of outputs. Within float32 rounding of the direct sum
-    (the tests' tolerance)."""
-    _, height, width, _ = sizes(x)
-    x = even_sized(x, height - 2, width - 2)
-    tiles = winograd_tiles(x)
+def winograd_conv3x3(x, kernel, pad=0):
+    """tf.nn.conv2d(x, kernel, 1, "VALID") for a 3x3 kernel, of x mirror-padded by `pad` pixels, by
+    Winograd's F(2x2, 3x3): the input's 4x4 tiles at stride 2 and the kernel taken to the Winograd
+    domain, one matrix product per domain element (16 of C x K, batched), and back to 2x2 blocks of
+    outputs. Within float32 rounding of the direct sum (the tests' tolerance)."""
+    batch, height, width, _ = sizes(x)
+    out_height, out_width = height + 2 * pad - 2, width + 2 * pad - 2
+    tiles = winograd_tiles(x, pad)
     with tf.control_dependencies([tiles]):  # made when needed: else every layer's is made at the step's start
         transformed = winograd_kernel(kernel)
-    return winograd_outputs(tf.matmul(tiles, transformed), sizes(x))[:, :height - 2, :width - 2]
+    blocks = winograd_outputs(tf.matmul(tiles, transformed), batch, (out_height + 1) // 2, (out_width + 1) // 2)
+    return cropped(blocks, out_height, out_width)
 
 
-def winograd_conv3x3_gradients(x, upstream, kernel):
-    """The input and kernel gradients of `winograd_conv3x3(x, kernel)` for the upstream gradient, by the
-    adjoints of its steps. Each takes the upstream gradient to the Winograd domain itself: a shared one
-    (16 MB at the paper's size) would wait in memory with x for the kernel gradient, which the backward
-    pass, running on along the input gradients, makes later (1.4 GB more at the paper's size)."""
+def winograd_conv3x3_gradients(x, upstream, kernel, pad=0):
+    """The input and kernel gradients of `winograd_conv3x3(x, kernel, pad)` for the upstream gradient,
+    by the adjoints of its steps. Each takes the upstream gradient to the Winograd domain itself: a
+    shared one (16 MB at the paper's size) would wait in memory with x for the kernel gradient, which the
+    backward pass, running on along the input gradients, makes later (1.4 GB more at the paper's size)."""
     _, height, width, _ = sizes(upstream)
-    x, upstream = even_sized(x, height, width), even_sized(upstream, height, width)
+    upstream = even_sized(upstream, height, width)
     with tf.control_dependencies([x]):  # its own domain gradient, not merged with the input gradient's
         domain_upstream = winograd_outputs_adjoint(upstream)
-    d_transformed = tf.matmul(winograd_tiles(x), domain_upstream, transpose_a=True)
+    with tf.control_dependencies([upstream]):  # tiled when needed, not as soon as x is there, in the forward pass
+        tiles = winograd_tiles(x, pad)
+    d_transformed = tf.matmul(tiles, domain_upstream, transpose_a=True)
     d_kernel = tf.matmul(WINOGRAD_KERNEL, tf.reshape(d_transformed, [16, -1]), transpose_a=True)
     domain_upstream = winograd_outputs_adjoint(upstream)
     with tf.control_dependencies([domain_upstream]):
         transformed = winograd_kernel(kernel)
-    d_x = winograd_tiles_adjoint(tf.matmul(domain_upstream, transformed, transpose_b=True), sizes(x))
-    return d_x[:, :height + 2, :width + 2], tf.reshape(d_kernel, kernel.shape)
+    d_x = winograd_tiles_adjoint(tf.matmul(domain_upstream, transformed, transpose_b=True), sizes(x), pad)
+    return d_x, tf.reshape(d_kernel, kernel.shape)
 
 
 def sizes(x):
@@ -158,34 +192,59 @@ def even_sized(x, height, width):
     return tf.pad(x, [[0, 0], [0, height % 2], [0, width % 2], [0, 0]])
 
 
-def winograd_tile_index(shape):
-    """For x of `shape` (n, 2t + 2, 2s + 2, c) flattened to (n (2t + 2) (2s + 2), c): the rows of the 16
-    elements (a, b) of its n t s overlapping 4x4 tiles at stride 2, (16 n t s,), tile by tile."""
-    batch, height, width = shape[:3]
-    if all(isinstance(size, int) for size in shape[:3]):  # a constant, made once
-        a, b, n, i, j = np.ix_(range(4), range(4), range(batch), range(height // 2 - 1), range(width // 2 - 1))
-        return ((n * height + 2 * i + a) * width + 2 * j + b).reshape(-1).astype(np.int32)
-    a, b, n, i, j = (tf.reshape(tf.range(size), [-1 if axis == k else 1 for k in range(5)])
-                     for axis, size in enumerate([4, 4, batch, height // 2 - 1, width // 2 - 1]))
-    return tf.reshape((n * height + 2 * i + a) * width + 2 * j + b, [-1])
+def cropped(x, height, width):
+    """x's first `height` rows and `width` columns (no op where that is all of it)."""
+    if x.shape[1] == height and x.shape[2] == width:
+        return x
+    return x[:, :height, :width]
 
 
-def winograd_tiles(x):
-    """x (n, 2t + 2, 2s + 2, c) as its n t s overlapping 4x4 tiles at stride 2, in the Winograd domain:
-    (16, n t s, c)."""
-    channels = x.shape[3]
-    elements = tf.gather(tf.reshape(x, [-1, channels]), winograd_tile_index(sizes(x)))
+def winograd_tile_index(batch, height, width, pad):
+    """The 4x4 tiles at stride 2 of x (batch, height, width, c) mirror-padded by `pad` pixels, with a row
+    (column) of zeros at the end where that makes an odd-sized output: for x flattened to rows
+    (batch height width, c) and a row of zeros after them, the rows of the tiles' 16 elements (a, b),
+    (16 n t s,) tile by tile. Also whether any is the row of zeros. Constant (numpy) for known sizes."""
+    known = all(isinstance(size, int) for size in (batch, height, width))
+    xp, arange = (np, np.arange) if known else (tf, tf.range)
+
+    def along(values, axis):  # shaped to broadcast over (a, b, n, t, s)
+        return xp.reshape(values, [-1 if k == axis else 1 for k in range(5)])
+
+    def source(size, element_axis, tile_axis):  # each element's row (column) of x, and whether it is in x
+        position = along(2 * arange((size + 2 * pad - 1) // 2), tile_axis) + along(arange(4), element_axis) - pad
+        mirrored = abs(position)
+        return xp.where(mirrored < size, mirrored, 2 * size - 2 - mirrored), position < size + pad
+
+    rows, in_rows = source(height, 0, 3)
+    columns, in_columns = source(width, 1, 4)
+    flat = (along(arange(batch), 2) * height + rows) * width + columns
+    index = xp.reshape(xp.where(in_rows & in_columns, flat, batch * height * width), [-1])
+    if known:
+        return index.astype(np.int32), bool((height + 2 * pad) % 2 or (width + 2 * pad) % 2)
+    return index, True
+
+
+def winograd_tiles(x, pad=0):
+    """x (n, h, w, c), mirror-padded by `pad`, as its n t s overlapping 4x4 tiles at stride 2 in the
+    Winograd domain: (16, n t s, c). The padding is in the gather's index, never a tensor of its own."""
+    batch, height, width, channels = sizes(x)
+    index, zeros = winograd_tile_index(batch, height, width, pad)
+    rows = tf.reshape(x, [-1, channels])
+    if zeros:
+        rows = tf.concat([rows, tf.zeros([1, channels], x.dtype)], 0)
+    elements = tf.gather(rows, index)
     return tf.reshape(tf.matmul(WINOGRAD_INPUT, tf.reshape(elements, [16, -1])), [16, -1, channels])
 
 
-def winograd_tiles_adjoint(domain, shape):
-    """The adjoint of `winograd_tiles`: (16, n t s, c) back to (n, 2t + 2, 2s + 2, c), the sizes in
-    `shape`, where overlapping tiles' elements add up."""
+def winograd_tiles_adjoint(domain, shape, pad=0):
+    """The adjoint of `winograd_tiles`: (16, n t s, c) back to x's `shape` (n, h, w, c), where
+    overlapping tiles' (and mirrored) elements add up."""
     batch, height, width, channels = shape
     elements = tf.matmul(WINOGRAD_INPUT, tf.reshape(domain, [16, -1]), transpose_a=True)
-    index = tf.reshape(winograd_tile_index(shape), [-1, 1])
-    flat = tf.scatter_nd(index, tf.reshape(elements, [-1, channels]), [batch * height * width, channels])
-    return tf.reshape(flat, [batch, height, width, channels])
+    index, zeros = winograd_tile_index(batch, height, width, pad)
+    flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(elements, [-1, channels]),
+                         [batch * height * width + zeros, channels])
+    return tf.reshape(flat[:-1] if zeros else flat, [batch, height, width, channels])
 
 
 def winograd_kernel(kernel):
@@ -194,11 +253,9 @@ def winograd_kernel(kernel):
     return tf.reshape(tf.matmul(WINOGRAD_KERNEL, tf.reshape(kernel, [9, -1])), [16, channels, outputs])
 
 
-def winograd_outputs(domain, shape):
-    """Products in the Winograd domain (16, n t s, k) as the outputs (n, 2t, 2s, k) of an input with the
-    sizes in `shape` (n, 2t + 2, 2s + 2, c)."""
+def winograd_outputs(domain, batch, tiles_down, tiles_across):
+    """Products in the Winograd domain (16, n t s, k) as the outputs (n, 2t, 2s, k) of the n t s tiles."""
     outputs = domain.shape[2]
-    batch, tiles_down, tiles_across = shape[0], shape[1] // 2 - 1, shape[2] // 2 - 1
     blocks = tf.matmul(WINOGRAD_OUTPUT, tf.reshape(domain, [16, -1]))  # (row, column) in the block, n t s k
     blocks = tf.reshape(blocks, [2, 2, batch, tiles_down, tiles_across, outputs])
     return tf.reshape(tf.transpose(blocks, [2, 3, 0, 4, 1, 5]), [batch, 2 * tiles_down, 2 * tiles_across, outputs])

@@ -39,28 +39,40 @@ import keras  # noqa: E402  (after TensorFlow, imported quietly)
 log = logging.getLogger("cyclegan")
 
 
-def set_training_threads():
-    """On a CPU: each op on half of the cores, two ops at a time. Returns that layout as (threads per
-    op, ops at a time), or None where TensorFlow keeps its default (every op may use every core).
+LARGE_STEP_ELEMENTS = 2 ** 21  # a step whose generator's first activation is this large runs one op at a time
+
+
+def set_training_threads(activation_elements):
+    """On a CPU: for a small step, each op on half of the cores, two ops at a time; for a large one (the
+    generator's first activation, batch x height x width x ngf, of LARGE_STEP_ELEMENTS or more), each op
+    on all of the cores, one at a time. Returns that layout as (threads per op, ops at a time), or None
+    where TensorFlow keeps its default (every op may use every core, several at a time).
 
     A CycleGAN step is two chains that do not wait on each other: each generator's passes, then
-    each discriminator's step (cyclegan.CycleGAN.train_step runs the two side by side). At batch 1
-    most of their ops are too small to share out over all the cores well, so each chain gets half.
-    On 2 cores (one thread per op) S's step was about 5 % faster in alternating processes, P's the
-    same (docs/performance.md). One inference chain (generate.py) keeps the default. Left alone: on a GPU,
-    where the user sets TF_NUM_INTRAOP_THREADS or TF_NUM_INTEROP_THREADS, and once TensorFlow has
-    started in another layout (it makes its thread pools then: call this before any op runs).
+    each discriminator's step (cyclegan.CycleGAN.train_step runs the two side by side). The book's
+    128x128 network's ops are too small to share out over all the cores well, and two chains on half
+    each made its step 5-20 % faster on 2 cores. The paper's 256x256 ones are not: its step took the same
+    time either way, and with one op at a time the backward pass frees each pass's activations before
+    it starts the next, where two at a time interleave them: peak memory 0.4-0.6 GB lower (2.7-2.9
+    against 3.2-3.5 GB; docs/performance.md). One inference chain (generate.py) keeps the default. Left
+    alone: on a GPU, where the user sets TF_NUM_INTRAOP_THREADS or TF_NUM_INTEROP_THREADS, and once
+    TensorFlow has started in another layout (it makes its thread pools then: call this before any op runs).
     """
     if tf.config.list_physical_devices("GPU") or {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"} & set(os.environ):
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    layout = (max(1, cores // 2), 2)
+    layout = (cores, 1) if activation_elements >= LARGE_STEP_ELEMENTS else (max(1, cores // 2), 2)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(layout[0])
         tf.config.threading.set_inter_op_parallelism_threads(layout[1])
     except RuntimeError:  # TensorFlow has started: its thread pools are fixed
         return None
     return layout
+
+
+def first_activation_elements(config):
+    """The size of the generator's first activation in a training step: what set_training_threads reads."""
+    return config.batch_size * config.image_size ** 2 * config.ngf
 
 
 def make_strategy(name=None, batch_size=None):

@@ -134,9 +134,7 @@ class UpConv2D(layers.Conv2DTranspose):
             outputs = tf.nn.conv2d_transpose(inputs, self.kernel, full, 2, "VALID")
             outputs = outputs[:, p:p + 2 * height, p:p + 2 * width]
         else:  # 'same' pads the end, so flipped it pads the reference's start: oneDNN's kernels, not Eigen's
-            flipped = tf.nn.conv2d_transpose(tf.reverse(inputs, [1, 2]), tf.reverse(self.kernel, [0, 1]),
-                                             [batch, 2 * height, 2 * width, self.filters], 2, "SAME")
-            outputs = tf.reverse(flipped, [1, 2])
+            outputs = convolutions.flipped_up_conv(inputs, tf.convert_to_tensor(self.kernel))
         return outputs + self.bias if self.use_bias else outputs
 
 
@@ -369,7 +367,21 @@ def build_combined(generator_ab, generator_ba, discriminator_a, discriminator_b,
         jit_compile=jit_compile,
     )
     combined.optimizer.build(combined.trainable_variables)
+    if not tf.distribute.has_strategy():  # under a strategy Keras makes them itself before tracing
+        build_loss_trackers(combined)
     return combined
+
+
+def build_loss_trackers(combined):
+    """Make the combined model's per-term loss trackers now, by one loss on placeholder values.
+
+    Keras makes them on the first trace of train_on_batch otherwise, and a variable made in a trace
+    makes tf.function trace the whole step again and keep both graphs: at 256x256 about 400 MB more
+    memory and a slower first step. train_on_batch resets the trackers, so the values do not count.
+    """
+    placeholder = np.zeros((1, 1, 1, 1), np.float32)
+    combined.compute_loss(y=[placeholder] * len(LOSS_TERMS) + [None] * len(TRANSLATIONS),
+                          y_pred=[placeholder] * (len(LOSS_TERMS) + len(TRANSLATIONS)))
 
 
 def combined_targets(real_a, real_b, patch):

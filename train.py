@@ -216,7 +216,8 @@ def train(config, resume=False, verbose=1, stop=None):
     is locked for the whole run (checkpoints.run_lock): one writer at a time.
     """
     stop = stop or GracefulStop()
-    threads = distribute.set_training_threads()  # first: TensorFlow fixes its thread pools when it starts
+    # first: TensorFlow fixes its thread pools when it starts
+    threads = distribute.set_training_threads(distribute.first_activation_elements(config))
     if threads:
         log.info("on the CPU: %d thread(s) per op, %d ops at a time", *threads)
     check_fits_in_memory(config)

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import TINY_NETWORK, make_dataset  # first: it puts the repository on sys.path for the child
 import cli
-from config import Config, from_command_line
+from config import BENCH, Config, from_command_line
 import cyclegan
 import distribute
 
@@ -248,22 +248,30 @@ def test_multiworker_without_tf_config_is_a_usage_error(monkeypatch):
 
 # ---- threads -----------------------------------------------------------------------------------
 
-THREADS_CHILD = ("import json, sys, distribute; from distribute import tf; started = sys.argv[1:] and tf.constant(1.0); "
-                 "layout = distribute.set_training_threads(); "
+THREADS_CHILD = ("import json, sys, distribute; from distribute import tf; started = sys.argv[2:] and tf.constant(1.0); "
+                 "layout = distribute.set_training_threads(int(sys.argv[1])); "
                  "pools = [tf.config.threading.get_intra_op_parallelism_threads(), "
                  "tf.config.threading.get_inter_op_parallelism_threads()]; tf.constant(1.0) + 1; "
-                 "print(json.dumps([layout, pools, distribute.set_training_threads()]))")  # the last: already in force
+                 "print(json.dumps([layout, pools, distribute.set_training_threads(int(sys.argv[1]))]))")  # the last: in force
 
 
-def test_training_threads_give_each_of_the_steps_two_chains_half_of_the_cores():
-    """In a fresh process (TensorFlow fixes its thread pools when it starts): half of the cores per
-    op, two ops at a time; nothing over the user's own setting, nor once TensorFlow has started."""
+def test_training_threads_give_a_small_step_two_chains_and_a_large_one_all_cores_per_op():
+    """In a fresh process (TensorFlow fixes its thread pools when it starts): a small step gets half of
+    the cores per op, two ops at a time, and a large one (the paper's 256x256 network) all of them, one
+    op at a time; nothing over the user's own setting, nor once TensorFlow has started."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("TF_NUM_")}
-    results = [run_python(["-c", THREADS_CHILD, *extra], env=dict(env, **more))
-               for extra, more in (([], {}), (["started"], {}), ([], {"TF_NUM_INTEROP_THREADS": "3"}))]
+    small = distribute.first_activation_elements(BENCH["S"])
+    large = distribute.first_activation_elements(BENCH["P"])
+    assert small < distribute.LARGE_STEP_ELEMENTS <= large
+    results = [run_python(["-c", THREADS_CHILD, str(elements), *extra], env=dict(env, **more))
+               for elements, extra, more in ((small, [], {}), (large, [], {}), (small, ["started"], {}),
+                                             (large, [], {"TF_NUM_INTEROP_THREADS": "3"}))]
     assert all(result.returncode == 0 for result in results), [result.stderr[-3000:] for result in results]
-    (layout, pools, again), started, users = (json.loads(result.stdout.splitlines()[-1]) for result in results)
-    assert layout == pools == again == [max(1, len(os.sched_getaffinity(0)) // 2), 2]
+    (layout, pools, again), (big_layout, big_pools, big_again), started, users = (
+        json.loads(result.stdout.splitlines()[-1]) for result in results)
+    cores = len(os.sched_getaffinity(0))
+    assert layout == pools == again == [max(1, cores // 2), 2]
+    assert big_layout == big_pools == big_again == [cores, 1]
     assert started == users == [None, [0, 0], None]
 
 

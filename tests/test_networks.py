@@ -414,6 +414,36 @@ def test_down_and_up_convolutions_pad_symmetrically_like_the_reference():
     assert networks.UpConv2D(4, 3)(x).shape == networks.UpConv2D(4, 4)(x).shape == (2, 20, 28, 4)
 
 
+@pytest.mark.parametrize("kernel", [3, 4])
+def test_up_conv_has_the_gradients_of_the_cut_full_transposed_convolution(kernel):
+    """UpConv2D's own float32 gradients (flipping its input again instead of keeping a flipped copy) are
+    those TensorFlow derives for the full transposed convolution cut like the reference's, also where the
+    graph does not know the image size."""
+    rng = np.random.default_rng(kernel)
+    layer = networks.UpConv2D(4, kernel)
+    x = tf.constant(rng.normal(size=(2, 5, 7, 6)).astype(np.float32))
+    layer.build(x.shape)
+    layer.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in layer.weights])
+    upstream = tf.constant(rng.normal(size=(2, 10, 14, 4)).astype(np.float32))
+
+    def full_then_cut(x):
+        full = tf.nn.conv2d_transpose(x, layer.kernel, [2, 8 + kernel, 12 + kernel, 4], 2, "VALID")
+        return full[:, 1:11, 1:15] + layer.bias
+
+    def value_and_gradients(fn, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return [y, *tape.gradient(y, [x, layer.kernel, layer.bias], upstream)]
+
+    expected = value_and_gradients(full_then_cut, x)
+    unknown_size = tf.function(lambda x: value_and_gradients(layer, x),
+                               input_signature=[tf.TensorSpec([None, None, None, 6])])
+    for ours in (value_and_gradients(layer, x), unknown_size(x)):
+        for got, want in zip(ours, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("pad, reflect, stride, kernel, inputs, channels", [
     (1, True, 1, 3, 8, 8), (3, True, 1, 7, 4, 4), (1, False, 2, 3, 8, 8), (1, False, 2, 4, 6, 6),
     (1, True, 1, 3, 256, 256), (3, True, 1, 7, 16, 3), (3, True, 1, 7, 3, 16), (2, False, 1, 5, 8, 1)])
@@ -447,9 +477,9 @@ def test_padded_conv_has_the_gradients_of_padding_then_convolving(monkeypatch, p
     padded_shape = (11 + 2 * pad, 9 + 2 * pad)
     pads = [op for op in graph.get_operations()
             if op.type in ("Pad", "PadV2", "MirrorPad", "ConcatV2") and tuple(op.outputs[0].shape[1:3]) == padded_shape]
-    assert len(pads) == 1 + again
-    kinds = {op.type for op in graph.get_operations()}
     winograd = stride == 1 and kernel == 3 and min(inputs, channels) > convolutions.FEW_CHANNELS
+    assert len(pads) == (0 if winograd and reflect else 1 + again)  # Winograd's gather reads the mirror image
+    kinds = {op.type for op in graph.get_operations()}
     assert ("BatchMatMulV2" in kinds) == winograd
     assert ("SpaceToDepth" in kinds) == (stride == 1 and kernel % 2 == 1 and min(inputs, channels) <= 4)
 
@@ -467,6 +497,28 @@ def test_a_generator_saved_with_separate_reflection_padding_layers_loads_and_com
     new.set_weights(old.get_weights())
     np.testing.assert_allclose(loaded(x), new(x), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(loaded(x), old(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("known", [True, False])
+@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("height, width", [(8, 6), (7, 6), (6, 9), (5, 7)])
+def test_winograd_reads_the_mirror_image_from_the_input(height, width, pad, known):
+    """winograd_conv3x3 of x mirror-padded in its tiles' gather, and both its gradients, are tf.pad
+    (REFLECT) then a valid convolution's, for even and odd sizes, known to the graph or not."""
+    rng = np.random.default_rng(height * width + pad)
+    x = tf.constant(rng.normal(size=(2, height, width, 5)).astype(np.float32))
+    kernel = tf.constant(rng.normal(size=(3, 3, 5, 6)).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(2, height + 2 * pad - 2, width + 2 * pad - 2, 6)).astype(np.float32))
+    spec = [tf.TensorSpec(t.shape if known else [None, None, None, t.shape[3]]) for t in (x, upstream)]
+    ours = tf.function(lambda x, upstream: (convolutions.winograd_conv3x3(x, kernel, pad),
+                                            *convolutions.winograd_conv3x3_gradients(x, upstream, kernel, pad)),
+                       input_signature=spec)
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        expected = tf.nn.conv2d(tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], "REFLECT"), kernel, 1, "VALID")
+    for got, want in zip(ours(x, upstream), [expected, *tape.gradient(expected, [x, kernel], upstream)]):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("kernel, channels, path", [(3, 256, "BatchMatMulV2"), (3, 16, "BatchMatMulV2"),
@@ -501,6 +553,32 @@ def test_generator_with_instance_norm_survives_keras_save_and_safe_load(tmp_path
     loaded = keras.models.load_model(path, safe_mode=True)
     image = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(loaded(image)), np.asarray(generator(image)), atol=1e-6)
+
+
+@pytest.mark.parametrize("build_trackers", [True, False])
+def test_combined_train_function_makes_no_variables_when_traced(monkeypatch, build_trackers):
+    """build_combined makes Keras' per-term loss trackers itself: a variable made while the train function
+    is traced (Keras would make them there) makes tf.function trace the whole step twice and keep both
+    graphs. The check fails without it; the logged losses are the step's own either way."""
+    if not build_trackers:
+        monkeypatch.setattr(networks, "build_loss_trackers", lambda combined: None)
+    g_ab, g_ba = (networks.build_generator(4, 1, "transpose", 0.02, name=n) for n in ("g_ab", "g_ba"))
+    d_a, d_b = (networks.build_discriminator(8, "patch70", False, 0.02, name=n) for n in ("d_a", "d_b"))
+    combined = networks.build_combined(g_ab, g_ba, d_a, d_b, 10.0, 0.5, 2e-4, 0.5, "lsgan")
+    rng = np.random.default_rng(4)
+    a, b = (rng.uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32) for _ in "ab")
+    targets = networks.combined_targets(a, b, networks.patch_shape(d_a, 32, 32))
+    expected = [float(np.mean(np.abs(output - target))) for output, target in zip(combined([a, b])[2:6], targets[2:6])]
+    made = []
+
+    def creator(next_creator, **kwargs):
+        made.append(kwargs.get("name"))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        logs = combined.train_on_batch([a, b], targets, return_dict=True)
+    assert (made == []) == build_trackers, made
+    np.testing.assert_allclose([logs[f"{term}_loss"] for term in networks.LOSS_TERMS[2:]], expected, rtol=1e-5)
 
 
 def test_combined_outputs_equal_the_separate_passes_it_batches():
