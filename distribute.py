@@ -52,9 +52,8 @@ def set_training_threads(activation_elements):
     each discriminator's step (cyclegan.CycleGAN.train_step runs the two side by side). The book's
     128x128 network's ops are too small to share out over all the cores well, and two chains on half
     each made its step 5-20 % faster on 2 cores. The paper's 256x256 ones are not: its step took the same
-    time either way, and with one op at a time the backward pass frees each pass's activations before
-    it starts the next, where two at a time interleave them: peak memory 0.4-0.6 GB lower (2.7-2.9
-    against 3.2-3.5 GB; docs/performance.md). One inference chain (generate.py) keeps the default. Left
+    time either way, and one op at a time kept the bytes in use 0.3-0.5 GiB lower: peak memory 2.7-2.9
+    against 3.2-3.5 GB (docs/performance.md). One inference chain (generate.py) keeps the default. Left
     alone: on a GPU, where the user sets TF_NUM_INTRAOP_THREADS or TF_NUM_INTEROP_THREADS, and once
     TensorFlow has started in another layout (it makes its thread pools then: call this before any op runs).
     """
