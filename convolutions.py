@@ -1,9 +1,9 @@
 """Padded convolutions arranged for the kernels TensorFlow runs fastest, with their gradients.
 
 networks.PaddedConv2D calls `padded_conv`. Every function here computes what tf.pad then a 'valid'
-tf.nn.conv2d computes, forward and backward, to float32 rounding (tests/test_networks.py checks them
+tf.nn.conv2d computes, forward and backward, to float32 rounding (tests/test_convolutions.py checks them
 against TensorFlow's own gradients); only the arrangement of the work differs, chosen by timing oneDNN's
-kernels on a CPU with one thread per op (training's layout).
+kernels on a CPU with one thread per op (training's layout at the book's size).
 """
 import numpy as np
 
