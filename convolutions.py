@@ -243,7 +243,7 @@ def winograd_tiles_adjoint(domain, shape, pad=0):
     elements = tf.matmul(WINOGRAD_INPUT, tf.reshape(domain, [16, -1]), transpose_a=True)
     index, zeros = winograd_tile_index(batch, height, width, pad)
     flat = tf.scatter_nd(tf.reshape(index, [-1, 1]), tf.reshape(elements, [-1, channels]),
-                         [batch * height * width + zeros, channels])
+                         [batch * height * width + int(zeros), channels])
     return tf.reshape(flat[:-1] if zeros else flat, [batch, height, width, channels])
 
 
