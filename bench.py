@@ -342,7 +342,7 @@ def run(args, config, argv, threads):
               "warmup": args.warmup, "rounds": args.rounds, "jit": config.jit, "tensorflow": tf.__version__,
               "policy": distribute.precision_policy(config.mixed_precision),
               "cpu_count": os.cpu_count(), "device": device_name(),
-              "threads": "TensorFlow's default" if threads is None else f"{threads[0]} per op, {threads[1]} ops at a time",
+              "threads": "TensorFlow's default" if threads is None else f"{threads[0]} per op, {threads[1]} op(s) at a time",
               "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
     times = {"torch": [], "loop": [], "fused": [], "loop_deterministic": []}
     ratios = {"loop_over_fused": [], "loop_over_torch": [], "fused_over_torch": [], "deterministic_over_loop": []}

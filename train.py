@@ -219,7 +219,7 @@ def train(config, resume=False, verbose=1, stop=None):
     # first: TensorFlow fixes its thread pools when it starts
     threads = distribute.set_training_threads(distribute.first_activation_elements(config))
     if threads:
-        log.info("on the CPU: %d thread(s) per op, %d ops at a time", *threads)
+        log.info("on the CPU: %d thread(s) per op, %d op(s) at a time", *threads)
     check_fits_in_memory(config)
     strategy = distribute.make_strategy(config.distribute, config.batch_size)
     run_dir = distribute.writable_run_dir(config.run_dir, strategy)
