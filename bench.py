@@ -461,8 +461,7 @@ def main(argv=None):
     elif args.generator_only:
         print("GENERATOR " + json.dumps(generator_report(config)))
     else:
-        # as train.py runs the loop; before any op
-        threads = distribute.set_training_threads(distribute.first_activation_elements(config))
+        threads = distribute.set_training_threads(distribute.first_activation_elements(config))  # as train.py
         print_report(run(args, config, argv, threads))
 
 

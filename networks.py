@@ -376,7 +376,7 @@ def build_loss_trackers(combined):
     """Make the combined model's per-term loss trackers now, by one loss on placeholder values.
 
     Keras makes them on the first trace of train_on_batch otherwise, and a variable made in a trace
-    makes tf.function trace the whole step again and keep both graphs: at 256x256 about 400 MB more
+    makes tf.function trace the whole step again and keep both graphs: at 256x256 about 250 MB more
     memory and a slower first step. train_on_batch resets the trackers, so the values do not count.
     """
     placeholder = np.zeros((1, 1, 1, 1), np.float32)
