@@ -2,16 +2,23 @@
 rendered in a painterly style (domain B), with the true painting of each test photo (testA_gt/), so
 the demo can score its translations against ground truth. No network, no TensorFlow.
 """
+import logging
 import os
+import secrets
+import shutil
 
 import numpy as np
 
+from checkpoints import process_exists
 from cli import UsageError
+
+log = logging.getLogger("cyclegan")
 
 DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
 DEMO_CROP = 72
 DEMO_PHOTO_HEIGHT = 180
 DEMO_TEST_ROWS = 72
+DEMO_FOLDERS = ("trainA", "trainB", "testA", "testB", "testA_gt")
 PAINT_LEVELS = 6
 PAINT_STOPS = np.array([0.0, 0.35, 0.65, 1.0])
 PAINT_PALETTE = np.array([[0.12, 0.10, 0.30],   # indigo shadows
@@ -61,6 +68,30 @@ def _random_crops(photos, rows, count, rng):
     return crops
 
 
+def is_demo_dataset(root):
+    """Whether ROOT holds all of the demo's folders, each with a file (a build renames them in at once)."""
+    return all(os.path.isdir(os.path.join(root, f)) and os.listdir(os.path.join(root, f)) for f in DEMO_FOLDERS)
+
+
+def remove_stale_staging(root):
+    """Removes the staging folders (ROOT.partial-PID.*) that builds killed midway left beside `root`;
+    those of a process still running (another main.py building now) stay. Returns their names."""
+    parent, prefix = os.path.split(os.path.abspath(root))
+    prefix += ".partial-"
+    stale = []
+    for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        pid = entry[len(prefix):].split(".")[0]
+        path = os.path.join(parent, entry)
+        if entry.startswith(prefix) and pid.isdigit() and len(pid) < 10 and os.path.isdir(path) \
+                and not process_exists(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            stale.append(entry)
+    if stale:
+        log.info("removed %d unfinished demo dataset(s) that killed builds left in %s: %s", len(stale), parent,
+                 ", ".join(stale))
+    return stale
+
+
 def build_demo_dataset(root, train_per_domain=200, test_per_domain=20, seed=0):
     """Writes the offline demo dataset (standard layout plus testA_gt/) from scikit-image's photos.
 
@@ -68,11 +99,14 @@ def build_demo_dataset(root, train_per_domain=200, test_per_domain=20, seed=0):
     crops from the bottom quarter, so no test pixel is seen in training. trainA and trainB are drawn
     independently (different crops: unpaired); testA_gt/ holds the true painting of each testA crop.
     Returns `root`; a complete dataset already there is reused.
+
+    Several processes may build the same `root` at once (two main.py): each writes into a staging
+    folder of its own (ROOT.partial-PID.*) renamed into place in one step, and the ones that find
+    `root` complete when they rename use it and drop theirs. Staging folders of killed builds are removed.
     """
     import imageio.v3 as iio
 
-    folders = ("trainA", "trainB", "testA", "testB", "testA_gt")
-    if all(os.path.isdir(os.path.join(root, f)) and os.listdir(os.path.join(root, f)) for f in folders):
+    if is_demo_dataset(root):
         return root
     if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
         raise UsageError(f"{root}: exists and is not a demo dataset; give a new or empty folder (nothing was changed)")
@@ -87,13 +121,20 @@ def build_demo_dataset(root, train_per_domain=200, test_per_domain=20, seed=0):
         "testB": [paint(c) for c in _random_crops(photos, test_rows, test_per_domain, rng)],
     }
     content["testA_gt"] = [paint(c) for c in content["testA"]]
-    staging = f"{root}.partial"
-    for folder, images in content.items():
-        os.makedirs(os.path.join(staging, folder), exist_ok=True)
-        for index, image in enumerate(images):
-            iio.imwrite(os.path.join(staging, folder, f"{index:04d}.png"), image)
-    if os.path.isdir(root):
-        os.rmdir(root)  # empty (checked above)
-    os.makedirs(os.path.dirname(os.path.abspath(root)), exist_ok=True)
-    os.replace(staging, root)
+    target = os.path.abspath(root)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    remove_stale_staging(target)
+    staging = f"{target}.partial-{os.getpid()}.{secrets.token_hex(4)}"  # this process's own
+    try:
+        for folder, images in content.items():
+            os.makedirs(os.path.join(staging, folder))
+            for index, image in enumerate(images):
+                iio.imwrite(os.path.join(staging, folder, f"{index:04d}.png"), image)
+        try:
+            os.replace(staging, target)  # atomic; POSIX renames onto an empty folder too
+        except OSError:
+            if not is_demo_dataset(target):  # else another process renamed its (same) dataset in first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return root

@@ -8,8 +8,9 @@ reference's pretrained generators, resumably.
 
 The zip grows as NAME.zip.part (a rerun resumes it with an HTTP Range request), is renamed when
 complete, tested, unpacked into a temporary folder and renamed into place. Refused, with nothing
-extracted: entries that would land outside the target, a zip without trainA/ and trainB/, and one that
-unpacks to more than MAX_EXPANSION times its size (a zip bomb) unless --max-unpacked-gb allows it.
+extracted: entries that would land outside the target, entries that conflict (a file where another
+needs a folder), a zip without trainA/ and trainB/, and one that unpacks to more than MAX_EXPANSION
+times its size (a zip bomb) unless --max-unpacked-gb allows it. --url takes http:// and https:// only.
 A pretrained generator is renamed into place only once it reads as one (pretrained.py, no TensorFlow).
 """
 import argparse
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 
@@ -148,6 +150,34 @@ def unsafe_entry(info):
     return None
 
 
+def check_url(url):
+    """UsageError unless `url` is an http:// or https:// address with a host: the only ones fetch can
+    resume (Range requests), checked before anything is written."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        valid = parts.scheme.lower() in ("http", "https") and parts.hostname and parts.port != 0
+    except ValueError:  # an unclosed IPv6 address (http://[::1), a port that is no number from 0 to 65535
+        valid = False
+    if not valid:
+        raise UsageError(f"--url {url or repr(url)}: expected an http:// or https:// URL")
+
+
+def folder_conflict(names):
+    """(entry, file entry) for the first entry that needs a folder where another entry is a file
+    (cf/trainA/x.png beside a file cf/trainA), or None: such a zip cannot be extracted as it is."""
+    def parts(name):
+        return [part for part in name.split("/") if part not in ("", ".")]
+
+    files = {"/".join(parts(name)): name for name in names if not name.endswith("/")}
+    for name in names:
+        path = parts(name)
+        folders = range(1, len(path) + 1) if name.endswith("/") else range(1, len(path))
+        for end in folders:
+            if "/".join(path[:end]) in files:
+                return name, files["/".join(path[:end])]
+    return None
+
+
 def dataset_prefix(names):
     """Where trainA/ and trainB/ (each with a file) are in a zip of these entry names: "TOP/" for one
     top folder (as in the official zips), "" for the zip's top, None when in neither."""
@@ -161,20 +191,25 @@ def dataset_prefix(names):
 
 def extract(zf, folder, limit, error_message):
     """Writes the zip's entries under `folder`, raising UsageError(error_message) before more than
-    `limit` bytes are written in all: counted as written, since an entry's declared size can lie."""
+    `limit` bytes are written in all: counted as written, since an entry's declared size can lie. An
+    OSError carries the entry it failed on as its `entry` (its path is in a temporary folder)."""
     written = 0
     for info in zf.infolist():
         path = os.path.join(folder, info.filename)
-        if info.is_dir():
-            os.makedirs(path, exist_ok=True)
-            continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with zf.open(info) as source, open(path, "wb") as destination:
-            while chunk := source.read(DOWNLOAD_CHUNK):
-                written += len(chunk)
-                if written > limit:
-                    raise UsageError(error_message)
-                destination.write(chunk)
+        try:
+            if info.is_dir():
+                os.makedirs(path, exist_ok=True)
+                continue
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with zf.open(info) as source, open(path, "wb") as destination:
+                while chunk := source.read(DOWNLOAD_CHUNK):
+                    written += len(chunk)
+                    if written > limit:
+                        raise UsageError(error_message)
+                    destination.write(chunk)
+        except OSError as error:
+            error.entry = info.filename
+            raise
 
 
 def size_text(size):
@@ -196,6 +231,10 @@ def unpack(archive, target, url, max_unpacked_gb=None):
                 if reason:
                     raise UsageError(f"{archive}: refusing the entry {info.filename!r}, {reason}; "
                                      f"nothing extracted (from {url})")
+            conflict = folder_conflict(zf.namelist())
+            if conflict:
+                raise UsageError(f"{archive}: the entry {conflict[0]!r} needs a folder where the entry "
+                                 f"{conflict[1]!r} is a file; nothing extracted (from {url})")
             prefix = dataset_prefix(zf.namelist())
             if prefix is None:
                 raise UsageError(f"{archive}: no dataset in this zip, expected trainA/ and trainB/ with images "
@@ -216,6 +255,11 @@ def unpack(archive, target, url, max_unpacked_gb=None):
                 extract(zf, staging, limit, f"{archive}: unpacks to more than its entries declare, more than "
                                             f"{allowed}; nothing kept (from {url})")
                 os.replace(os.path.join(staging, prefix), target)
+            except OSError as error:
+                if not getattr(error, "entry", None):
+                    raise
+                raise UsageError(f"{archive}: cannot extract the entry {error.entry!r} ({error.strerror}); "
+                                 f"nothing kept (from {url})") from None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except (zipfile.BadZipFile, EOFError) as error:
@@ -244,13 +288,15 @@ def download_dataset(name, root="datasets", url=None, progress=sys.stderr, max_u
     Without `url` NAME must be an official one and comes from the reference's address. An existing
     ROOT/NAME is left as it is. `max_unpacked_gb`: see unpack.
     """
-    if url is None and name not in DATASETS:
+    if url is not None:
+        check_url(url)
+    elif name not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}: python download.py --list shows the names "
                          "(or give --url)")
     target = download_target(root, name, name, "folder name for the dataset", "the datasets")
     if os.path.exists(target):
         return target
-    url = url or DATASET_URL.format(name=name)
+    url = DATASET_URL.format(name=name) if url is None else url
     os.makedirs(root, exist_ok=True)
     archive = os.path.join(root, f"{name}.zip")
     if not os.path.isfile(archive):
@@ -262,13 +308,15 @@ def download_pretrained(name, root=ROOTS["pretrained"], url=None, progress=sys.s
     """Downloads the reference's pretrained generator NAME into ROOT/NAME.pth, which appears only complete
     and readable as a CycleGAN generator; returns its path. Without `url` NAME must be one of PRETRAINED.
     An existing ROOT/NAME.pth is left as it is."""
-    if url is None and name not in PRETRAINED:
+    if url is not None:
+        check_url(url)
+    elif name not in PRETRAINED:
         raise UsageError(f"unknown pretrained model {name!r}, expected one of: {', '.join(PRETRAINED)} "
                          "(or give --url)")
     target = download_target(root, name, f"{name}.pth", "file name for the model", "the pretrained models")
     if os.path.exists(target):
         return target
-    url = url or PRETRAINED_URL.format(name=name)
+    url = PRETRAINED_URL.format(name=name) if url is None else url
     os.makedirs(root, exist_ok=True)
 
     def check(path):

@@ -14,17 +14,25 @@ import cli
 import demo_data
 import generate
 import train
-from config import DEMO
+from config import DEMO, run_name
 from metrics import ground_truth_scores
 
 
 def free_run_name(runs_root, name):
-    """`name`, or name-2, name-3, ... when an earlier demo run is there: nothing is written over."""
+    """`name`, or name-2, name-3, ... when an earlier demo run is there: nothing is written over. The
+    name is claimed by making its folder (os.mkdir fails when it exists), so two main.py started at
+    once never pick the same run, which train.py's run lock would refuse to the second."""
+    if os.path.exists(runs_root) and not os.path.isdir(runs_root):
+        raise cli.UsageError(f"--runs-root {runs_root}: is a file, expected a folder for the runs")
+    os.makedirs(runs_root, exist_ok=True)
     candidate, number = name, 1
-    while os.path.exists(os.path.join(runs_root, candidate)):
-        number += 1
-        candidate = f"{name}-{number}"
-    return candidate
+    while True:
+        try:
+            os.mkdir(os.path.join(runs_root, candidate))
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = f"{name}-{number}"
 
 
 def build_parser():
@@ -32,7 +40,7 @@ def build_parser():
                                 formatter_class=cli.HelpFormatter)
     p.add_argument("--dataroot", default="datasets/demo", help="where the demo dataset is built")
     p.add_argument("--runs-root", default=DEMO.runs_root, help="folder that holds the runs")
-    p.add_argument("--name", default="demo", help="run name (NAME-2, NAME-3, ... if NAME exists)")
+    p.add_argument("--name", default="demo", type=run_name, help="run name (NAME-2, NAME-3, ... if NAME exists)")
     p.add_argument("--max-steps", type=cli.positive_int,
                    help=f"stop early (default: the full {DEMO.epochs + DEMO.epochs_decay} epochs)")
     return p

@@ -83,6 +83,10 @@ ANSWERS = {
     "/lying.zip": lying_zip(),
     "/photos.zip": build_zip({"photos/0.png": b"a", "photos/1.png": b"b"}),
     "/flat.zip": build_zip({name.split("/", 1)[1]: content for name, content in FILES.items()}),
+    "/conflict.zip": build_zip({"cf/trainA": b"a file", "cf/trainA/0.png": b"a", "cf/trainB/0.png": b"b"}),
+    "/conflict_folder_first.zip": build_zip({"cf/trainA/0.png": b"a", "cf/trainA": b"a file", "cf/trainB/0.png": b"b"}),
+    "/conflict_folder_entry.zip": build_zip({"cf/trainA": b"a file", "cf/trainA/": b"", "cf/trainB/0.png": b"b"}),
+    "/long_name.zip": build_zip({f"cf/trainA/{'x' * 300}.png": b"a", "cf/trainB/0.png": b"b"}),
     "/generator.pth": GENERATOR,
     "/cut.pth": GENERATOR,
     "/discriminator.pth": (FIXTURES / "discriminator_zip.pth").read_bytes(),
@@ -312,6 +316,38 @@ def test_a_zip_without_train_folders_is_no_dataset(server, root):
     download.download_dataset("flat", str(root), f"{server}/flat.zip", io.StringIO())
     assert_unpacked(root / "flat")
     assert os.listdir(root) == ["flat"]
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("/conflict.zip", "the entry 'cf/trainA/0.png' needs a folder where the entry 'cf/trainA' is a file; "
+                      "nothing extracted"),
+    ("/conflict_folder_first.zip", "the entry 'cf/trainA/0.png' needs a folder where the entry 'cf/trainA' is "
+                                   "a file; nothing extracted"),
+    ("/conflict_folder_entry.zip", "the entry 'cf/trainA/' needs a folder where the entry 'cf/trainA' is a file; "
+                                   "nothing extracted"),
+    ("/long_name.zip", f"cannot extract the entry 'cf/trainA/{'x' * 300}.png' (File name too long); nothing kept"),
+], ids=["file_then_folder", "folder_then_file", "folder_entry", "long_name"])
+def test_entries_that_cannot_be_written_are_one_line_naming_the_zip_the_entry_and_the_url(server, root, path,
+                                                                                         expected):
+    """Not the temporary folder they would have been extracted into; nothing is left of it."""
+    url = f"{server}{path}"
+    result = run_download("cf", "--root", str(root), "--url", url)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"download.py: error: {root / 'cf.zip'}: {expected} (from {url})"
+    assert os.listdir(root) == []
+
+
+@pytest.mark.parametrize("url", ["notaurl", "", "file:///etc/passwd", "ftp://127.0.0.1/good.zip", "http://",
+                                 "https:///good.zip", "http://[::1/good.zip", "http://127.0.0.1:99999/good.zip"])
+def test_a_url_that_is_no_http_address_is_one_line_and_writes_nothing(tmp_path, url):
+    """An empty --url is refused too, rather than taken for the official address."""
+    root = tmp_path / "downloads"
+    for command in (["good"], ["--pretrained", "horse2zebra"]):
+        result = run_download(*command, "--root", str(root), "--url", url)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == f"download.py: error: --url {url or repr(url)}: expected an http:// or " \
+                                        "https:// URL"
+    assert os.listdir(tmp_path) == []
 
 
 def test_download_needs_no_tensorflow():

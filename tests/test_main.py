@@ -1,10 +1,21 @@
+from concurrent.futures import ThreadPoolExecutor
+import logging
 import os
+from pathlib import Path
+import subprocess
+import sys
+import threading
 
 import keras
 import numpy as np
+import pytest
 
+import cli
 import data
+import demo_data
 import main
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_demo_runs_end_to_end_through_the_same_code(tmp_path, capsys):
@@ -23,7 +34,89 @@ def test_a_second_demo_run_gets_its_own_name(tmp_path):
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo-2").mkdir()
     assert main.free_run_name(str(tmp_path), "demo") == "demo-3"
+    assert main.free_run_name(str(tmp_path), "demo") == "demo-4"  # demo-3 is claimed: its folder is there
     assert main.free_run_name(str(tmp_path), "other") == "other"
+    assert sorted(os.listdir(tmp_path)) == ["demo", "demo-2", "demo-3", "demo-4", "other"]
+    (tmp_path / "runs").write_text("a file")
+    with pytest.raises(cli.UsageError, match=f"^--runs-root {tmp_path / 'runs'}: is a file, expected a folder"):
+        main.free_run_name(str(tmp_path / "runs"), "demo")
+    with pytest.raises(SystemExit):
+        main.build_parser().parse_args(["--name", "../elsewhere"])
+
+
+def test_demo_runs_started_at_once_never_pick_the_same_name(tmp_path):
+    """Else the second main.py would train into the first one's run, which train.py's lock refuses."""
+    racers = 8
+    start = threading.Barrier(racers)
+
+    def claim(_):
+        start.wait()
+        return main.free_run_name(str(tmp_path / "runs"), "demo")
+
+    with ThreadPoolExecutor(racers) as pool:
+        names = list(pool.map(claim, range(racers)))
+    assert sorted(names) == sorted(["demo"] + [f"demo-{n}" for n in range(2, racers + 1)])
+    assert sorted(os.listdir(tmp_path / "runs")) == sorted(names)
+
+
+BUILDER = """
+import sys
+
+import demo_data
+
+photos = demo_data._demo_photos
+
+
+def photos_once_both_build():  # called past the "is it there already?" check: both build
+    print("building", flush=True)
+    sys.stdin.readline()
+    return photos()
+
+
+demo_data._demo_photos = photos_once_both_build
+print(demo_data.build_demo_dataset(sys.argv[1], train_per_domain=6, test_per_domain=2))
+"""
+
+
+def files_of(folder):
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_two_processes_building_the_demo_dataset_at_once_both_use_one_complete_dataset(tmp_path):
+    """Two main.py at once: both build, one renames its dataset into place, the other uses it."""
+    root = tmp_path / "demo"
+    builders = [subprocess.Popen([sys.executable, "-c", BUILDER, str(root)], cwd=REPO, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [builder.stdout.readline() for builder in builders] == ["building\n"] * 2
+    for builder in builders:  # both are building now: let them go on together
+        builder.stdin.write("go\n")
+        builder.stdin.flush()
+    results = [builder.communicate(timeout=300) for builder in builders]
+    for builder, (out, err) in zip(builders, results):
+        assert builder.returncode == 0 and out == f"{root}\n", err
+    reference = demo_data.build_demo_dataset(str(tmp_path / "reference"), train_per_domain=6, test_per_domain=2)
+    built = files_of(root)
+    assert built == files_of(Path(reference)) and len(built) == 2 * 6 + 3 * 2
+    assert sorted(os.listdir(tmp_path)) == ["demo", "reference"]  # no staging folder left
+
+
+def test_a_staging_folder_left_by_a_killed_build_is_removed_and_does_not_break_the_build(tmp_path, caplog):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = tmp_path / f"demo.partial-{int(ended.stdout)}.0123abcd"
+    (killed / "trainA").mkdir(parents=True)
+    (killed / "trainA" / "0005.png").write_bytes(b"half an image")
+    (killed / "trainB").write_text("a file where a folder goes")
+    running = tmp_path / f"demo.partial-{os.getppid()}.4567cdef"  # a build of a process still running
+    running.mkdir()
+    with caplog.at_level(logging.INFO, logger="cyclegan"):
+        root = demo_data.build_demo_dataset(str(tmp_path / "demo"), train_per_domain=4, test_per_domain=2)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"removed 1 unfinished demo dataset(s) that killed builds left in {tmp_path}: {killed.name}"]
+    assert sorted(os.listdir(tmp_path)) == ["demo", running.name]
+    assert {folder: sorted(os.listdir(os.path.join(root, folder))) for folder in demo_data.DEMO_FOLDERS} == {
+        "trainA": ["0000.png", "0001.png", "0002.png", "0003.png"],
+        "trainB": ["0000.png", "0001.png", "0002.png", "0003.png"],
+        "testA": ["0000.png", "0001.png"], "testB": ["0000.png", "0001.png"], "testA_gt": ["0000.png", "0001.png"]}
 
 
 def test_ground_truth_scores_of_a_perfect_and_a_do_nothing_generator(tmp_path):
