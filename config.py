@@ -41,6 +41,16 @@ def beta(text):
     return value
 
 
+DATASET_FIELDS = ("dataroot", "train_a", "train_b", "test_a", "test_b")
+PATH_FIELDS = DATASET_FIELDS + ("start_ab", "start_ba", "runs_root")
+
+
+def resolved(path):
+    """A path as a run stores it: absolute, with ~ expanded, so that the run reads the same files from
+    any working directory (a relative one would find another folder's files on --resume)."""
+    return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
 def run_name(text):
     if text in ("", ".", "..") or "/" in text or os.sep in text:
         raise argparse.ArgumentTypeError(f"expected a plain folder name, got {text!r}")
@@ -119,6 +129,9 @@ class Config:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
+    def with_resolved_paths(self):
+        return self.replace(**{name: resolved(getattr(self, name)) for name in PATH_FIELDS})
+
 
 # Named variants: bench.py's two yardstick sizes (the book's network and the paper's) and the demo's
 # small network, sized to train in minutes on a CPU.
@@ -158,10 +171,12 @@ def build_parser():
 
 def from_command_line(argv=None, base=None):
     """(Config, resume) from train.py's command line: defaults < the run's config.json (with --resume)
-    < the options given. A given network option that contradicts the resumed run is an error."""
+    < the options given. A given network option that contradicts the resumed run is an error. Every
+    path comes back absolute (resolved); a resumed run's RUNS_ROOT is where its config.json was found."""
     given = vars(build_parser().parse_args(argv))
     resume = given.pop("resume", False)
-    config = (base or Config()).replace(**given)
+    given = {name: resolved(value) if name in PATH_FIELDS else value for name, value in given.items()}
+    config = (base or Config()).replace(**given).with_resolved_paths()
     if resume:
         path = os.path.join(config.run_dir, "config.json")
         saved = load(path)
@@ -169,7 +184,8 @@ def from_command_line(argv=None, base=None):
             if FIELDS[name].metadata["fixed"] and given[name] != getattr(saved, name):
                 raise UsageError(f"--{name.replace('_', '-')} {given[name]} contradicts the run being resumed "
                                  f"({path} has {getattr(saved, name)})")
-        config = saved.replace(**given)
+        check_absolute_paths(saved, path, "resume with --{option} and the folder's full path", skip=given)
+        config = saved.replace(**dict(given, runs_root=config.runs_root))
     elif not config.dataroot and not (config.train_a and config.train_b):
         raise UsageError("--dataroot is required (the dataset folder with trainA/ and trainB/), "
                          "or both --train-a and --train-b")
@@ -182,6 +198,16 @@ def from_command_line(argv=None, base=None):
     if config.epochs + config.epochs_decay == 0:
         raise UsageError("--epochs and --epochs-decay are both 0: nothing to train")
     return config, resume
+
+
+def check_absolute_paths(config, path, remedy, skip=()):
+    """A saved dataset path that is relative (a run made before paths were stored absolute) names a
+    different folder from each working directory: one line, `remedy` saying what to give instead."""
+    for name in DATASET_FIELDS:
+        value = getattr(config, name)
+        if name not in skip and value and not os.path.isabs(value):
+            raise UsageError(f"{path}: the key {name!r} holds the relative path {value!r}, which names a different "
+                             f"folder from each working directory; " + remedy.format(option=name.replace("_", "-")))
 
 
 def as_json(config):

@@ -3,6 +3,7 @@ the order the Keras 3 freezing trick needs; one training iteration; the history 
 the learning-rate schedule. train.py loops over it, bench.py times it.
 """
 from concurrent.futures import ThreadPoolExecutor, wait
+import math
 
 import numpy as np
 
@@ -124,6 +125,26 @@ def train_discriminator(discriminator, real, fake, patch):
         return float(discriminator.train_on_batch(np.concatenate([real, fake]), labels))
     finally:
         discriminator.trainable = False
+
+
+def activation_elements(model, image_size):
+    """The elements of every layer's output when `model` takes one image_size x image_size image: the
+    activations a training step keeps for its backward pass. Read from the built network's graph
+    (shapes only, nothing computed)."""
+    outputs = [tensor for layer in model.layers[1:] for tensor in keras.tree.flatten(layer.output)]
+    specs = keras.Model(model.inputs, outputs).compute_output_spec(keras.KerasTensor((1, image_size, image_size, 3)))
+    return sum(math.prod(spec.shape) for spec in specs)
+
+
+def step_activation_bytes(gan, config):
+    """The activations one training step keeps for its gradients: the combined model's six generator
+    passes (two translations, two reconstructions, two identities) and two discriminator passes, for
+    every image of the batch, in the compute precision. A lower bound: the backward pass's transients
+    and TensorFlow's own memory (about 0.6 GB) come on top. Measured beside it on a CPU: BENCH["P"]
+    estimates 2.4 GB, its peak RSS is 2.7-2.9 GB."""
+    elements = (6 * activation_elements(gan.generator_ab, config.image_size)
+                + 2 * activation_elements(gan.discriminator_a, config.image_size))
+    return elements * config.batch_size * (2 if config.mixed_precision else 4)
 
 
 def build_gan(config, strategy):

@@ -10,6 +10,7 @@ independently, and an epoch is max(len A, len B) images as in the reference.
 download.py fetches the official datasets; demo_data.py makes the offline one main.py uses.
 """
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -417,13 +418,41 @@ def load_images(images, image_size, count=None):
     return np.stack([preprocess_test(decode_image(data), image_size).numpy() for data in encoded])
 
 
+def with_test_fallback(folders):
+    """`folders` with each test folder that cannot serve (none given and no DATAROOT, or DATAROOT's is
+    missing or holds no files) replaced by the domain's training folder, said once in an INFO line: the
+    run's sample grids and --eval-every scores then read the training images, from the first step on."""
+    replaced = {}
+    for domain in "AB":
+        test, train = folders.folder("test", domain), folders.folder("train", domain)
+        given = f"test_{domain.lower()}" in folders.given
+        if test == train or not (given or (os.path.isdir(test) and any(folder_files(test)))):
+            replaced[f"test_{domain.lower()}"] = train
+            log.info("no test folder for domain %s: sample grids and evaluation read the training folder %s",
+                     domain, train)
+    return dataclasses.replace(folders, **replaced)
+
+
 def test_images(folders, domain, image_size, count):
-    """The first `count` usable test images of a domain (a Folders'). The training folder supplies them,
-    with a log line, when there is no test folder (no --dataroot nor --test-a), or DATAROOT's is
-    missing or empty."""
-    test, train = folders.folder("test", domain), folders.folder("train", domain)
-    given = f"test_{domain.lower()}" in folders.given
-    if test != train and (given or (os.path.isdir(test) and any(folder_files(test)))):
-        return load_images(folders.images("test", domain), image_size, count)
-    log.info("sample images of domain %s from the training folder %s (no test folder)", domain, train)
-    return load_images(folders.images("train", domain), image_size, count)
+    """The first `count` usable test images of a domain (a Folders' after with_test_fallback)."""
+    return load_images(folders.images("test", domain), image_size, count)
+
+
+def image_names(images):
+    """The file names of domain_images' answer (image files, or a domain's TFRecord shards): what a run
+    records of its dataset, to recognise it in another folder."""
+    return sorted(os.path.basename(path) for path in (images.shards if isinstance(images, Records) else images))
+
+
+def check_distinct_domains(folders, train_paths):
+    """Two domains that are one folder (a symlink, the same --train-a and --train-b) are refused; two
+    folders that hold the same files are a WARNING (a CycleGAN between them learns the identity)."""
+    a, b = folders.train_a, folders.train_b
+    if os.path.realpath(a) == os.path.realpath(b):
+        raise UsageError(f"{a} and {b}: domains A and B are the same folder ({os.path.realpath(a)}); "
+                         "a CycleGAN translates between two different sets of images")
+    files = [[(os.path.basename(p), os.path.getsize(p)) for p in images] if not isinstance(images, Records)
+             else [(os.path.basename(p), os.path.getsize(p)) for p in images.shards] for images in train_paths]
+    if files[0] == files[1]:
+        log.warning("%s and %s hold the same %d files: a CycleGAN between them learns nothing but the identity",
+                    a, b, len(files[0]))

@@ -11,9 +11,11 @@ also after a kill (from the newest complete checkpoint). One train.py at a time 
 in RUN_DIR/.lock); generate.py, evaluate.py and TensorBoard may read it meanwhile: every file is
 written whole (checkpoints.write_atomically) or appended (event files).
 """
+import json
 import logging
 import math
 import os
+import resource
 import signal
 import threading
 import time
@@ -28,7 +30,8 @@ import distribute
 import pretrained
 import samples
 from cli import UsageError
-from config import as_json, from_command_line
+from config import DATASET_FIELDS, as_json, from_command_line
+from config import load as load_config
 from distribute import tf
 
 log = logging.getLogger("cyclegan")
@@ -101,16 +104,18 @@ def check_run_dir(config, resume, chief=True):
 
 
 def check_run_contents(config, resume, chief=True):
-    """A resumed run needs a checkpoint; a fresh run never writes into a folder that holds anything
-    (a finished run whose checkpoints were deleted, another run's files)."""
+    """A fresh run never writes into a folder that holds anything: a run (resume it: from its newest
+    checkpoint, or from step 0 when it stopped before its first) or the user's other files."""
     run_dir = config.run_dir
-    if resume and not checkpoints.checkpoint_paths(run_dir):
-        raise UsageError(f"{run_dir}: no checkpoint to resume from")
     held = sorted(set(os.listdir(run_dir)) - {checkpoints.LOCK_FILE}) if os.path.isdir(run_dir) else []
-    if chief and not resume and held:
-        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+    if not chief or resume or not held:
+        return
+    shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+    if "config.json" in held:
         raise UsageError(f"{run_dir} already holds a run ({shown}): continue it with --resume, "
                          "or give another --name")
+    raise UsageError(f"{run_dir} holds files that are not a run of train.py ({shown}); give another --name "
+                     "or --runs-root, or move them away")
 
 
 def weight_bytes(config):
@@ -134,6 +139,45 @@ def check_fits_in_memory(config):
         raise UsageError(f"--ngf {config.ngf} --ndf {config.ndf} --n-res-blocks {config.n_res_blocks}: training "
                          f"needs at least {needed / 2 ** 30:.3g} GiB for the weights, this machine has "
                          f"{memory / 2 ** 30:.3g} GiB; make --ngf, --ndf or --n-res-blocks smaller")
+
+
+def memory_limit():
+    """(bytes, what they are) this process may still fill: the machine's physical memory, or less
+    under a cgroup limit (a container) or `ulimit -v` (less the address space already taken)."""
+    limits = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine has")]
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text != "max":
+            limits.append((int(text), "its container (cgroup memory.max) allows"))
+    except (OSError, ValueError):
+        pass
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        limits.append((soft - address_space_used(), "`ulimit -v` leaves"))
+    return min(limits)
+
+
+def address_space_used():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def check_step_fits_in_memory(config, gan):
+    """Refuses a step whose activations alone outgrow the memory, before the first step allocates them
+    (a step past the machine's memory ends by a signal, not an exception: the OOM killer, or
+    std::bad_alloc under `ulimit -v`). On a GPU the activations live in its memory: not checked here."""
+    if distribute.tf.config.list_physical_devices("GPU"):
+        return
+    needed = cyclegan.step_activation_bytes(gan, config)
+    memory, what = memory_limit()
+    if needed > memory:
+        raise UsageError(f"--image-size {config.image_size} --batch-size {config.batch_size}: a training step needs "
+                         f"at least {needed / 2 ** 30:.3g} GiB for its activations, {what} {memory / 2 ** 30:.3g} GiB; "
+                         "make --image-size, --batch-size, --ngf, --ndf or --n-res-blocks smaller")
 
 
 def out_of_memory(error):
@@ -166,15 +210,22 @@ def start_generators(config, gan):
             log.info("%s: starting from the weights of %s", generator.name, path)
 
 
-def start_run_files(run_dir, config, first_step):
+DATASET_RECORD = "dataset.json"  # the training images' file names, by domain
+
+
+def start_run_files(run_dir, config, first_step, train_paths):
     """Writes config.json and opens the TensorBoard writer; called once this process has trained a step,
     so a resume that cannot start (bad checkpoint, changed options, out of memory) leaves the run as it was.
+    dataset.json records the training images' names once, to recognise the dataset if it moves.
 
     The event stream starts with a SessionLog START at `first_step`. TensorBoard then drops the steps
     from `first_step` on that an earlier process of this run wrote after its last checkpoint, before it
     was killed: each step shows once, with this process's values.
     """
     checkpoints.write_json(os.path.join(run_dir, "config.json"), as_json(config))
+    record = os.path.join(run_dir, DATASET_RECORD)
+    if not os.path.exists(record):
+        checkpoints.write_json(record, {domain: data.image_names(images) for domain, images in zip("AB", train_paths)})
     writer = tf.summary.create_file_writer(run_dir)
     start = tf.compat.v1.Event(wall_time=time.time(), step=first_step,
                                session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
@@ -193,13 +244,12 @@ def try_samples(run_dir, writer, gan, samples, step):
         return None
 
 
-def try_evaluation(evaluator, config, run_dir, writer, gan, step):
+def try_evaluation(evaluator, config, folders, run_dir, writer, gan, step):
     """eval/* scores at this step; any failure is one WARNING and a skipped point, never the end of the
     run (its checkpoint is already written). Returns the Evaluator to reuse, None if it could not be made."""
     try:
         import metrics  # here: only runs that evaluate pay for its imports
 
-        folders = data.domain_folders(config)
         evaluator = evaluator or metrics.Evaluator(
             folders, config.image_size, ("AtoB", "BtoA"), metrics.default_classifier_path(folders, run_dir))
         evaluator.log_to_tensorboard(writer, {"AtoB": gan.generator_ab, "BtoA": gan.generator_ba}, step)
@@ -208,14 +258,74 @@ def try_evaluation(evaluator, config, run_dir, writer, gan, step):
     return evaluator
 
 
+def check_run_dataset(config):
+    """On --resume, before anything is read: a dataset folder the run was trained on that is gone is one
+    line saying how to point the run at its new place (never a lookup relative to here)."""
+    saved = load_config(os.path.join(config.run_dir, "config.json"))
+    for name in DATASET_FIELDS:
+        folder = getattr(config, name)
+        if folder and folder == getattr(saved, name) and not os.path.isdir(folder):
+            raise UsageError(f"{folder}: the dataset folder of {config.run_dir} is gone (config.json's {name}); "
+                             f"if it moved, resume with --{name.replace('_', '-')} NEW_FOLDER (it must hold the "
+                             "images the run was trained on)")
+    return saved
+
+
+def check_same_images(config, saved, train_paths):
+    """A resumed run pointed at another dataset folder reads it only when its training domains hold
+    the file names the run was trained on (RUN_DIR/dataset.json); otherwise one line says what differs."""
+    moved = [name for name in DATASET_FIELDS if getattr(config, name) != getattr(saved, name)]
+    if not moved:
+        return
+    given = " ".join(f"--{name.replace('_', '-')} {getattr(config, name)}" for name in moved)
+    try:
+        with open(os.path.join(config.run_dir, DATASET_RECORD)) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        log.warning("%s: no record of the run's images (%s), so the new folder is taken unchecked", given,
+                    DATASET_RECORD)
+        return
+    for domain, images in zip("AB", train_paths):
+        names, known = set(data.image_names(images)), set(recorded.get(domain, []))
+        if names != known:
+            missing, new = sorted(known - names), sorted(names - known)
+            raise UsageError(f"{given}: domain {domain}'s training images differ from those the run was trained on "
+                             f"({len(missing)} of its {len(known)} missing{', e.g. ' + missing[0] if missing else ''}; "
+                             f"{len(new)} it never saw{', e.g. ' + new[0] if new else ''}); resume with the "
+                             "folder the run was trained on")
+    log.info("resuming on the run's images in their new place: %s", given)
+
+
+def warn_batch_larger_than_a_domain(config, train_paths):
+    smaller = min(len(images) for images in train_paths)
+    if config.batch_size > smaller:
+        log.warning("--batch-size %d is larger than the smaller domain (%d images): every batch repeats images, "
+                    "and steps take longer for nothing", config.batch_size, smaller)
+
+
+def save_or_explain(save, what, config, step):
+    """A checkpoint or the generators written, or one line naming the file, the last good checkpoint
+    and the command that continues (a full disk: what is on disk stays whole; see write_atomically)."""
+    try:
+        return save()
+    except OSError as error:
+        last = (checkpoints.checkpoint_paths(config.run_dir) or ["none yet"])[-1]
+        raise UsageError(f"{what}: could not write it at step {step} ({error.strerror or error}); last good "
+                         f"checkpoint: {last}; make room, then continue with: python train.py --runs-root "
+                         f"{config.runs_root} --name {config.name} --resume") from None
+
+
 def train(config, resume=False, verbose=1, stop=None):
     """Runs (or resumes) a training run; returns a dict of what it wrote.
 
     `stop` (a GracefulStop) ends the run early after a signal, with a checkpoint of the last step.
     A non-finite loss ends it with UsageError before anything of that step is saved. The run folder
-    is locked for the whole run (checkpoints.run_lock): one writer at a time.
+    is locked for the whole run (checkpoints.run_lock): one writer at a time. Everything that can be
+    refused (the data, the start files, the memory a step needs) is checked before the run folder
+    is made or touched.
     """
     stop = stop or GracefulStop()
+    config = config.with_resolved_paths()
     # first: TensorFlow fixes its thread pools when it starts
     threads = distribute.set_training_threads(distribute.first_activation_elements(config))
     if threads:
@@ -225,33 +335,44 @@ def train(config, resume=False, verbose=1, stop=None):
     run_dir = distribute.writable_run_dir(config.run_dir, strategy)
     chief = run_dir == config.run_dir
     check_run_dir(config, resume, chief)
+    saved = check_run_dataset(config) if resume else None
     if config.seed is not None:
         distribute.make_deterministic(config.seed)
-    folders = data.domain_folders(config)
+    folders = data.with_test_fallback(data.domain_folders(config))
     train_paths = data.train_images(folders)
-    samples = {d: data.test_images(folders, d, config.image_size, config.sample_count)
-               for d in "AB"}
+    data.check_distinct_domains(folders, train_paths)
+    if resume:
+        check_same_images(config, saved, train_paths)
+    warn_batch_larger_than_a_domain(config, train_paths)
+    samples = {d: data.test_images(folders, d, config.image_size, config.sample_count) for d in "AB"}
+    from_checkpoint = bool(resume and checkpoints.checkpoint_paths(config.run_dir))
+    try:
+        gan = cyclegan.build_gan(config, strategy)
+        check_step_fits_in_memory(config, gan)
+        if not from_checkpoint:
+            start_generators(config, gan)
+    except (tf.errors.ResourceExhaustedError, MemoryError) as error:
+        raise out_of_memory(error) from None
     with checkpoints.run_lock(run_dir):
         check_run_contents(config, resume, chief)  # again: another train.py may have written it meanwhile
         checkpoints.remove_stale_temporaries(run_dir)
         try:
-            return train_locked(config, resume, strategy, run_dir, train_paths, samples, verbose, stop)
+            return train_locked(config, from_checkpoint, gan, run_dir, folders, train_paths, samples, verbose, stop)
         except (tf.errors.ResourceExhaustedError, MemoryError) as error:
             raise out_of_memory(error) from None
 
 
-def train_locked(config, resume, strategy, run_dir, train_paths, samples, verbose, stop):
-    gan = cyclegan.build_gan(config, strategy)
+def train_locked(config, from_checkpoint, gan, run_dir, folders, train_paths, samples, verbose, stop):
     rng = np.random.default_rng(config.seed)
     pools = {"A": cyclegan.HistoryPool(config.pool_size, rng), "B": cyclegan.HistoryPool(config.pool_size, rng)}
-    step = epoch = saved_step = 0
-    if resume:
+    step = epoch = 0
+    if from_checkpoint:
         path, step, epoch = checkpoints.resume_checkpoint(config.run_dir, gan, pools, rng)
-        saved_step = step
         log.info("resumed %s at step %d (epoch %d)", path, step, epoch)
         fit_pools_to_image_size(pools, config.image_size)
-    else:
-        start_generators(config, gan)
+    elif os.path.exists(os.path.join(config.run_dir, "config.json")):
+        log.info("%s stopped before its first checkpoint: starting it again from step 0", config.run_dir)
+    first_step = saved_step = step
     # A seeded run resumed at `step` sees the batches the uninterrupted run would have seen from there.
     dataset, steps_per_epoch = data.train_dataset(train_paths, config.image_size, config.batch_size,
                                                   config.seed, start_step=step)
@@ -264,7 +385,12 @@ def train_locked(config, resume, strategy, run_dir, train_paths, samples, verbos
     progress = cli.Progress(total_steps, print_every=config.print_every, start=step) if verbose else None
     batches = iter(dataset)
     evaluator = None
-    written = {"run_dir": run_dir, "checkpoint": None, "samples": []}
+    latest = checkpoints.checkpoint_paths(run_dir)
+    written = {"run_dir": run_dir, "checkpoint": latest[-1] if latest else None, "samples": [], "generators": [],
+               "first_step": first_step, "total_steps": total_steps}
+    save = lambda: save_or_explain(  # noqa: E731
+        lambda: checkpoints.save_checkpoint(run_dir, gan, step, epoch, pools, rng, config.keep_checkpoints),
+        os.path.join(run_dir, "checkpoints", f"step-{step:09d}.npz"), config, step)
     started = time.time()
     while step < total_steps and not stop.signal_name:
         learning_rate = cyclegan.learning_rate_at(epoch, config.lr, config.epochs, config.epochs_decay)
@@ -278,7 +404,7 @@ def train_locked(config, resume, strategy, run_dir, train_paths, samples, verbos
                 raise UsageError(f"step {step + 1}: non-finite loss ({diverged}); stopped without saving, "
                                  f"last good checkpoint: {last_good} (try a lower --lr)")
             step += 1
-            writer = writer or start_run_files(run_dir, config, step)
+            writer = writer or start_run_files(run_dir, config, step, train_paths)
             with writer.as_default():
                 for name, value in losses.items():
                     tf.summary.scalar(f"loss/{name}", value, step=step)
@@ -295,19 +421,21 @@ def train_locked(config, resume, strategy, run_dir, train_paths, samples, verbos
         epoch += epoch_ended
         if epoch % config.save_every == 0 or step >= total_steps or stop.signal_name:
             writer.flush()  # every event up to the checkpoint's step is on disk before the checkpoint
-            written["checkpoint"] = checkpoints.save_checkpoint(
-                run_dir, gan, step, epoch, pools, rng, config.keep_checkpoints)
+            written["checkpoint"] = save()
             saved_step = step
         if epoch_ended and config.eval_every and epoch % config.eval_every == 0 and not stop.signal_name:
-            evaluator = try_evaluation(evaluator, config, run_dir, writer, gan, step)
-    writer = writer or start_run_files(run_dir, config, step + 1)  # resumed with nothing left to train
-    writer.flush()
-    if saved_step != step or written["checkpoint"] is None:
-        written["checkpoint"] = checkpoints.save_checkpoint(run_dir, gan, step, epoch, pools, rng, config.keep_checkpoints)
-    if not written["samples"]:
-        written["samples"] = try_samples(run_dir, writer, gan, samples, step) or []
-    written["generators"] = checkpoints.save_generators(run_dir, gan)
-    writer.close()
+            evaluator = try_evaluation(evaluator, config, folders, run_dir, writer, gan, step)
+    if step > first_step:
+        writer.flush()
+        if saved_step != step:
+            written["checkpoint"] = save()
+        if not written["samples"]:
+            written["samples"] = try_samples(run_dir, writer, gan, samples, step) or []
+        writer.close()
+    generator_paths = [os.path.join(run_dir, f"{name}.keras") for name in ("generator_ab", "generator_ba")]
+    if step > first_step or not all(map(os.path.exists, generator_paths)):  # also after a kill before they were
+        written["generators"] = save_or_explain(lambda: checkpoints.save_generators(run_dir, gan),
+                                                f"{run_dir}/generator_*.keras", config, step)
     written["step"] = step
     written["stopped"] = stop.signal_name
     written["seconds"] = time.time() - started
@@ -318,14 +446,23 @@ def main(argv=None):
     config, resume = from_command_line(argv)
     with GracefulStop() as stop:
         written = train(config, resume, stop=stop)
+    trained = written["step"] - written["first_step"]
     if written["stopped"]:
         print(f"\nstopped by {written['stopped']} at step {written['step']}; continue with: python train.py "
               f"--runs-root {config.runs_root} --name {config.name} --resume")
-    print(f"trained {written['step']} steps in {written['seconds']:.0f} s")
+    if not trained:
+        print(f"nothing to train: {written['run_dir']} is at step {written['step']} of {written['total_steps']} "
+              "(--max-steps, --epochs or --epochs-decay set how far it goes)")
+    else:
+        first, last = written["first_step"] + 1, written["step"]
+        since = "" if first == 1 else f" (step {last})" if first == last else f" (steps {first}-{last})"
+        print(f"trained {trained} step{'s' * (trained != 1)} in {written['seconds']:.0f} s{since}")
     print(f"  TensorBoard:  tensorboard --logdir {config.runs_root}")
     print(f"  checkpoint:   {written['checkpoint']}")
-    print(f"  samples:      {', '.join(written['samples'])}")
-    print(f"  generators:   {', '.join(written['generators'])}")
+    if written["samples"]:
+        print(f"  samples:      {', '.join(written['samples'])}")
+    if written["generators"]:
+        print(f"  generators:   {', '.join(written['generators'])}")
 
 
 if __name__ == "__main__":

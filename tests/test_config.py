@@ -1,6 +1,7 @@
 """The run's configuration: one typed object, its command line, config.json checked on --resume."""
 import dataclasses
 import json
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -25,8 +26,20 @@ def test_help_gives_every_config_field_with_its_help_and_default():
 def test_only_the_options_given_override_and_nothing_else_is_filled_in():
     cfg, resume = from_command_line(["--dataroot", "d", "--lr", "0.001", "--sigmoid", "--mixed-precision"])
     assert not resume
-    assert cfg == Config(dataroot="d", lr=0.001, sigmoid=True, mixed_precision="auto")
-    assert cfg.run_dir == str(Path("runs") / "cyclegan")
+    assert cfg == Config(dataroot=os.path.abspath("d"), lr=0.001, sigmoid=True, mixed_precision="auto",
+                         runs_root=os.path.abspath("runs"))
+    assert cfg.run_dir == os.path.abspath(os.path.join("runs", "cyclegan"))
+
+
+def test_every_path_is_stored_absolute_with_the_home_folder_expanded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg, _ = from_command_line(["--train-a", "a", "--train-b", "~/b", "--test-a", "../t", "--start-ab", "./g.pth",
+                                "--runs-root", "~/runs"])
+    assert (cfg.train_a, cfg.train_b, cfg.test_a, cfg.start_ab, cfg.runs_root) == (
+        str(tmp_path / "a"), str(tmp_path / "home" / "b"), str(tmp_path.parent / "t"), str(tmp_path / "g.pth"),
+        str(tmp_path / "home" / "runs"))
+    assert cfg.dataroot is None and cfg.test_b is None
 
 
 def test_named_variants_change_only_what_they_name():
@@ -70,7 +83,7 @@ def test_the_largest_seed_is_accepted():
 def saved_run(tmp_path, **changes):
     run_dir = tmp_path / "runs" / "run"
     run_dir.mkdir(parents=True)
-    values = dict(as_json(Config(dataroot="d", ngf=4, runs_root=str(tmp_path / "runs"), name="run")), **changes)
+    values = dict(as_json(Config(dataroot="/d", ngf=4, runs_root=str(tmp_path / "runs"), name="run")), **changes)
     (run_dir / "config.json").write_text(json.dumps(values))
     return run_dir / "config.json"
 
@@ -79,7 +92,7 @@ def test_resume_takes_the_saved_options_then_the_given_ones(tmp_path):
     saved_run(tmp_path, lr=0.01)
     cfg, resume = from_command_line(["--resume", "--runs-root", str(tmp_path / "runs"), "--name", "run",
                                      "--max-steps", "7"])
-    assert resume and cfg.ngf == 4 and cfg.lr == 0.01 and cfg.max_steps == 7 and cfg.dataroot == "d"
+    assert resume and cfg.ngf == 4 and cfg.lr == 0.01 and cfg.max_steps == 7 and cfg.dataroot == "/d"
 
 
 def test_options_added_after_a_run_was_made_take_their_defaults(tmp_path):

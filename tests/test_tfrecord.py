@@ -181,7 +181,7 @@ def test_train_in_the_cyclegan_layout_from_shards(tmp_path):
     assert f"INFO: {root / 'trainA'}: 3 images in 2 TFRecord shards" in lines
     assert f"INFO: {root / 'trainB'}: 2 images in 2 TFRecord shards" in lines
     assert f"INFO: {root / 'testA'}: 3 images in 2 TFRecord shards" in lines
-    assert not [line for line in lines if "from the training folder" in line]
+    assert not [line for line in lines if "read the training folder" in line]
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[-1].endswith("step-000000003.npz")
     grid = iio.imread(os.path.join(run_dir, "samples", "BtoA_step0000003.png"))
     assert grid.shape[:2] == (2 * 250, 3 * 250)  # testB's 2 good records
@@ -202,8 +202,8 @@ def test_train_from_two_shard_folders_samples_and_evaluates_them(two_folder_run)
     assert [line.split("  ")[:2] for line in result.stdout.splitlines() if line.startswith("step 3/")] == \
         [["step 3/3", "epoch 1/200"]]
     lines = result.stderr.splitlines()
-    assert f"INFO: sample images of domain A from the training folder {photo} (no test folder)" in lines
-    assert f"INFO: sample images of domain B from the training folder {monet} (no test folder)" in lines
+    assert f"INFO: no test folder for domain A: sample grids and evaluation read the training folder {photo}" in lines
+    assert f"INFO: no test folder for domain B: sample grids and evaluation read the training folder {monet}" in lines
     assert len([line for line in lines if "3 images in 2 TFRecord shards" in line]) == 1  # counted once
     assert f"no test folder for domain A: scoring on the training folder {photo}" in result.stdout
     assert "eval at step 3: AtoB domain" in result.stdout
