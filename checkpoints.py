@@ -1,6 +1,6 @@
 """What a run keeps on disk, written so that a crash at any instant leaves it loadable: atomic files,
 checkpoints of the whole training state, and the final generators; the lock that keeps one writer on a
-run folder, and the clean-up of what a killed writer left half-written.
+run folder (or on generate.py's output), and the clean-up of what a killed writer left half-written.
 """
 import contextlib
 import fcntl
@@ -42,24 +42,39 @@ def write_atomically(path, write):
             os.remove(temporary)
 
 
-TEMPORARY_NAME = re.compile(r".+\.tmp(\d+)(\.[^.]*)?")  # write_atomically's NAME.tmpPID.EXT
+TEMPORARY_NAME = re.compile(r"(?P<name>.+)\.tmp(?P<pid>\d+)(?P<ext>\.[^.]*)?")  # write_atomically's NAME.tmpPID.EXT
+
+
+def stale_temporaries(folder, names=None):
+    """The temporaries that write_atomically left in `folder` when its process was killed (NAME.tmpPID.EXT
+    whose PID runs no more: a temporary of a process still running stays); only those of the files
+    `names` (NAME.EXT) when given, so that a user's own file of such a name is never taken for one."""
+    stale = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:  # hidden ones too (.generate.json's)
+        match = TEMPORARY_NAME.fullmatch(name)
+        path = os.path.join(folder, name)
+        if match and (names is None or match["name"] + (match["ext"] or "") in names) and os.path.isfile(path) \
+                and not process_exists(int(match["pid"])):
+            stale.append(path)
+    return stale
+
+
+def remove_temporaries(paths, killed, shown=lambda path: path):
+    """Removes the stale temporaries `paths`, in one INFO line saying they were left by `killed`."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    if paths:
+        log.info("removed %d temporary file(s) left by %s: %s", len(paths), killed, ", ".join(map(shown, paths)))
+    return paths
 
 
 def remove_stale_temporaries(run_dir):
     """Removes the temporaries that write_atomically left in the run folder and its checkpoints/ when
     its process was killed; returns their paths. Call it holding the run's lock (no train.py is writing
     there then); a temporary of a process still running (evaluate.py writing beside a run) stays."""
-    stale = []
-    for folder in (run_dir, os.path.join(run_dir, "checkpoints")):
-        for path in sorted(glob.glob(os.path.join(glob.escape(folder), "*.tmp*"))):
-            match = TEMPORARY_NAME.fullmatch(os.path.basename(path))
-            if match and os.path.isfile(path) and not process_exists(int(match.group(1))):
-                os.remove(path)
-                stale.append(path)
-    if stale:
-        log.info("removed %d temporary file(s) left by a killed run: %s", len(stale),
-                 ", ".join(os.path.relpath(path, run_dir) for path in stale))
-    return stale
+    stale = stale_temporaries(run_dir) + stale_temporaries(os.path.join(run_dir, "checkpoints"))
+    return remove_temporaries(stale, "a killed run", lambda path: os.path.relpath(path, run_dir))
 
 
 def process_exists(pid):
@@ -73,36 +88,79 @@ def process_exists(pid):
 
 
 LOCK_FILE = ".lock"
+RUN_WRITER = ("train.py", "give another --name")  # writer_lock's `program` and `instead` for a run folder
 
 
 @contextlib.contextmanager
-def run_lock(run_dir):
-    """Makes this process the only writer of RUN_DIR while the block runs: an exclusive flock on
-    RUN_DIR/.lock, which holds the writer's PID for the message a second writer gets (UsageError).
-    The OS drops the lock when the process ends in any way, so a killed run never leaves a stale one."""
-    os.makedirs(run_dir, exist_ok=True)
-    descriptor = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+def writer_lock(lock_path, what, program, instead, remove=False):
+    """Makes this process the only writer of `what` (a run, generate.py's output) while the block runs:
+    an exclusive flock on `lock_path`, which holds the writer's PID for the message a second writer gets
+    (UsageError: "WHAT is in use by another PROGRAM (PID N); wait for it to end, or INSTEAD"). The OS
+    drops the lock when the process ends in any way, so a killed writer never leaves a stale one. With
+    `remove` the file goes at the end, still locked: a writer that opened it meanwhile then finds that
+    it locked a removed file, and locks the new one instead (_lock)."""
+    descriptor = _lock(lock_path, what, program, instead)
     try:
-        if not _try_lock(descriptor):
-            raise _in_use(run_dir, descriptor)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock_path)
         os.close(descriptor)  # releases the lock
 
 
-def check_not_in_use(run_dir):
-    """UsageError naming the PID when another process holds the run's lock; writes nothing."""
+def run_lock(run_dir):
+    """Makes this process the only writer of RUN_DIR while the block runs: writer_lock on RUN_DIR/.lock,
+    which stays (a run folder always has one)."""
+    os.makedirs(run_dir, exist_ok=True)
+    return writer_lock(os.path.join(run_dir, LOCK_FILE), run_dir, *RUN_WRITER)
+
+
+def check_unlocked(lock_path, what, program, instead):
+    """UsageError naming the PID when another process holds writer_lock's `lock_path`; writes nothing."""
     try:
-        descriptor = os.open(os.path.join(run_dir, LOCK_FILE), os.O_RDONLY)
+        descriptor = os.open(lock_path, os.O_RDONLY)
     except FileNotFoundError:
         return
     try:
         if not _try_lock(descriptor):
-            raise _in_use(run_dir, descriptor)
+            raise _in_use(descriptor, what, program, instead)
     finally:
         os.close(descriptor)
+
+
+def check_not_in_use(run_dir):
+    """UsageError naming the PID when another process holds the run's lock; writes nothing."""
+    check_unlocked(os.path.join(run_dir, LOCK_FILE), run_dir, *RUN_WRITER)
+
+
+def _lock(lock_path, what, program, instead):
+    """A descriptor of `lock_path` that holds its exclusive flock. A file removed after it was opened
+    (by the writer that held it, at its end) is let go and the path opened again: locking it would
+    leave two writers, this one on the removed file and the next one on a new file of the name."""
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if not _try_lock(descriptor):
+                raise _in_use(descriptor, what, program, instead)
+            if _still_named(descriptor, lock_path):
+                return descriptor
+        except BaseException:
+            os.close(descriptor)
+            raise
+        os.close(descriptor)
+
+
+def _still_named(descriptor, path):
+    """Whether `path` is still the file open as `descriptor`."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _try_lock(descriptor):
@@ -113,17 +171,19 @@ def _try_lock(descriptor):
     return True
 
 
-def _in_use(run_dir, descriptor):
+def _in_use(descriptor, what, program, instead):
     holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
-    return UsageError(f"{run_dir} is in use by another train.py (PID {holder}); wait for it to end, "
-                      "or give another --name")
+    return UsageError(f"{what} is in use by another {program} (PID {holder}); wait for it to end, or {instead}")
 
 
 def write_json(path, value):
-    def write(temporary):
-        with open(temporary, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True)
-    write_atomically(path, write)
+    write_atomically(path, lambda temporary: dump_json(temporary, value))
+
+
+def dump_json(path, value):
+    """`value` as the JSON file `path` (write_json's, without the temporary)."""
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
 
 
 CHECKPOINT_NAME = re.compile(r"step-\d+\.npz")

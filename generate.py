@@ -8,22 +8,32 @@ Each output keeps its input's file name (and format, unless --format) and resolu
 mirror-padded for the network and cropped back). A grid of input | translated | reconstructed is written
 beside the output folder as OUTPUT_grid.png. The input images are never written over; nor is any other
 file that generate.py did not write itself, unless --overwrite. What it wrote is listed in
-OUTPUT/.generate.json, so it can be rerun into its own output folder. --zip FILE writes the translations
-into one zip instead (a competition's submission), whole or not at all; an existing FILE, or its grid
-FILE_grid.png, is only replaced with --overwrite.
+OUTPUT/.generate.json, with the input folder and generator it came from, so it can be rerun into its
+own output folder (translations of another input or generator are only replaced with --overwrite).
+--zip FILE writes the translations into one zip instead (a competition's submission), whole or not at
+all; an existing FILE, or its grid FILE_grid.png, is only replaced with --overwrite.
+
+Every file is written to a temporary beside it and renamed (checkpoints.write_atomically): a stop of
+any kind (a full disk, Ctrl-C, SIGKILL) leaves whole images only, and the next run removes the
+temporaries a killed one left. One generate.py at a time writes an output: it holds a lock beside it
+(.OUTPUT.generate.lock, removed at the end).
 """
 import argparse
+import contextlib
 import io
+import logging
 import os
+import time
 import zipfile
 
+import checkpoints
 import cli
 import config
 import data
 import inference
 import pretrained
 import samples
-from checkpoints import read_json, write_atomically, write_json
+from checkpoints import dump_json, read_json, write_atomically
 
 DIRECTIONS = {"AtoB": ("generator_ab", "generator_ba", "A"), "BtoA": ("generator_ba", "generator_ab", "B")}
 DIRECTION = "AtoB"
@@ -31,6 +41,7 @@ GRID_COUNT = 6
 CHUNK = 64  # images held in memory at once
 MANIFEST = ".generate.json"
 FORMATS = ("png", "jpg")
+log = logging.getLogger("cyclegan")
 
 
 def build_parser():
@@ -52,8 +63,8 @@ def build_parser():
     p.add_argument("--zip", metavar="FILE",
                    help="write the translations into this zip file instead of an output folder")
     p.add_argument("--overwrite", action="store_true",
-                   help="write over files in --output that generate.py did not write, or an existing --zip "
-                        "(never over the inputs)")
+                   help="write over files in --output that generate.py did not write, or wrote from another "
+                        "input or generator, or an existing --zip (never over the inputs)")
     return p
 
 
@@ -65,7 +76,10 @@ def run_files(run_dir, direction=DIRECTION):
         raise cli.UsageError(f"--run-dir {run_dir}: no such folder (a run made by train.py)")
     forward_name, backward_name, domain = DIRECTIONS[direction]
     reverse = os.path.join(run_dir, f"{backward_name}.keras")
-    folders = data.domain_folders(config.load(os.path.join(run_dir, "config.json")))
+    path = os.path.join(run_dir, "config.json")
+    run_config = config.load(path)
+    config.check_absolute_paths(run_config, path, "give --input and --output")
+    folders = data.domain_folders(run_config)
     return dict(generator=os.path.join(run_dir, f"{forward_name}.keras"),
                 reverse_generator=reverse if os.path.exists(reverse) else None,
                 input=folders.folder("test", domain),
@@ -96,17 +110,33 @@ def grid_path(output):
     return os.path.abspath(output) + "_grid.png"
 
 
-def written_before(output):
-    """The files (relative to `output`) that generate.py listed in the folder's manifest."""
+def read_manifest(output):
+    """The output folder's manifest (write_manifest), {} where there is none."""
     manifest = os.path.join(output, MANIFEST)
-    return set(read_json(manifest)["files"]) if os.path.isfile(manifest) else set()
+    return read_json(manifest) if os.path.isfile(manifest) else {}
 
 
-def record_written(output, paths):
-    """Adds `paths` to the output folder's manifest, written atomically. Called before the files are
-    written, so a run stopped halfway can be rerun over its own partial output."""
-    files = written_before(output) | {os.path.relpath(path, output) for path in paths}
-    write_json(os.path.join(output, MANIFEST), {"files": sorted(files)})
+def written_before(manifest):
+    """The files (relative to the output folder) that the manifest lists as generate.py's: written whole,
+    or being written by a run that was stopped (each is whole or absent: it is renamed into place)."""
+    return set(manifest.get("files", [])) | set(manifest.get("writing", []))
+
+
+def write_manifest(output, manifest, source, written=(), writing=()):
+    """Adds the paths `written` to the output folder's manifest `manifest` (updated in place) and lists
+    `writing` as the files being written now, then writes it (atomically) with `source`: the input
+    folder, generator and date of this run. A file is listed in "files" once it is whole; "writing" lets
+    a rerun write over what a stopped run may have left of its last chunk."""
+    files = set(manifest.get("files", [])) | {os.path.relpath(path, output) for path in written}
+    manifest.update(source, files=sorted(files), writing=sorted(os.path.relpath(path, output) for path in writing))
+    write_whole(os.path.join(output, MANIFEST), lambda temporary: dump_json(temporary, manifest), output)
+
+
+def describe_source(input, generator):
+    """What the manifest records of a run: the input folder and generator file (resolved, so that any
+    spelling compares equal) and the date."""
+    return {"input": os.path.realpath(input), "generator": os.path.realpath(generator),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def file_id(path):
@@ -116,16 +146,26 @@ def file_id(path):
 
 
 def input_file_ids(input):
-    return {file_id(entry.path) for entry in os.scandir(input) if entry.is_file()}
+    """The ids of the files in `input`; a name that leads to no file (a dangling link, a link loop) is
+    not one."""
+    ids = set()
+    for entry in os.scandir(input):
+        try:
+            if entry.is_file():
+                ids.add(file_id(entry.path))
+        except OSError:  # ELOOP: is_file() only hides FileNotFoundError
+            continue
+    return ids
 
 
-def refuse_writing_over_users_files(input, output, targets, overwrite):
+def refuse_writing_over_users_files(input, output, targets, overwrite, manifest, source):
     """UsageError if writing `targets` would replace an input file (real paths compared: links, `a/`
-    and `./a` are the same folder) or, unless `overwrite`, a file generate.py did not write."""
+    and `./a` are the same folder) or, unless `overwrite`, a file generate.py did not write, or
+    translations it wrote from another input or generator (refuse_mixing)."""
     if os.path.isdir(output) and os.path.samefile(output, input):
         raise cli.UsageError(f"--output {output} is the input folder: the translations would replace the images")
     inputs = input_file_ids(input)
-    ours = written_before(output)
+    ours = written_before(manifest)
     foreign = []
     for target in targets:
         if not os.path.lexists(target):
@@ -139,6 +179,23 @@ def refuse_writing_over_users_files(input, output, targets, overwrite):
         raise cli.UsageError(f"--output {output}: would write over {len(foreign)} files that generate.py did "
                              f"not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
                              "pass --overwrite to replace them, or choose another output folder")
+    if not overwrite:
+        refuse_mixing(output, manifest, source)
+
+
+def refuse_mixing(output, manifest, source):
+    """UsageError if the output folder holds images that generate.py wrote from another input folder or
+    with another generator than `source`'s: a rerun would leave a mix of two translations."""
+    if not any(os.path.exists(os.path.join(output, name)) for name in manifest.get("files", [])):
+        return
+    differences = [f"{how} another {what} ({manifest[key]}, now {source[key]})"
+                   for key, how, what in (("input", "from", "input folder"), ("generator", "with", "generator"))
+                   if manifest.get(key, source[key]) != source[key]]
+    if differences:
+        when = f" on {manifest['date']}" if "date" in manifest else ""
+        raise cli.UsageError(f"--output {output}: holds images that generate.py translated{when} "
+                             f"{' and '.join(differences)}; --overwrite replaces them, or choose another output "
+                             "folder")
 
 
 def refuse_writing_over_files_with_zip(input, zip_path, grid, overwrite):
@@ -173,17 +230,36 @@ def output_names(paths, image_format):
     return names
 
 
-def translations(generator, paths, targets, batch_size):
-    """(target, translated image) for each of the image files `paths`, in order, CHUNK read at a time,
+def read_input(path):
+    """An input image; one that can no longer be read (removed meanwhile) is one line, so that an
+    OSError while generate.py writes always means a file it writes."""
+    try:
+        return data.read_image(path)
+    except OSError as error:
+        raise cli.UsageError(f"{path}: could not read ({error.strerror or error})") from None
+
+
+def translated_chunks(generator, paths, targets, batch_size):
+    """Lists of (target, translated image), CHUNK images each, for the image files `paths` in order,
     with a progress line."""
     progress = cli.Progress(len(paths), unit="image")
     for start in range(0, len(paths), CHUNK):
-        images = [data.read_image(path) for path in paths[start:start + CHUNK]]
-        yield from zip(targets[start:], inference.translate_images(generator, images, batch_size))
+        images = [read_input(path) for path in paths[start:start + CHUNK]]
+        yield list(zip(targets[start:], inference.translate_images(generator, images, batch_size)))
         progress.update(start + len(images))
 
 
-def write_zip(path, named_images):
+def write_whole(path, write, folder, after=""):
+    """write_atomically(path, write), with an OSError (a full disk) as one line naming the file: its
+    temporary is removed, so `folder` holds no half-written file. `after` says what was done already."""
+    try:
+        write_atomically(path, write)
+    except OSError as error:
+        raise cli.UsageError(f"{path}: could not write ({error.strerror or error}); nothing half-written is left "
+                             f"in {os.path.join(folder or '.', '')}{after}") from None
+
+
+def zip_images(path, named_images):
     """(name, image) pairs as the files of a new zip (stored: PNG and JPEG are compressed already)."""
     with zipfile.ZipFile(path, "w") as archive:
         for name, image in named_images:
@@ -192,14 +268,90 @@ def write_zip(path, named_images):
             archive.writestr(name, encoded.getvalue())
 
 
+def write_zip(zip_path, chunks):
+    """The translations as the zip `zip_path`, whole or not at all."""
+    folder = os.path.dirname(zip_path)
+    os.makedirs(folder or ".", exist_ok=True)
+    unchanged = "; the earlier one is unchanged" if os.path.exists(zip_path) else ""
+    write_whole(zip_path, lambda temporary: zip_images(temporary, (pair for chunk in chunks for pair in chunk)),
+                folder, f" (no zip written{unchanged})")
+
+
+def write_folder(output, chunks, manifest, source, grids):
+    """Writes each chunk's images whole (write_whole), listing them in the manifest as they are written
+    (with the grid, written later, as being written)."""
+    os.makedirs(output, exist_ok=True)
+    count = 0
+    for chunk in chunks:
+        written = []
+        write_manifest(output, manifest, source, writing=[target for target, _ in chunk] + grids)
+        try:
+            for target, image in chunk:
+                write_whole(target, lambda temporary: data.write_image(temporary, image), output,
+                            f" ({count} images written whole so far, listed in {os.path.join(output, MANIFEST)}; "
+                            "run the same command again to finish)")
+                written.append(target)
+                count += 1
+        except BaseException:  # a full disk, Ctrl-C: the manifest lists what is whole (if it can be written)
+            with contextlib.suppress(OSError, cli.UsageError):
+                write_manifest(output, manifest, source, written=written)
+            raise
+        write_manifest(output, manifest, source, written=written, writing=grids)
+
+
+def replaced_line(output, targets, manifest):
+    """The INFO line that says which images of an earlier generate.py writing `targets` replaces (None:
+    none), from the manifest as it was before."""
+    count = sum(os.path.relpath(target, output) in manifest.get("files", []) and os.path.exists(target)
+                for target in targets)
+    if not count:
+        return None
+    known = f" on {manifest['date']} from {manifest['input']}" if {"date", "input"} <= manifest.keys() else ""
+    return f"replaced {count} images written by an earlier generate.py{known}"
+
+
+def output_lock(output=None, zip_path=None):
+    """checkpoints.writer_lock for the output folder or zip and its grid: one generate.py per output. The
+    lock is a hidden file beside it, .NAME.generate.lock (a zip's NAME without .zip: an output folder
+    `out` and `out.zip` share the grid out_grid.png), removed at the end."""
+    option = "--zip" if zip_path else "--output"
+    folder, name = os.path.split(os.path.abspath(os.path.splitext(zip_path)[0] if zip_path else output))
+    os.makedirs(folder, exist_ok=True)
+    return checkpoints.writer_lock(os.path.join(folder, f".{name}.generate.lock"), f"{option} {zip_path or output}",
+                                   "generate.py", f"give another {option}", remove=True)
+
+
+def remove_stale_temporaries(output, zip_path, grid):
+    """Removes what a killed generate.py left half-written: the temporaries (write_atomically's
+    NAME.tmpPID.EXT, PID no longer running) of the manifest's files in the output folder, of the zip
+    and of the grid; a user's own file of such a name is kept. Call it holding the lock."""
+    stale = []
+    for path in filter(None, (zip_path, grid)):
+        stale += checkpoints.stale_temporaries(os.path.dirname(os.path.abspath(path)), {os.path.basename(path)})
+    if output:
+        stale += checkpoints.stale_temporaries(output, written_before(read_manifest(output)) | {MANIFEST})
+    checkpoints.remove_temporaries(stale, "a killed generate.py")
+
+
+def write_grid(grid, forward, backward, paths, direction, batch_size, translations):
+    """The grid of input | translated | reconstructed for the image files `paths`, written whole."""
+    inputs = [read_input(path) for path in paths]
+    translated = inference.translate_images(forward, inputs, batch_size)
+    reconstructed = inference.translate_images(backward, translated, batch_size)
+    columns, titles = [inputs, translated, reconstructed], samples.direction_titles(direction)
+    write_whole(grid, lambda temporary: samples.save_grid(temporary, columns, titles), os.path.dirname(grid),
+                f" (the {translations} translations are written whole)")
+
+
 def generate(generator, input, output=None, reverse_generator=None, direction=DIRECTION,
              batch_size=inference.TRANSLATE_BATCH, grid_count=GRID_COUNT, overwrite=False, image_format=None,
              zip_path=None):
     """Translates the readable images of the folder `input` with the generator file `generator` (.keras
     or .pth) into the folder `output`, or into the zip file `zip_path`, in the inputs' formats or
     `image_format` ("png" or "jpg"); with `reverse_generator` also draws the first `grid_count` of them
-    as a grid beside it. Checks everything before writing anything; a zip is written whole or not at
-    all. Returns (the written paths, or the names in the zip; the grid path or None)."""
+    as a grid beside it. Checks everything before writing anything, holding the output's lock (one
+    generate.py per output); every file is written whole, a zip whole or not at all. Returns (the
+    written paths, or the names in the zip; the grid path or None)."""
     if (output is None) == (zip_path is None):
         raise cli.UsageError("give an output folder (--output) or a zip file (--zip), one of them")
     paths = data.list_images(input)
@@ -213,26 +365,36 @@ def generate(generator, input, output=None, reverse_generator=None, direction=DI
     grid = grid_path(beside) if reverse_generator and grid_count > 0 else None
     grids = [grid] if grid else []
     targets = names if zip_path else [os.path.join(output, name) for name in names]
-    if zip_path:
-        refuse_writing_over_files_with_zip(input, zip_path, grid, overwrite)
-    else:
-        refuse_writing_over_users_files(input, output, targets + grids, overwrite)
+    source = describe_source(input, generator)
+
+    def refuse():
+        """Once before the generators load (a quick answer), once holding the lock (another generate.py
+        may have written meanwhile); nothing is written yet. Returns the output folder's manifest."""
+        if zip_path:
+            refuse_writing_over_files_with_zip(input, zip_path, grid, overwrite)
+            return {}
+        manifest = read_manifest(output)
+        refuse_writing_over_users_files(input, output, targets + grids, overwrite, manifest, source)
+        return manifest
+
+    refuse()
     forward = pretrained.load_generator(generator)
     backward = pretrained.load_generator(reverse_generator) if grid else None
-    results = translations(forward, paths, targets, batch_size)
-    if zip_path:
-        os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
-        write_atomically(zip_path, lambda temporary: write_zip(temporary, results))
-    else:
-        os.makedirs(output, exist_ok=True)
-        record_written(output, targets + grids)
-        for target, image in results:
-            data.write_image(target, image)
-    if grid:
-        inputs = [data.read_image(path) for path in paths[:grid_count]]
-        translated = inference.translate_images(forward, inputs, batch_size)
-        reconstructed = inference.translate_images(backward, translated, batch_size)
-        samples.save_grid(grid, [inputs, translated, reconstructed], samples.direction_titles(direction))
+    with output_lock(output, zip_path):
+        remove_stale_temporaries(output, zip_path, grid)
+        manifest = refuse()
+        chunks = translated_chunks(forward, paths, targets, batch_size)
+        if zip_path:
+            write_zip(zip_path, chunks)
+        else:
+            replaced = replaced_line(output, targets, manifest)
+            write_folder(output, chunks, manifest, source, grids)
+            if replaced:
+                log.info(replaced)
+        if grid:
+            write_grid(grid, forward, backward, paths[:grid_count], direction, batch_size, len(targets))
+            if not zip_path:
+                write_manifest(output, manifest, source, written=grids)
     return targets, grid
 
 

@@ -18,8 +18,20 @@ def load_generator(path):
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a bad file; all mean the same here
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UsageError(f"{path}: not a Keras model file ({reason[:200]})") from None
+        raise UsageError(f"{path}: not a Keras model file ({brief(str(error)) or type(error).__name__})") \
+            from None
+
+
+def brief(text, limit=200):
+    """A library's message (Keras' run to paragraphs) cut to the whole sentences of its first line that
+    fit in `limit` characters, or to whole words: a one-line error never ends mid-word."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= limit:
+        return line
+    sentences = line[:limit + 1].split(". ")[:-1]
+    if sentences:
+        return ". ".join(sentences) + "."
+    return line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def size_rule(generator):

@@ -26,6 +26,7 @@ import numpy as np
 from cli import UsageError
 
 TORCH_SUFFIXES = (".pth", ".pt")
+KERAS_SUFFIXES = (".keras", ".h5")  # what keras.saving.load_model takes
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
 BUFFER_NAMES = ("running_mean", "running_var", "num_batches_tracked")  # ignored, as the reference does
@@ -298,12 +299,15 @@ def generator_weights(path, state_dict):
 # ---- Keras models ------------------------------------------------------------------------------
 
 def load_generator(path):
-    """A Keras generator from a PyTorch .pth (or .pt) state_dict, or from any other file through
-    inference.load_generator (a .keras file, in Keras' safe mode)."""
+    """A Keras generator from a PyTorch .pth (or .pt) state_dict, or from a .keras file through
+    inference.load_generator (in Keras' safe mode). A file of another kind (an image given by mistake)
+    is refused by its name: Keras' own answer is a paragraph."""
     import inference  # here: download.py checks .pth files with this module without importing TensorFlow
     import networks
 
     if not path.lower().endswith(TORCH_SUFFIXES):
+        if os.path.isfile(path) and not path.lower().endswith(KERAS_SUFFIXES):
+            raise UsageError(f"{path}: not a generator file (expected a .keras model or a PyTorch .pth)")
         return inference.load_generator(path)
     ngf, n_res_blocks, weights = generator_weights(path, read_state_dict(path))
     generator = networks.build_generator(ngf, n_res_blocks, "transpose", 0.0)  # its weights are set below

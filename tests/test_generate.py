@@ -1,13 +1,18 @@
+import errno
+import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
+import checkpoints
 import cli
 import generate
 import inference
@@ -299,3 +304,239 @@ def test_a_zip_replaces_the_runs_default_output_folder(trained_run):
     assert (settings["zip_path"], settings["image_format"]) == ("images.zip", "jpg")
     with pytest.raises(cli.UsageError, match=r"give --run-dir, or all of --generator, --input and --output \(or --zip\)"):
         generate.resolve(generate.build_parser().parse_args(["--generator", "g.keras", "--zip", "images.zip"]))
+
+
+def cli_error(argv):
+    """The one line generate.py ends with on bad input (run_cli's SystemExit), checked to be one line."""
+    with pytest.raises(SystemExit) as ended:
+        cli.run_cli(lambda: generate.main(argv), "generate.py")
+    message = str(ended.value.code)
+    assert message.startswith("generate.py: error: ") and "\n" not in message, message
+    return message
+
+
+def dead_pid():
+    """The PID of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def disk_full_after(count, write):
+    """`write` (a writer of a path) that, after `count` files, writes half a file and fails as a full disk."""
+    calls = []
+
+    def writer(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > count:
+            with open(path, "wb") as f:
+                f.write(b"\x89PNG\r\n\x1a\n half an image")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(path, *args, **kwargs)
+    return writer
+
+
+def test_a_full_disk_leaves_whole_images_listed_and_a_rerun_finishes(trained_run, tmp_path, monkeypatch):
+    """The disk fills while the third of four images is written: one line naming it and the folder; the
+    two before it are whole and listed in the manifest, nothing else is there; the same command then
+    finishes without --overwrite."""
+    photos = tmp_path / "photos"
+    write_images(str(photos), 4, size=(24, 24))
+    output = tmp_path / "out"
+    argv = [*models(trained_run), "--input", str(photos), "--output", str(output)]
+    monkeypatch.setattr(generate.data, "write_image", disk_full_after(2, generate.data.write_image))
+    assert cli_error(argv) == (
+        f"generate.py: error: {output / 'img002.png'}: could not write (No space left on device); nothing "
+        f"half-written is left in {output}/ (2 images written whole so far, listed in {output / generate.MANIFEST}; "
+        "run the same command again to finish)")
+    assert sorted(os.listdir(output)) == [generate.MANIFEST, "img000.png", "img001.png"]
+    assert [iio.imread(output / name).shape for name in ("img000.png", "img001.png")] == [(24, 24, 3)] * 2
+    manifest = json.loads((output / generate.MANIFEST).read_text())
+    assert (manifest["files"], manifest["writing"]) == (["img000.png", "img001.png"], [])
+    assert sorted(os.listdir(tmp_path)) == ["out", "photos"]  # no grid, no lock, no temporary beside
+
+    monkeypatch.undo()
+    generate.main(argv)
+    assert sorted(os.listdir(output)) == [generate.MANIFEST] + [f"img00{i}.png" for i in range(4)]
+    assert json.loads((output / generate.MANIFEST).read_text())["files"] == \
+        ["../out_grid.png"] + [f"img00{i}.png" for i in range(4)]
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_full_disk_while_writing_a_zip_or_grid_is_one_line_and_leaves_no_part(trained_run, tmp_path, monkeypatch,
+                                                                               earlier):
+    photos = tmp_path / "photos"
+    write_images(str(photos), 3, size=(24, 24))
+    target = tmp_path / "sub" / "out.zip"
+    target.parent.mkdir()
+    if earlier:
+        target.write_bytes(b"an earlier zip")
+    argv = [*models(trained_run), "--input", str(photos), "--zip", str(target), "--overwrite"]
+
+    writestr, calls = zipfile.ZipFile.writestr, []
+
+    def full_on_the_second(archive, name, payload):
+        calls.append(name)
+        if len(calls) == 2:
+            archive.fp.write(b"half an entry")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return writestr(archive, name, payload)
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", full_on_the_second)
+    assert cli_error(argv) == (
+        f"generate.py: error: {target}: could not write (No space left on device); nothing half-written is left in "
+        f"{target.parent}/ (no zip written{'; the earlier one is unchanged' if earlier else ''})")
+    assert sorted(os.listdir(target.parent)) == (["out.zip"] if earlier else [])
+    assert not earlier or target.read_bytes() == b"an earlier zip"
+
+    monkeypatch.undo()
+    monkeypatch.setattr(generate.samples, "save_grid", disk_full_after(0, generate.samples.save_grid))
+    assert cli_error(argv) == (
+        f"generate.py: error: {target.parent / 'out_grid.png'}: could not write (No space left on device); nothing "
+        f"half-written is left in {target.parent}/ (the 3 translations are written whole)")
+    assert sorted(os.listdir(target.parent)) == ["out.zip"]
+    assert zipfile.ZipFile(target).namelist() == ["img000.png", "img001.png", "img002.png"]
+
+
+HOLD_THE_LOCK = """import sys
+import generate
+with generate.output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_generate_on_a_busy_output_gets_one_line_and_writes_nothing(trained_run, tmp_path):
+    """Another process holds the output's lock: one line naming the folder and its PID, nothing written;
+    once it ends the output is free, and no lock file is left. The same for a zip, locked in this
+    process."""
+    photos = tmp_path / "photos"
+    write_images(str(photos), 2, size=(24, 24))
+    output = tmp_path / "out"
+    argv = [*models(trained_run), "--input", str(photos), "--output", str(output)]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(output)], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = folder_bytes(tmp_path)
+        assert before[Path(".out.generate.lock")] == f"{holder.pid}\n".encode()
+        assert cli_error(argv) == (f"generate.py: error: --output {output} is in use by another generate.py "
+                                   f"(PID {holder.pid}); wait for it to end, or give another --output")
+        assert folder_bytes(tmp_path) == before
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=300) == 0
+    generate.main(argv)
+    assert sorted(os.listdir(tmp_path)) == ["out", "out_grid.png", "photos"]
+
+    target = tmp_path / "sub.zip"
+    with generate.output_lock(zip_path=str(target)):
+        before = folder_bytes(tmp_path)
+        assert cli_error([*models(trained_run), "--input", str(photos), "--zip", str(target)]) == (
+            f"generate.py: error: --zip {target} is in use by another generate.py (PID {os.getpid()}); wait for it "
+            "to end, or give another --zip")
+        assert folder_bytes(tmp_path) == before
+    assert not (tmp_path / ".sub.generate.lock").exists()
+
+
+def test_a_lock_file_removed_by_the_writer_before_is_not_taken_for_the_lock(tmp_path, monkeypatch):
+    """A writer that opened the lock file just before the writer holding it removed it (at its end) locks
+    the removed file; it must see that and lock the file now at the path, or a third writer would
+    lock that one too."""
+    lock = tmp_path / ".out.generate.lock"
+    opened, real_open = [], os.open
+
+    def open_then_removed(path, *args):
+        descriptor = real_open(path, *args)
+        if not opened:
+            os.remove(path)  # the earlier writer ends
+        opened.append(descriptor)
+        return descriptor
+
+    monkeypatch.setattr(checkpoints.os, "open", open_then_removed)  # os.open: undone as soon as locked
+    with checkpoints.writer_lock(str(lock), "--output out", "generate.py", "give another --output", remove=True):
+        monkeypatch.undo()
+        assert len(opened) == 2 and lock.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(cli.UsageError, match="--output out is in use by another generate.py"):
+            with checkpoints.writer_lock(str(lock), "--output out", "generate.py", "give another --output"):
+                pass
+    assert not lock.exists()
+
+
+def test_a_rerun_says_what_it_replaced_and_another_input_or_generator_needs_overwrite(trained_run, tmp_path, caplog):
+    photos, other = Path(os.path.realpath(tmp_path / "photos")), Path(os.path.realpath(tmp_path / "other"))
+    write_images(str(photos), 2, size=(24, 24))
+    write_images(str(other), 2, size=(24, 24), seed=5)
+    output = tmp_path / "out"
+    forward = os.path.realpath(os.path.join(trained_run, "generator_ab.keras"))
+    argv = ["--generator", forward, "--input", str(photos), "--output", str(output)]
+    generate.main(argv)
+    manifest = json.loads((output / generate.MANIFEST).read_text())
+    assert (manifest["input"], manifest["generator"]) == (str(photos), forward)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", manifest["date"])
+
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    generate.main(["--generator", forward, "--input", f"{photos}/", "--output", str(output)])  # the same folder
+    assert f"replaced 2 images written by an earlier generate.py on {manifest['date']} from {photos}" in caplog.text
+
+    date = json.loads((output / generate.MANIFEST).read_text())["date"]
+    before = folder_bytes(tmp_path)
+    backward = os.path.realpath(os.path.join(trained_run, "generator_ba.keras"))
+    assert cli_error(["--generator", forward, "--input", str(other), "--output", str(output)]) == (
+        f"generate.py: error: --output {output}: holds images that generate.py translated on {date} from another "
+        f"input folder ({photos}, now {other}); --overwrite replaces them, or choose another output folder")
+    assert cli_error(["--generator", backward, "--input", str(other), "--output", str(output)]) == (
+        f"generate.py: error: --output {output}: holds images that generate.py translated on {date} from another "
+        f"input folder ({photos}, now {other}) and with another generator ({forward}, now {backward}); "
+        "--overwrite replaces them, or choose another output folder")
+    assert folder_bytes(tmp_path) == before
+
+    generate.main(["--generator", backward, "--input", str(other), "--output", str(output), "--overwrite"])
+    manifest = json.loads((output / generate.MANIFEST).read_text())
+    assert (manifest["input"], manifest["generator"], manifest["files"]) == \
+        (str(other), backward, ["img000.png", "img001.png"])
+    assert (output / "img000.png").read_bytes() != before[Path("out", "img000.png")]
+
+
+def test_temporaries_a_killed_generate_left_are_removed_and_others_kept(trained_run, tmp_path, caplog):
+    """Of write_atomically's NAME.tmpPID.EXT beside the output: those of a dead process for a file that
+    generate.py writes go, in one INFO line; a live process's, and a user's file that only looks like
+    one, stay."""
+    photos = tmp_path / "photos"
+    write_images(str(photos), 2, size=(24, 24))
+    output = tmp_path / "out"
+    argv = [*models(trained_run), "--input", str(photos), "--output", str(output)]
+    generate.main(argv)
+    dead, live = dead_pid(), os.getppid()
+    stale = [tmp_path / f"out_grid.tmp{dead}.png", output / f".generate.tmp{dead}.json",
+             output / f"img001.tmp{dead}.png"]
+    kept = [output / f"img000.tmp{live}.png", output / f"notes.tmp{dead}.txt", tmp_path / f"sub.tmp{dead}.zip"]
+    for path in stale + kept:
+        path.write_bytes(b"half a file, cut by a kill")
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    generate.main(argv)
+    assert f"removed 3 temporary file(s) left by a killed generate.py: {', '.join(map(str, stale))}" in caplog.text
+    assert [path.exists() for path in stale + kept] == [False] * 3 + [True] * 3
+
+    caplog.clear()
+    target = tmp_path / "sub.zip"
+    stale = [tmp_path / f"sub.tmp{dead}.zip", tmp_path / f"sub_grid.tmp{dead}.png"]
+    kept = [tmp_path / f"sub.tmp{live}.zip"]
+    for path in stale[1:] + kept:
+        path.write_bytes(b"half a file, cut by a kill")
+    generate.main([*models(trained_run), "--input", str(photos), "--zip", str(target)])
+    assert f"removed 2 temporary file(s) left by a killed generate.py: {', '.join(map(str, stale))}" in caplog.text
+    assert [path.exists() for path in stale + kept] == [False, False, True]
+    assert zipfile.ZipFile(target).namelist() == ["img000.png", "img001.png"]
+
+
+def test_links_to_nothing_in_the_input_folder_are_skipped(trained_run, tmp_path):
+    """A link loop (named like an image or not) and a dangling link are no images: skipped, as train.py's
+    data.usable_images skips what does not decode."""
+    photos = tmp_path / "photos"
+    write_images(str(photos), 2, size=(24, 24))
+    (photos / "loop").symlink_to("loop")
+    (photos / "loop.png").symlink_to("loop.png")
+    (photos / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    written, _ = generate.generate(os.path.join(trained_run, "generator_ab.keras"), str(photos), str(tmp_path / "out"))
+    assert written == [str(tmp_path / "out" / "img000.png"), str(tmp_path / "out" / "img001.png")]
+    assert sorted(os.listdir(tmp_path / "out")) == [generate.MANIFEST, "img000.png", "img001.png"]

@@ -14,7 +14,6 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-import checkpoints
 import cli
 import inference
 import networks
@@ -259,6 +258,21 @@ def test_generate_translates_with_a_pth_and_no_reverse_generator(tmp_path):
         assert np.abs(written - expected).max() < 2.5 / 127.5  # 8-bit rounding
 
 
+def test_a_file_of_another_kind_given_as_the_generator_is_one_whole_line(tmp_path):
+    """An image passed as --generator: named by its kind, not Keras' paragraph cut off mid-word."""
+    photos = tmp_path / "photos"
+    write_images(str(photos), 1, size=(20, 24))
+    result = run_script("generate.py", "--generator", "photos/img000.png", "--input", "photos", "--output", "out",
+                        cwd=tmp_path)
+    assert one_line_error(result, "generate.py") == \
+        "generate.py: error: photos/img000.png: not a generator file (expected a .keras model or a PyTorch .pth)"
+    assert sorted(os.listdir(tmp_path)) == ["photos"]
+    sentence = "A sentence of Keras' that goes on and on. "
+    for text, expected in ((sentence * 10, (sentence * 4).strip()), ("word " * 60, "word " * 39 + "word ..."),
+                           ("a short first line. And more\nsecond line", "a short first line. And more")):
+        assert inference.brief(text) == expected
+
+
 def test_a_fresh_run_starts_from_a_pth_and_a_keras_file(dataset, tmp_path):
     """With --lr 0 the one training step changes nothing: the run's final generators are the files'."""
     source_ab = FIXTURES / "reference_zip.pth"
@@ -281,7 +295,7 @@ def test_a_start_file_of_another_network_is_one_line_naming_the_option(dataset, 
                     "--start-ab", str(FIXTURES / "reference_zip.pth")])
     assert str(error.value) == (f"--start-ab {FIXTURES / 'reference_zip.pth'}: holds a generator with n_res_blocks 2, "
                                 "this run has --n-res-blocks 1 (give --n-res-blocks 2 to start from it)")
-    assert set(os.listdir(tmp_path / "wrong")) <= {checkpoints.LOCK_FILE}  # no run there: the name stays free
+    assert not (tmp_path / "wrong").exists()  # refused before the run folder is made: the name stays free
     source = str(FIXTURES / "reference_legacy.pth")
     for generator, expected in ((networks.build_generator(8, 2, "transpose", 0.02), "ngf 4, this run has --ngf 8"),
                                 (networks.build_generator(4, 2, "resize", 0.02),
