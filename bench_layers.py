@@ -13,11 +13,11 @@ import time
 import numpy as np
 
 from cli import UsageError
-from distribute import tf
-import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
-from keras import layers  # noqa: E402
-
 import networks
+from quiet import keras, tensorflow
+from keras import layers
+
+tf = tensorflow()
 
 TORCH_LAYERS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_torch_layers.py")
 
@@ -124,13 +124,13 @@ def layer_model(row, config):
     elif kind == "upconv":
         x = networks.UpConv2D(row["filters"], 3, kernel_initializer=init)(x)
     elif kind == "norm":
-        x = networks.instance_norm()(x)
+        x = networks.InstanceNormalization()(x)
     elif kind == "resblock":
         x = networks._residual_block(x, row["shape"][-1], init, name="res")
     elif kind == "disc":
         x = layers.ZeroPadding2D(1)(x)
         x = layers.Conv2D(row["filters"], 4, strides=row["stride"], padding="valid", kernel_initializer=init)(x)
-        x = networks.instance_norm()(x) if row["norm"] else x
+        x = networks.InstanceNormalization()(x) if row["norm"] else x
     if row.get("tanh"):
         x = layers.Activation("tanh")(x)
     if row.get("relu"):
@@ -166,7 +166,8 @@ def time_tf_layer(row, config, steps, warmup, rng):
 
 
 def time_tf_adam(row, config, steps, warmup, rng):
-    """Median ms of networks.adam's update (FusedAdam) over variables of the network's shapes."""
+    """Median ms of networks.adam's update (ResourceApplyAdam where cpu_kernels' fused_adam is in use) over
+    variables of the network's shapes."""
     variables = [tf.Variable(rng.normal(0, 0.02, shape).astype(np.float32)) for shape in row["param_shapes"]]
     gradients = [tf.constant(rng.normal(0, 1e-3, shape).astype(np.float32)) for shape in row["param_shapes"]]
     optimizer = networks.adam(config.lr, config.beta1)

@@ -69,14 +69,6 @@ def remove_temporaries(paths, killed, shown=lambda path: path):
     return paths
 
 
-def remove_stale_temporaries(run_dir):
-    """Removes the temporaries that write_atomically left in the run folder and its checkpoints/ when
-    its process was killed; returns their paths. Call it holding the run's lock (no train.py is writing
-    there then); a temporary of a process still running (evaluate.py writing beside a run) stays."""
-    stale = stale_temporaries(run_dir) + stale_temporaries(os.path.join(run_dir, "checkpoints"))
-    return remove_temporaries(stale, "a killed run", lambda path: os.path.relpath(path, run_dir))
-
-
 def process_exists(pid):
     try:
         os.kill(pid, 0)
@@ -85,10 +77,6 @@ def process_exists(pid):
     except PermissionError:  # someone else's process
         return True
     return True
-
-
-LOCK_FILE = ".lock"
-RUN_WRITER = ("train.py", "give another --name")  # writer_lock's `program` and `instead` for a run folder
 
 
 @contextlib.contextmanager
@@ -111,13 +99,6 @@ def writer_lock(lock_path, what, program, instead, remove=False):
         os.close(descriptor)  # releases the lock
 
 
-def run_lock(run_dir):
-    """Makes this process the only writer of RUN_DIR while the block runs: writer_lock on RUN_DIR/.lock,
-    which stays (a run folder always has one)."""
-    os.makedirs(run_dir, exist_ok=True)
-    return writer_lock(os.path.join(run_dir, LOCK_FILE), run_dir, *RUN_WRITER)
-
-
 def check_unlocked(lock_path, what, program, instead):
     """UsageError naming the PID when another process holds writer_lock's `lock_path`; writes nothing."""
     try:
@@ -129,11 +110,6 @@ def check_unlocked(lock_path, what, program, instead):
             raise _in_use(descriptor, what, program, instead)
     finally:
         os.close(descriptor)
-
-
-def check_not_in_use(run_dir):
-    """UsageError naming the PID when another process holds the run's lock; writes nothing."""
-    check_unlocked(os.path.join(run_dir, LOCK_FILE), run_dir, *RUN_WRITER)
 
 
 def _lock(lock_path, what, program, instead):

@@ -120,7 +120,7 @@ class Progress:
         whenever they change."""
         import contextlib
 
-        from distribute import keras  # here, not at the top: cli.py imports no TensorFlow (quietly, there)
+        from quiet import keras  # here, not at the top: cli.py imports no Keras (and so no TensorFlow)
 
         texts = {name: value for name, value in values.items() if isinstance(value, str)}
         if texts != self.texts:

@@ -117,6 +117,11 @@ class Config:
               "several machines, configured by TF_CONFIG (default: mirrored when TensorFlow sees more than "
               "one GPU and the batch splits across them, else none); --batch-size is the global batch, "
               "split across the replicas", choices=("none", "mirrored", "multiworker"))
+    cpu_kernels: str = option(
+        "auto", "the CPU kernels of cpu_kernels.py (Winograd, fused instance norm and Adam, ...): auto uses them "
+                "where they apply (the TensorFlow backend on a CPU, float32); off runs the networks' plain Keras "
+                "path only (so does the environment variable CYCLEGAN_CPU_KERNELS=off, for every script)",
+        choices=("auto", "off"), added=True)
     mixed_precision: Union[bool, str] = option(
         False, "compute in 16 bits, weights and losses in float32: float16 with loss scaling (GPUs with "
                "tensor cores) or bfloat16 (CPUs with AVX512_BF16 or AMX, recent GPUs); given alone: "

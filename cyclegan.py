@@ -3,13 +3,15 @@ the order the Keras 3 freezing trick needs; one training iteration; the history 
 the learning-rate schedule. train.py loops over it, bench.py times it.
 """
 from concurrent.futures import ThreadPoolExecutor, wait
+import contextlib
 import math
 
 import numpy as np
 
 from cli import UsageError
 import distribute
-import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
+import quiet
+from quiet import keras
 
 import networks
 
@@ -71,9 +73,10 @@ class CycleGAN:
             self.generator_ab, self.generator_ba, self.discriminator_a, self.discriminator_b,
             c.lambda_cycle, c.lambda_identity, c.lr, c.beta1, c.gan_mode, c.jit)
         self.patch = networks.patch_shape(self.discriminator_a, c.image_size, c.image_size)
-        # The two discriminator steps share nothing, so they run side by side, except across replicas,
-        # whose collective ops must be issued in one order by every process.
-        replicas = distribute.tf.distribute.get_strategy().num_replicas_in_sync
+        # The two discriminator steps share nothing, so TensorFlow runs them side by side, except across
+        # replicas, whose collective ops must be issued in one order by every process. (JAX and PyTorch:
+        # one after the other.)
+        replicas = quiet.tensorflow().distribute.get_strategy().num_replicas_in_sync if quiet.backend() == "tensorflow" else 0
         self.side_by_side = ThreadPoolExecutor(2, "discriminator-step") if replicas == 1 else None
 
     @property
@@ -127,6 +130,22 @@ def train_discriminator(discriminator, real, fake, patch):
         discriminator.trainable = False
 
 
+def weight_count(config):
+    """The weights of the two generators and two discriminators `config` builds. Each network's count is
+    a quadratic in its filters (a convolution's kernel is in x out), so it is read from the networks
+    built at 1, 2 and 3 filters and extended to ngf and ndf: a network too large to build is counted
+    without building it."""
+    def extended(build, filters):
+        c1, c2, c3 = (build(f).count_params() for f in (1, 2, 3))
+        return (c1 * (filters - 2) * (filters - 3) - 2 * c2 * (filters - 1) * (filters - 3)
+                + c3 * (filters - 1) * (filters - 2)) // 2
+
+    generator = extended(lambda f: build_generator(config.replace(ngf=f), "probe"), config.ngf)
+    discriminator = extended(lambda f: networks.build_discriminator(f, config.netd, config.sigmoid, config.init_gain,
+                                                                    "probe"), config.ndf)
+    return 2 * (generator + discriminator)
+
+
 def activation_elements(model, image_size):
     """The elements of every layer's output when `model` takes one image_size x image_size image: the
     activations a training step keeps for its backward pass. Read from the built network's graph
@@ -150,14 +169,14 @@ def step_activation_bytes(gan, config):
 def build_gan(config, strategy):
     """The CycleGAN in the run's precision, built and compiled under the strategy's scope."""
     keras.mixed_precision.set_global_policy(distribute.precision_policy(config.mixed_precision))
-    replicas = strategy.num_replicas_in_sync
+    replicas = distribute.replicas(strategy)
     if config.batch_size % replicas:
         raise UsageError(f"--batch-size {config.batch_size}: the global batch is split across "
                               f"{replicas} replicas; give a multiple of {replicas} (or --distribute none)")
     if config.jit and replicas > 1:
         raise UsageError(f"--jit: XLA cannot compile a step that spans {replicas} replicas; "
                               "use --jit with --distribute none")
-    with strategy.scope():
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
         gan = CycleGAN(config)
     if replicas > 1:
         for model in (gan.generator_ab, gan.generator_ba, gan.discriminator_a, gan.discriminator_b,

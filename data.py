@@ -23,7 +23,9 @@ import numpy as np
 
 from cli import UsageError
 from config import Config
-from distribute import tf
+from quiet import tensorflow
+
+tf = tensorflow()
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SHARD_EXTENSIONS = (".tfrec", ".tfrecord")

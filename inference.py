@@ -6,9 +6,9 @@ from collections import defaultdict
 import numpy as np
 
 from cli import UsageError
-import networks  # first: it imports TensorFlow quietly, and registers the layers a saved generator names
-import keras  # noqa: E402
-from keras import layers  # noqa: E402
+import networks  # noqa: F401  (registers the layers a saved generator names)
+from quiet import keras
+from keras import layers
 
 
 def load_generator(path):
@@ -41,8 +41,7 @@ def size_rule(generator):
     bottleneck, so its smallest side is twice the multiple."""
     halvings = sum(isinstance(layer, layers.Conv2D) and layer.strides == (2, 2) for layer in generator.layers)
     multiple = 2 ** halvings
-    reflects = any(isinstance(layer, networks.ReflectionPadding2D) or getattr(layer, "reflect", False)
-                   for layer in generator.layers)
+    reflects = any(getattr(layer, "reflect", False) for layer in generator.layers)
     return multiple, 2 * multiple if reflects else multiple
 
 

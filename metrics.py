@@ -15,7 +15,9 @@ import data
 import inference
 from checkpoints import read_json, write_atomically, write_json
 from cli import UsageError
-from distribute import tf
+from quiet import tensorflow
+
+tf = tensorflow()
 import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
 
 INCEPTION_SIZE = 299

@@ -1,175 +1,23 @@
-"""CycleGAN networks: residual generator, pix2pix's U-Net, ZeroPadding PatchGAN discriminator, combined
-model with the least-squares or vanilla GAN loss (inference.py runs a trained generator).
+"""CycleGAN networks: the paper's residual generator, pix2pix's U-Net, the PatchGAN discriminators and the
+combined model with the least-squares or vanilla GAN loss (inference.py runs a trained generator).
 
 The residual generator follows the paper's table (c7s1-ngf, d2ngf, d4ngf, R4ngf x N, u2ngf, ungf,
 c7s1-3): `ngf=64, n_res_blocks=9` is the paper's 256x256 network, `ngf=32, n_res_blocks=6` the book's
 128x128 one (config.py holds the defaults). Every model is fully convolutional, so the same weights run
 at any H x W divisible by 4 (the U-Net: by 256; see inference.size_rule).
+
+Keras layers and keras.ops only: a saved model computes the same on any backend and device. Faster
+functions of the same maths may stand in for a few plain ones when a step is traced (KERNELS, filled by
+cpu_kernels.use); they are never saved.
 """
 import numpy as np
 
-import convolutions
-from distribute import tf
-import keras  # noqa: E402  (after distribute: TensorFlow imported quietly)
-from keras import layers, ops  # noqa: E402
+from quiet import keras
+from keras import layers, ops
 
 # The combined model's outputs: the six loss terms' predictions, then the two translations.
 LOSS_TERMS = ("adversarial_a", "adversarial_b", "cycle_a", "cycle_b", "identity_a", "identity_b")
 TRANSLATIONS = ("fake_a", "fake_b")
-
-
-@keras.saving.register_keras_serializable(package="cyclegan")
-class ReflectionPadding2D(layers.Layer):
-    """Mirror-pads H and W. Generators saved before PaddedConv2D took `reflect` have one before each
-    of their reflection-padded convolutions (a ValidConv2D)."""
-
-    def __init__(self, padding=1, **kwargs):
-        super().__init__(**kwargs)
-        self.padding = int(padding)
-
-    def call(self, inputs):
-        p = self.padding
-        return ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        grow = lambda size: None if size is None else size + 2 * self.padding
-        return batch, grow(height), grow(width), channels
-
-    def get_config(self):
-        return {**super().get_config(), "padding": self.padding}
-
-
-@keras.saving.register_keras_serializable(package="cyclegan")
-class InstanceNormalization(layers.Layer):
-    """Normalises each sample and channel over H and W (channels-last), with a learned affine.
-
-    The maths of GroupNormalization(groups=-1) with the same gamma/beta weights, without its reshape
-    into groups: one moments call over the image axes and one multiply-add, or for a batch of one a
-    fused kernel.
-    """
-
-    def __init__(self, epsilon=1e-5, **kwargs):
-        super().__init__(autocast=False, **kwargs)  # gamma and beta stay float32 under mixed precision
-        self.epsilon = float(epsilon)
-
-    def build(self, input_shape):
-        channels = input_shape[-1]
-        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
-        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
-
-    def call(self, inputs):
-        if inputs.shape[0] == 1:
-            return self._normalise_one(inputs)
-        mean, variance = ops.moments(inputs, axes=[1, 2], keepdims=True)
-        gamma, beta = ops.cast(self.gamma, inputs.dtype), ops.cast(self.beta, inputs.dtype)
-        scale = gamma * ops.rsqrt(variance + self.epsilon)
-        return inputs * scale + (beta - mean * scale)
-
-    def _normalise_one(self, sample):
-        """A batch of one, the reference's setting: batch norm over the sample's own statistics is
-        exactly instance norm, and TensorFlow's fused batch-norm kernels do it and its gradient in
-        one pass each, about twice as fast as the moments above."""
-        empty = tf.zeros([0])
-        normalised, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=sample, scale=self.gamma, offset=self.beta, mean=empty, variance=empty,
-            epsilon=self.epsilon, data_format="NHWC", is_training=True)
-        return normalised
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "epsilon": self.epsilon}
-
-
-@keras.saving.register_keras_serializable(package="cyclegan")
-class PaddedConv2D(layers.Conv2D):
-    """Conv2D over `pad` pixels added on every side, zeros (PyTorch's Conv2d(padding=pad): the reference's
-    stride-2 downsampling, which sees the image symmetrically; 'same' pads only the bottom and right) or
-    with `reflect` a mirror image (its ReflectionPad2d + Conv2d: no dark borders). The padding is an op of
-    its own before a 'valid' convolution, which keeps the convolution and its gradients on oneDNN's
-    kernels (a convolution's own explicit padding sends them to slower ones); `convolutions.padded_conv`
-    has its gradients and forward pass."""
-
-    def __init__(self, filters, kernel_size, pad=1, reflect=False, **kwargs):
-        kwargs.pop("padding", None)
-        super().__init__(filters, kernel_size, padding="valid", **kwargs)
-        self.pad = int(pad)
-        self.reflect = bool(reflect)
-
-    def convolution_op(self, inputs, kernel):
-        return convolutions.padded_conv(inputs, tf.convert_to_tensor(kernel), self.pad, self.reflect, self.strides[0])
-
-    def compute_output_shape(self, input_shape):
-        def shrink(size):
-            return None if size is None else (size + 2 * self.pad - self.kernel_size[0]) // self.strides[0] + 1
-
-        batch, height, width, _ = input_shape
-        return batch, shrink(height), shrink(width), self.filters
-
-    def get_config(self):
-        return {**super().get_config(), "pad": self.pad, "reflect": self.reflect}
-
-
-@keras.saving.register_keras_serializable(package="cyclegan")
-class UpConv2D(layers.Conv2DTranspose):
-    """Stride-2 transposed convolution that doubles H and W like PyTorch's ConvTranspose2d(padding=1,
-    output_padding=1) at kernel 3 (the residual generator's) and ConvTranspose2d(padding=1) at kernel 4
-    (the U-Net's): the transpose of a PaddedConv2D(pad=1), so the reference's upsampling. In float32 it
-    is a 'same' transposed convolution of the flipped image and kernel, flipped back, which TensorFlow
-    runs and differentiates on oneDNN; with explicit padding it takes Eigen's slower kernels (forward +
-    backward on one thread: P's two up convolutions 6 % faster, S's 14 and 27 %)."""
-
-    def __init__(self, filters, kernel_size=3, **kwargs):
-        kwargs.update(strides=2, padding="same")
-        super().__init__(filters, kernel_size, **kwargs)
-
-    def call(self, inputs):
-        batch, height, width, _ = ops.shape(inputs)
-        k = self.kernel_size[0]
-        p = (k - 1) // 2
-        if inputs.dtype != "float32":  # explicit padding is slow in 16 bits: the full output, then cut
-            full = [batch, 2 * height + k - 2, 2 * width + k - 2, self.filters]
-            outputs = tf.nn.conv2d_transpose(inputs, self.kernel, full, 2, "VALID")
-            outputs = outputs[:, p:p + 2 * height, p:p + 2 * width]
-        else:  # 'same' pads the end, so flipped it pads the reference's start: oneDNN's kernels, not Eigen's
-            outputs = convolutions.flipped_up_conv(inputs, tf.convert_to_tensor(self.kernel))
-        return outputs + self.bias if self.use_bias else outputs
-
-
-@keras.saving.register_keras_serializable(package="cyclegan")
-class ValidConv2D(PaddedConv2D):
-    """A stride-1 'valid' PaddedConv2D without padding: generators saved before the reflection padding
-    moved into PaddedConv2D have one behind each ReflectionPadding2D layer."""
-
-    def __init__(self, filters, kernel_size, **kwargs):
-        kwargs.update(strides=1, pad=0, reflect=False)
-        super().__init__(filters, kernel_size, **kwargs)
-
-
-def instance_norm(name=None):
-    return InstanceNormalization(epsilon=1e-5, name=name)
-
-
-def conv_initializer(gain):
-    """The reference's conv weights, N(0, gain) with zero biases (its init_weights('normal', 0.02)): a small
-    start keeps early translations from inverting colours. gain 0: Keras' Glorot uniform."""
-    return keras.initializers.RandomNormal(0.0, gain) if gain else "glorot_uniform"
-
-
-def _conv_norm_relu(x, filters, kernel_size, init, strides=1, reflect=False, name=None):
-    x = PaddedConv2D(filters, kernel_size, pad=kernel_size // 2, reflect=reflect, strides=strides,
-                     kernel_initializer=init, name=f"{name}_conv")(x)
-    x = instance_norm(f"{name}_norm")(x)
-    return layers.ReLU(name=f"{name}_relu")(x)
-
-
-def _residual_block(x, filters, init, name):
-    y = _conv_norm_relu(x, filters, 3, init, reflect=True, name=f"{name}_a")
-    y = PaddedConv2D(filters, 3, pad=1, reflect=True, kernel_initializer=init, name=f"{name}_b_conv")(y)
-    y = instance_norm(f"{name}_b_norm")(y)
-    return layers.Add(name=f"{name}_add")([x, y])
 
 
 def build_generator(ngf, n_res_blocks, upsample, init_gain, name="generator"):
@@ -182,22 +30,42 @@ def build_generator(ngf, n_res_blocks, upsample, init_gain, name="generator"):
         raise ValueError(f"upsample must be 'transpose' or 'resize', got {upsample!r}")
     init = conv_initializer(init_gain)
     image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
-    x = _conv_norm_relu(image, ngf, 7, init, reflect=True, name="c7s1")
-    x = _conv_norm_relu(x, 2 * ngf, 3, init, strides=2, name="down1")
-    x = _conv_norm_relu(x, 4 * ngf, 3, init, strides=2, name="down2")
-    for index in range(n_res_blocks):
+    x = _conv_norm_relu(image, ngf, 7, init, reflect=True, name="c7s1")  # c7s1-ngf
+    x = _conv_norm_relu(x, 2 * ngf, 3, init, strides=2, name="down1")  # d2ngf
+    x = _conv_norm_relu(x, 4 * ngf, 3, init, strides=2, name="down2")  # d4ngf
+    for index in range(n_res_blocks):  # R4ngf x N
         x = _residual_block(x, 4 * ngf, init, name=f"res{index + 1}")
-    for index, filters in enumerate((2 * ngf, ngf)):
+    for index, filters in enumerate((2 * ngf, ngf)):  # u2ngf, ungf
         if upsample == "transpose":
             x = UpConv2D(filters, 3, kernel_initializer=init, name=f"up{index + 1}_conv")(x)
         else:
             x = layers.UpSampling2D(2, name=f"up{index + 1}_resize")(x)
             x = PaddedConv2D(filters, 3, pad=1, reflect=True, kernel_initializer=init, name=f"up{index + 1}_conv")(x)
-        x = instance_norm(f"up{index + 1}_norm")(x)
+        x = InstanceNormalization(name=f"up{index + 1}_norm")(x)
         x = layers.ReLU(name=f"up{index + 1}_relu")(x)
-    x = PaddedConv2D(3, 7, pad=3, reflect=True, kernel_initializer=init, name="out_conv")(x)
+    x = PaddedConv2D(3, 7, pad=3, reflect=True, kernel_initializer=init, name="out_conv")(x)  # c7s1-3
     translated = layers.Activation("tanh", dtype="float32", name="out_tanh")(x)
     return keras.Model(image, translated, name=name)
+
+
+def _conv_norm_relu(x, filters, kernel_size, init, strides=1, reflect=False, name=None):
+    x = PaddedConv2D(filters, kernel_size, pad=kernel_size // 2, reflect=reflect, strides=strides,
+                     kernel_initializer=init, name=f"{name}_conv")(x)
+    x = InstanceNormalization(name=f"{name}_norm")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _residual_block(x, filters, init, name):
+    y = _conv_norm_relu(x, filters, 3, init, reflect=True, name=f"{name}_a")
+    y = PaddedConv2D(filters, 3, pad=1, reflect=True, kernel_initializer=init, name=f"{name}_b_conv")(y)
+    y = InstanceNormalization(name=f"{name}_b_norm")(y)
+    return layers.Add(name=f"{name}_add")([x, y])
+
+
+def conv_initializer(gain):
+    """The reference's conv weights, N(0, gain) with zero biases (its init_weights('normal', 0.02)): a small
+    start keeps early translations from inverting colours. gain 0: Keras' Glorot uniform."""
+    return keras.initializers.RandomNormal(0.0, gain) if gain else "glorot_uniform"
 
 
 UNET_FILTERS = (1, 2, 4, 8, 8, 8, 8, 8)  # x ngf: the U-Net's eight downsamplings, 256 px down to 1 x 1
@@ -226,13 +94,13 @@ def build_unet_generator(ngf, init_gain, name="generator"):
         x = PaddedConv2D(ngf * multiple, 4, pad=1, strides=2, use_bias=False, kernel_initializer=init,
                          name=f"down{level}_conv")(x)
         if 1 < level < levels:
-            x = instance_norm(f"down{level}_norm")(x)
+            x = InstanceNormalization(name=f"down{level}_norm")(x)
         skips.append(x)
     for level in range(levels, 1, -1):
         x = layers.ReLU(name=f"up{level}_relu")(x)
         x = UpConv2D(ngf * UNET_FILTERS[level - 2], 4, use_bias=False, kernel_initializer=init,
                      name=f"up{level}_conv")(x)
-        x = instance_norm(f"up{level}_norm")(x)
+        x = InstanceNormalization(name=f"up{level}_norm")(x)
         if level in UNET_DROPOUT:
             x = layers.Dropout(0.5, name=f"up{level}_dropout")(x)
         x = layers.Concatenate(name=f"up{level}_skip")([skips[level - 2], x])
@@ -263,7 +131,7 @@ def build_discriminator(ndf, netd, sigmoid, init_gain, name="discriminator"):
         x = layers.Conv2D(ndf * 2 ** index, 4, strides=strides, padding="valid", kernel_initializer=init,
                           name=f"conv{index + 1}")(x)
         if index > 0:
-            x = instance_norm(f"conv{index + 1}_norm")(x)
+            x = InstanceNormalization(name=f"conv{index + 1}_norm")(x)
         x = layers.LeakyReLU(0.2, name=f"conv{index + 1}_lrelu")(x)
     x = layers.ZeroPadding2D(1, name="score_pad")(x)
     x = layers.Conv2D(1, 4, strides=1, padding="valid", kernel_initializer=init, name="score")(x)
@@ -277,29 +145,126 @@ def patch_shape(discriminator, height, width):
     return tuple(discriminator.compute_output_shape((1, height, width, 3))[1:])
 
 
+# ---- the reference's layers, in Keras ops ------------------------------------------------------
+
+# Faster functions of the same maths, by the name of the plain function below whose place they take
+# ("padded_conv", "up_conv", "instance_norm", "adam_update"), with its arguments and its results to
+# float32 rounding. Looked up when a step is traced, so never saved: cpu_kernels.use fills and clears it.
+KERNELS = {}
+
+
+def padded_conv(x, kernel, pad, reflect, stride):
+    """PyTorch's Conv2d(padding=pad), or with `reflect` its ReflectionPad2d(pad) then Conv2d: the
+    padding, then a 'valid' convolution."""
+    x = ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect" if reflect else "constant")
+    return ops.conv(x, kernel, strides=stride, padding="valid")
+
+
+def up_conv(x, kernel):
+    """PyTorch's stride-2 ConvTranspose2d that doubles H and W (padding=1, at kernel 3 with
+    output_padding=1): the full ('valid') transposed convolution without its first (k - 1) // 2 rows
+    and columns and as many last ones as make 2 H x 2 W."""
+    k = kernel.shape[0]
+    start, end = (k - 1) // 2, k - 2 - (k - 1) // 2
+    full = ops.conv_transpose(x, kernel, strides=2, padding="valid")
+    stop = -end if end else None
+    return full[:, start:stop, start:stop]
+
+
+def instance_norm(x, gamma, beta, epsilon):
+    """Each sample and channel normalised over H and W, then scaled by gamma and offset by beta."""
+    mean, variance = ops.moments(x, axes=[1, 2], keepdims=True)
+    scale = ops.cast(gamma, x.dtype) * ops.rsqrt(variance + epsilon)
+    return x * scale + (ops.cast(beta, x.dtype) - mean * scale)
+
+
+def adam_update(optimizer, gradient, variable, learning_rate):
+    """Keras' Adam update of one variable."""
+    return keras.optimizers.Adam.update_step(optimizer, gradient, variable, learning_rate)
+
+
 @keras.saving.register_keras_serializable(package="cyclegan")
-class FusedAdam(keras.optimizers.Adam):
-    """Keras's Adam, with each variable's update done by TensorFlow's one-kernel ResourceApplyAdam
-    instead of about fifteen small ops: the same update, a fraction of the per-step overhead of the
-    ~170 small variables (biases, norm scales) of a CycleGAN."""
+class PaddedConv2D(layers.Conv2D):
+    """A Conv2D over `pad` pixels added on every side: zeros (PyTorch's Conv2d(padding=pad), the
+    reference's downsampling, which sees the image symmetrically; Keras' 'same' pads only the bottom
+    and right) or with `reflect` a mirror image (ReflectionPad2d + Conv2d: no dark borders)."""
 
-    def update_step(self, gradient, variable, learning_rate):
-        if self.amsgrad:
-            return super().update_step(gradient, variable, learning_rate)
-        dtype = variable.dtype
-        step = ops.cast(self.iterations + 1, dtype)
-        index = self._get_variable_index(variable)
-        tf.raw_ops.ResourceApplyAdam(
-            var=variable.handle, m=self._momentums[index].value.handle, v=self._velocities[index].value.handle,
-            beta1_power=ops.power(ops.cast(self.beta_1, dtype), step),
-            beta2_power=ops.power(ops.cast(self.beta_2, dtype), step),
-            lr=ops.cast(learning_rate, dtype), beta1=ops.cast(self.beta_1, dtype),
-            beta2=ops.cast(self.beta_2, dtype), epsilon=ops.cast(self.epsilon, dtype),
-            grad=ops.cast(gradient, dtype))
+    def __init__(self, filters, kernel_size, pad=1, reflect=False, **kwargs):
+        kwargs.pop("padding", None)
+        super().__init__(filters, kernel_size, padding="valid", **kwargs)
+        self.pad = int(pad)
+        self.reflect = bool(reflect)
 
+    def convolution_op(self, inputs, kernel):
+        return KERNELS.get("padded_conv", padded_conv)(inputs, kernel, self.pad, self.reflect, self.strides[0])
+
+    def compute_output_shape(self, input_shape):
+        def shrink(size):
+            return None if size is None else (size + 2 * self.pad - self.kernel_size[0]) // self.strides[0] + 1
+
+        batch, height, width, _ = input_shape
+        return batch, shrink(height), shrink(width), self.filters
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad, "reflect": self.reflect}
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class UpConv2D(layers.Conv2DTranspose):
+    """A stride-2 transposed convolution to 2 H x 2 W as PyTorch's ConvTranspose2d(padding=1,
+    output_padding=1) at kernel 3 (the residual generator's) and ConvTranspose2d(padding=1) at kernel 4
+    (the U-Net's): the transpose of a PaddedConv2D(pad=1), so the reference's upsampling (`up_conv`)."""
+
+    def __init__(self, filters, kernel_size=3, **kwargs):
+        kwargs.update(strides=2, padding="valid")
+        super().__init__(filters, kernel_size, **kwargs)
+
+    def call(self, inputs):
+        outputs = KERNELS.get("up_conv", up_conv)(inputs, self.kernel)
+        return outputs + self.bias if self.use_bias else outputs
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        double = lambda size: None if size is None else 2 * size
+        return batch, double(height), double(width), self.filters
+
+
+@keras.saving.register_keras_serializable(package="cyclegan")
+class InstanceNormalization(layers.Layer):
+    """PyTorch's InstanceNorm2d(affine=True), channels-last (`instance_norm`): GroupNormalization(groups=-1)'s
+    maths with the same gamma/beta weights, without its reshape into groups."""
+
+    def __init__(self, epsilon=1e-5, **kwargs):
+        super().__init__(autocast=False, **kwargs)  # gamma and beta stay float32 under mixed precision
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+
+    def call(self, inputs):
+        return KERNELS.get("instance_norm", instance_norm)(inputs, self.gamma, self.beta, self.epsilon)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+# ---- training: losses, optimizers, the combined model -------------------------------------------
 
 def adam(learning_rate, beta_1):
-    return FusedAdam(learning_rate=learning_rate, beta_1=beta_1)
+    """Keras' Adam, saved as such; each variable's update is KERNELS' "adam_update" where one is set,
+    looked up when the train step is traced."""
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=beta_1)
+
+    def update_step(gradient, variable, learning_rate):
+        return KERNELS.get("adam_update", adam_update)(optimizer, gradient, variable, learning_rate)
+
+    optimizer.update_step = update_step
+    return optimizer
 
 
 def gan_loss(gan_mode):
@@ -367,7 +332,7 @@ def build_combined(generator_ab, generator_ba, discriminator_a, discriminator_b,
         jit_compile=jit_compile,
     )
     combined.optimizer.build(combined.trainable_variables)
-    if not tf.distribute.has_strategy():  # under a strategy Keras makes them itself before tracing
+    if getattr(combined, "_distribute_strategy", None) is None:  # under tf.distribute Keras makes them itself
         build_loss_trackers(combined)
     return combined
 

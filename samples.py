@@ -6,7 +6,9 @@ Images of different sizes each fit one square cell, scaled with their aspect rat
 """
 import numpy as np
 
-from distribute import tf
+from quiet import tensorflow
+
+tf = tensorflow()
 from keras_cv.visualization import plot_image_gallery  # noqa: E402  (after distribute: TensorFlow imported quietly)
 
 VALUE_RANGE = (-1.0, 1.0)  # the networks' pixel range

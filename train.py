@@ -11,7 +11,6 @@ also after a kill (from the newest complete checkpoint). One train.py at a time 
 in RUN_DIR/.lock); generate.py, evaluate.py and TensorBoard may read it meanwhile: every file is
 written whole (checkpoints.write_atomically) or appended (event files).
 """
-import json
 import logging
 import math
 import os
@@ -24,15 +23,18 @@ import numpy as np
 
 import checkpoints
 import cli
+import cpu_kernels
 import cyclegan
 import data
 import distribute
 import pretrained
+import runs
 import samples
 from cli import UsageError
-from config import DATASET_FIELDS, as_json, from_command_line
-from config import load as load_config
-from distribute import tf
+from config import as_json, from_command_line
+from quiet import tensorflow
+
+tf = tensorflow()  # the input pipeline and TensorBoard's writer, whatever Keras' backend
 
 log = logging.getLogger("cyclegan")
 
@@ -91,50 +93,11 @@ class GracefulStop:
         self._restore()
 
 
-def check_run_dir(config, resume, chief=True):
-    """Runs cannot go where a file is, nor into a run another train.py is writing; see also
-    check_run_contents. Read-only: nothing is written before the checks pass. `chief`: this process
-    writes the run (the other workers of a multi-worker run only read its checkpoint)."""
-    for folder in (config.runs_root, config.run_dir):
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise UsageError(f"{folder}: is a file, expected a folder for the runs")
-    if chief:
-        checkpoints.check_not_in_use(config.run_dir)
-    check_run_contents(config, resume, chief)
-
-
-def check_run_contents(config, resume, chief=True):
-    """A fresh run never writes into a folder that holds anything: a run (resume it: from its newest
-    checkpoint, or from step 0 when it stopped before its first) or the user's other files."""
-    run_dir = config.run_dir
-    held = sorted(set(os.listdir(run_dir)) - {checkpoints.LOCK_FILE}) if os.path.isdir(run_dir) else []
-    if not chief or resume or not held:
-        return
-    shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-    if "config.json" in held:
-        raise UsageError(f"{run_dir} already holds a run ({shown}): continue it with --resume, "
-                         "or give another --name")
-    raise UsageError(f"{run_dir} holds files that are not a run of train.py ({shown}); give another --name "
-                     "or --runs-root, or move them away")
-
-
-def weight_bytes(config):
-    """A lower bound of the memory training takes: the convolution kernels of networks.py's two
-    generators and two discriminators (biases, norms and activations left out), each held four times in
-    float32: the weights, their gradients and Adam's two moments."""
-    g, d = config.ngf, config.ndf
-    if config.netg == "unet":  # 4x4 kernels: the eight down convs, then the up convs' (skip-widened) inputs
-        generator = 16 * (3 * g + 298 * g * g) + 16 * (532 * g * g + 3 * 2 * g)
-    else:
-        generator = 2 * 49 * 3 * g + (18 + 72 + 72 + 18) * g * g + config.n_res_blocks * 2 * 9 * 16 * g * g
-    discriminator = 16 * (3 * d + 2 * d * d + 8 * d * d + 32 * d * d + 8 * d)
-    return 2 * (generator + discriminator) * 4 * 4
-
-
 def check_fits_in_memory(config):
     """Refuses networks whose weights alone outgrow the machine, before TensorFlow tries to allocate
     them (terabytes would take minutes to fail, or wake the OOM killer)."""
-    needed, memory = weight_bytes(config), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    needed = cyclegan.weight_count(config) * 4 * 4  # float32 weights, gradients and Adam's two moments
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > memory:
         raise UsageError(f"--ngf {config.ngf} --ndf {config.ndf} --n-res-blocks {config.n_res_blocks}: training "
                          f"needs at least {needed / 2 ** 30:.3g} GiB for the weights, this machine has "
@@ -170,7 +133,7 @@ def check_step_fits_in_memory(config, gan):
     """Refuses a step whose activations alone outgrow the memory, before the first step allocates them
     (a step past the machine's memory ends by a signal, not an exception: the OOM killer, or
     std::bad_alloc under `ulimit -v`). On a GPU the activations live in its memory: not checked here."""
-    if distribute.tf.config.list_physical_devices("GPU"):
+    if distribute.gpu_count():
         return
     needed = cyclegan.step_activation_bytes(gan, config)
     memory, what = memory_limit()
@@ -210,9 +173,6 @@ def start_generators(config, gan):
             log.info("%s: starting from the weights of %s", generator.name, path)
 
 
-DATASET_RECORD = "dataset.json"  # the training images' file names, by domain
-
-
 def start_run_files(run_dir, config, first_step, train_paths):
     """Writes config.json and opens the TensorBoard writer; called once this process has trained a step,
     so a resume that cannot start (bad checkpoint, changed options, out of memory) leaves the run as it was.
@@ -223,9 +183,7 @@ def start_run_files(run_dir, config, first_step, train_paths):
     was killed: each step shows once, with this process's values.
     """
     checkpoints.write_json(os.path.join(run_dir, "config.json"), as_json(config))
-    record = os.path.join(run_dir, DATASET_RECORD)
-    if not os.path.exists(record):
-        checkpoints.write_json(record, {domain: data.image_names(images) for domain, images in zip("AB", train_paths)})
+    runs.record_dataset(run_dir, train_paths)
     writer = tf.summary.create_file_writer(run_dir)
     start = tf.compat.v1.Event(wall_time=time.time(), step=first_step,
                                session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
@@ -258,44 +216,6 @@ def try_evaluation(evaluator, config, folders, run_dir, writer, gan, step):
     return evaluator
 
 
-def check_run_dataset(config):
-    """On --resume, before anything is read: a dataset folder the run was trained on that is gone is one
-    line saying how to point the run at its new place (never a lookup relative to here)."""
-    saved = load_config(os.path.join(config.run_dir, "config.json"))
-    for name in DATASET_FIELDS:
-        folder = getattr(config, name)
-        if folder and folder == getattr(saved, name) and not os.path.isdir(folder):
-            raise UsageError(f"{folder}: the dataset folder of {config.run_dir} is gone (config.json's {name}); "
-                             f"if it moved, resume with --{name.replace('_', '-')} NEW_FOLDER (it must hold the "
-                             "images the run was trained on)")
-    return saved
-
-
-def check_same_images(config, saved, train_paths):
-    """A resumed run pointed at another dataset folder reads it only when its training domains hold
-    the file names the run was trained on (RUN_DIR/dataset.json); otherwise one line says what differs."""
-    moved = [name for name in DATASET_FIELDS if getattr(config, name) != getattr(saved, name)]
-    if not moved:
-        return
-    given = " ".join(f"--{name.replace('_', '-')} {getattr(config, name)}" for name in moved)
-    try:
-        with open(os.path.join(config.run_dir, DATASET_RECORD)) as f:
-            recorded = json.load(f)
-    except (OSError, ValueError):
-        log.warning("%s: no record of the run's images (%s), so the new folder is taken unchecked", given,
-                    DATASET_RECORD)
-        return
-    for domain, images in zip("AB", train_paths):
-        names, known = set(data.image_names(images)), set(recorded.get(domain, []))
-        if names != known:
-            missing, new = sorted(known - names), sorted(names - known)
-            raise UsageError(f"{given}: domain {domain}'s training images differ from those the run was trained on "
-                             f"({len(missing)} of its {len(known)} missing{', e.g. ' + missing[0] if missing else ''}; "
-                             f"{len(new)} it never saw{', e.g. ' + new[0] if new else ''}); resume with the "
-                             "folder the run was trained on")
-    log.info("resuming on the run's images in their new place: %s", given)
-
-
 def warn_batch_larger_than_a_domain(config, train_paths):
     smaller = min(len(images) for images in train_paths)
     if config.batch_size > smaller:
@@ -320,29 +240,32 @@ def train(config, resume=False, verbose=1, stop=None):
 
     `stop` (a GracefulStop) ends the run early after a signal, with a checkpoint of the last step.
     A non-finite loss ends it with UsageError before anything of that step is saved. The run folder
-    is locked for the whole run (checkpoints.run_lock): one writer at a time. Everything that can be
+    is locked for the whole run (runs.run_lock): one writer at a time. Everything that can be
     refused (the data, the start files, the memory a step needs) is checked before the run folder
     is made or touched.
     """
     stop = stop or GracefulStop()
     config = config.with_resolved_paths()
+    log.info("%s", distribute.device_line())
     # first: TensorFlow fixes its thread pools when it starts
-    threads = distribute.set_training_threads(distribute.first_activation_elements(config))
+    threads = cpu_kernels.set_training_threads(cpu_kernels.first_activation_elements(config))
     if threads:
         log.info("on the CPU: %d thread(s) per op, %d op(s) at a time", *threads)
+    kernels = cpu_kernels.use(config.cpu_kernels != "off")
+    log.info("CPU kernels: %s", ", ".join(kernels) if kernels else "none (the networks' plain Keras path)")
     check_fits_in_memory(config)
     strategy = distribute.make_strategy(config.distribute, config.batch_size)
     run_dir = distribute.writable_run_dir(config.run_dir, strategy)
     chief = run_dir == config.run_dir
-    check_run_dir(config, resume, chief)
-    saved = check_run_dataset(config) if resume else None
+    runs.check_run_dir(config, resume, chief)
+    saved = runs.check_run_dataset(config) if resume else None
     if config.seed is not None:
         distribute.make_deterministic(config.seed)
     folders = data.with_test_fallback(data.domain_folders(config))
     train_paths = data.train_images(folders)
     data.check_distinct_domains(folders, train_paths)
     if resume:
-        check_same_images(config, saved, train_paths)
+        runs.check_same_images(config, saved, train_paths)
     warn_batch_larger_than_a_domain(config, train_paths)
     samples = {d: data.test_images(folders, d, config.image_size, config.sample_count) for d in "AB"}
     from_checkpoint = bool(resume and checkpoints.checkpoint_paths(config.run_dir))
@@ -351,14 +274,14 @@ def train(config, resume=False, verbose=1, stop=None):
         check_step_fits_in_memory(config, gan)
         if not from_checkpoint:
             start_generators(config, gan)
-    except (tf.errors.ResourceExhaustedError, MemoryError) as error:
+    except distribute.out_of_memory_errors() as error:
         raise out_of_memory(error) from None
-    with checkpoints.run_lock(run_dir):
-        check_run_contents(config, resume, chief)  # again: another train.py may have written it meanwhile
-        checkpoints.remove_stale_temporaries(run_dir)
+    with runs.run_lock(run_dir):
+        runs.check_run_contents(config, resume, chief)  # again: another train.py may have written it meanwhile
+        runs.remove_stale_temporaries(run_dir)
         try:
             return train_locked(config, from_checkpoint, gan, run_dir, folders, train_paths, samples, verbose, stop)
-        except (tf.errors.ResourceExhaustedError, MemoryError) as error:
+        except distribute.out_of_memory_errors() as error:
             raise out_of_memory(error) from None
 
 

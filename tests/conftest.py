@@ -17,9 +17,20 @@ def pytest_configure(config):
     layout (one thread per op on 2 cores) would leave a core idle in the many one-chain tests. (A
     hook, not an import-time call: test_distribute's child process imports this file and must
     configure TensorFlow's devices itself.)"""
-    import distribute
+    from quiet import tensorflow
 
-    distribute.tf.constant(0.0)
+    tensorflow().constant(0.0)
+
+
+@pytest.fixture(autouse=True)
+def plain_networks():
+    """Every test runs networks.py's plain path unless it turns cpu_kernels on itself, and leaves them
+    off: train.main turns them on, also in a session fixture set up before the test that asks for it."""
+    import cpu_kernels
+
+    cpu_kernels.use(False)
+    yield
+    cpu_kernels.use(False)
 
 
 def smooth_image(rng, height, width):

@@ -17,6 +17,7 @@ import pytest
 from conftest import TINY_NETWORK, make_dataset  # first: it puts the repository on sys.path for the child
 import cli
 from config import BENCH, Config, from_command_line
+import cpu_kernels
 import cyclegan
 import distribute
 
@@ -250,11 +251,11 @@ def test_multiworker_without_tf_config_is_a_usage_error(monkeypatch):
 
 # ---- threads -----------------------------------------------------------------------------------
 
-THREADS_CHILD = ("import json, sys, distribute; from distribute import tf; started = sys.argv[2:] and tf.constant(1.0); "
-                 "layout = distribute.set_training_threads(int(sys.argv[1])); "
+THREADS_CHILD = ("import json, sys, cpu_kernels; from quiet import tensorflow; tf = tensorflow(); started = sys.argv[2:] and tf.constant(1.0); "
+                 "layout = cpu_kernels.set_training_threads(int(sys.argv[1])); "
                  "pools = [tf.config.threading.get_intra_op_parallelism_threads(), "
                  "tf.config.threading.get_inter_op_parallelism_threads()]; tf.constant(1.0) + 1; "
-                 "print(json.dumps([layout, pools, distribute.set_training_threads(int(sys.argv[1]))]))")  # the last: in force
+                 "print(json.dumps([layout, pools, cpu_kernels.set_training_threads(int(sys.argv[1]))]))")  # the last: in force
 
 
 def test_training_threads_give_a_small_step_two_chains_and_a_large_one_all_cores_per_op():
@@ -262,9 +263,9 @@ def test_training_threads_give_a_small_step_two_chains_and_a_large_one_all_cores
     the cores per op, two ops at a time, and a large one (the paper's 256x256 network) all of them, one
     op at a time; nothing over the user's own setting, nor once TensorFlow has started."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("TF_NUM_")}
-    small = distribute.first_activation_elements(BENCH["S"])
-    large = distribute.first_activation_elements(BENCH["P"])
-    assert small < distribute.LARGE_STEP_ELEMENTS <= large
+    small = cpu_kernels.first_activation_elements(BENCH["S"])
+    large = cpu_kernels.first_activation_elements(BENCH["P"])
+    assert small < cpu_kernels.LARGE_STEP_ELEMENTS <= large
     results = [run_python(["-c", THREADS_CHILD, str(elements), *extra], env=dict(env, **more))
                for elements, extra, more in ((small, [], {}), (large, [], {}), (small, ["started"], {}),
                                              (large, [], {"TF_NUM_INTEROP_THREADS": "3"}))]

@@ -23,6 +23,7 @@ import cli
 from config import Config, as_json
 from config import load as config_load
 import generate
+import runs
 import train
 
 from conftest import TINY, make_dataset
@@ -330,7 +331,7 @@ def test_a_failing_evaluation_or_sample_grid_is_a_warning_and_the_run_goes_on(tm
     assert [e.step for e in accumulator.Tensors("eval/domain_AtoB")] == [4]
     assert [e.step for e in accumulator.Tensors("samples/AtoB")] == [2, 3, 4]
     assert (run_dir / "generator_ab.keras").is_file()
-    checkpoints.check_not_in_use(run_dir)  # the lock went with the end of the run
+    runs.check_not_in_use(run_dir)  # the lock went with the end of the run
 
 
 def test_out_of_memory_while_building_or_training_is_one_line(dataset, tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ import cli
 import config
 import cyclegan
 import generate
+import runs
 import train
 from config import Config
 
@@ -41,7 +42,7 @@ def cli_error(argv):
 def snapshot(folder):
     """Every file under `folder` but the lock (its PID changes), with its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
-            if p.is_file() and p.name != checkpoints.LOCK_FILE}
+            if p.is_file() and p.name != runs.LOCK_FILE}
 
 
 def warnings(caplog):

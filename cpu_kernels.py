@@ -1,15 +1,98 @@
-"""Padded convolutions arranged for the kernels TensorFlow runs fastest, with their gradients.
+"""The CPU kernels: faster arrangements of networks.py's maths for TensorFlow on a CPU in float32, each a
+named entry behind one switch (`use`), and the thread layout of a training step.
 
-networks.PaddedConv2D calls `padded_conv`. Every function here computes what tf.pad then a 'valid'
-tf.nn.conv2d computes, forward and backward, to float32 rounding (tests/test_convolutions.py checks them
-against TensorFlow's own gradients); only the arrangement of the work differs, chosen by timing oneDNN's
-kernels on a CPU with one thread per op (training's layout at the book's size).
+networks.py computes with Keras ops only. `use(True)` puts this module's functions in networks.KERNELS,
+where the layers and the optimizer look them up when a step is traced. Each computes what the plain
+function computes, forward and backward, to float32 rounding (tests/test_cpu_kernels.py), and hands the
+work back to it where it does not apply (float16, bfloat16, a GPU tensor). Nothing here is ever saved:
+a model saved with the kernels on loads and computes the same with them off, under any backend. They
+were chosen by timing oneDNN's kernels on a 2-core Xeon with one thread per op (training's layout at the
+book's size); docs/performance.md has the measurements.
+
+The thread layout (`set_training_threads`) is not behind the switch: it must act before TensorFlow
+starts, and TF_NUM_INTRAOP_THREADS or TF_NUM_INTEROP_THREADS already turn it off.
 """
+import os
+
 import numpy as np
 
-from distribute import tf
+from cli import UsageError
+import networks
+from quiet import backend, tensorflow
 
-BLOCKED_KERNEL_BYTES = 2 * 2 ** 20  # a core's L2 cache on current server CPUs (1-2 MiB)
+tf = tensorflow()
+
+# Each kernel, and the plain function of networks.py (a networks.KERNELS key) whose work it arranges.
+KERNEL_HOOKS = {
+    "winograd": "padded_conv",  # 3x3 convolutions by Winograd's F(2x2, 3x3)
+    "backward_data": "padded_conv",  # kernels larger than L2 run as a backward-data convolution
+    "space_to_depth": "padded_conv",  # convolutions to or from few channels folded into 2x2 blocks
+    "mirror_pad": "padded_conv",  # reflection padding as two concatenations
+    "padded_again": "padded_conv",  # large padded inputs padded again for the gradients, not kept
+    "flipped_up_conv": "up_conv",  # the up convolution as a flipped 'same' one, with its own gradients
+    "fused_instance_norm": "instance_norm",  # a batch of one by the fused batch-norm kernel
+    "fused_adam": "adam_update",  # Adam's update as one ResourceApplyAdam
+}
+IN_USE = frozenset()  # the kernels `use` turned on, read by the functions below when a step is traced
+
+
+def use(enabled=True):
+    """Turns the CPU kernels on (where they apply: the TensorFlow backend with no GPU visible) or off;
+    returns the names now in use. CYCLEGAN_CPU_KERNELS overrides `enabled` (`requested`). Call it before
+    the networks are first traced: a traced step keeps the functions it was traced with."""
+    global IN_USE
+    applies = enabled and backend() == "tensorflow" and not tf.config.list_physical_devices("GPU")
+    IN_USE = frozenset(requested() if applies else ())
+    faster = {"padded_conv": padded_conv, "up_conv": flipped_up_conv, "instance_norm": fused_instance_norm,
+              "adam_update": fused_adam_update}
+    networks.KERNELS.clear()
+    networks.KERNELS.update({KERNEL_HOOKS[name]: faster[KERNEL_HOOKS[name]] for name in IN_USE})
+    return tuple(name for name in KERNEL_HOOKS if name in IN_USE)
+
+
+def requested():
+    """The kernels CYCLEGAN_CPU_KERNELS asks for: all where it is unset or "auto", none for "off" or "0",
+    else the comma-separated names it lists (KERNEL_HOOKS', for ablations)."""
+    value = os.environ.get("CYCLEGAN_CPU_KERNELS", "auto").strip().lower()
+    if value in ("", "auto"):
+        return tuple(KERNEL_HOOKS)
+    if value in ("off", "0"):
+        return ()
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in KERNEL_HOOKS]
+    if unknown:
+        raise UsageError(f"CYCLEGAN_CPU_KERNELS={value}: no kernel {', '.join(unknown)}; give auto, off or "
+                         f"a comma-separated list of {', '.join(KERNEL_HOOKS)}")
+    return tuple(names)
+
+
+def on_cpu_in_float32(*tensors):
+    """Where the kernels were measured and hold to float32 rounding: float32 tensors not on a GPU."""
+    return all(t.dtype == tf.float32 and "GPU" not in t.device.upper() for t in tensors)
+
+
+def cache_bytes(level, fallback, folder="/sys/devices/system/cpu/cpu0/cache"):
+    """The size of the CPU's level-`level` data (or unified) cache as Linux reports it for cpu0 (e.g.
+    "2048K"); `fallback` where it does not."""
+    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}
+
+    def read(index, name):
+        with open(os.path.join(folder, index, name)) as file:
+            return file.read().strip()
+
+    try:
+        for index in sorted(os.listdir(folder)):
+            if read(index, "level") == str(level) and read(index, "type") in ("Data", "Unified"):
+                size = read(index, "size")
+                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    except (OSError, ValueError):
+        pass
+    return fallback
+
+
+BLOCKED_KERNEL_BYTES = cache_bytes(2, 2 * 2 ** 20)  # a core's L2: kernels above it run on blocked weights
+# Not read from the machine: FEW_CHANNELS parts the convolutions to and from 3 colours from the rest (ngf
+# is 32 or 64), and PADDED_AGAIN_BYTES trades memory (what a pass keeps) against a few ms of copying.
 FEW_CHANNELS = 4  # convolutions to (from) this few channels are rearranged for oneDNN's faster kernels
 PADDED_AGAIN_BYTES = 4 * 2 ** 20  # padded inputs from this size on are padded again for the gradients
 
@@ -25,45 +108,49 @@ WINOGRAD_OUTPUT = np.kron(_A_T, _A_T)  # 4 x 16: the 2x2 outputs, row by row
 
 
 def padded_conv(x, kernel, pad, reflect, stride):
-    """tf.nn.conv2d of x padded by `pad` pixels (zeros, or a mirror image with `reflect`), 'valid'.
-
-    Its gradients are the convolution's usual two. In float32 on a CPU the sums are arranged for
-    oneDNN's faster kernels, measured on a 2-core Xeon (one thread per op, training's layout):
-    - Memory: a padded input of PADDED_AGAIN_BYTES or more is padded again for the gradients instead of
-      kept from the forward pass to the backward one. The paper's generator then holds about 90 MB less
-      per pass at 256x256 (a training step runs six), for a few ms of copying; the book's 128x128
-      network keeps its small ones.
-    - 3x3 kernels (the residual blocks') take Winograd's F(2x2, 3x3), forward and both gradients
-      (`winograd_conv3x3`, `winograd_conv3x3_gradients`): 2.25x fewer multiplications, as batched matrix
-      products. On one thread the paper's 64x64x256 went from 34 to 20 ms forward and from 67 to 45 ms
-      for the two gradients; the book's 32x32x128 from 2.6 to 2.0 and 5.6 to 5.1 ms. A mirror image is
-      read straight from the input by the tiles' gather, so it is never a tensor of its own: no padding
-      op forward or backward, and about a third fewer graph nodes per convolution.
-    - Other large kernels: TensorFlow gives oneDNN's forward convolution the weights in their plain HWIO
+    """networks.padded_conv (x padded by `pad` pixels, zeros or with `reflect` a mirror image, then a
+    'valid' convolution), with its gradients, arranged for oneDNN's faster kernels by the kernels in use
+    (one thread per op, training's layout on a 2-core Xeon):
+    - winograd: 3x3 kernels (the residual blocks') take Winograd's F(2x2, 3x3), forward and both
+      gradients (`winograd_conv3x3`, `winograd_conv3x3_gradients`): 2.25x fewer multiplications, as
+      batched matrix products. On one thread the paper's 64x64x256 went from 34 to 20 ms forward and
+      from 67 to 45 ms for the two gradients; the book's 32x32x128 from 2.6 to 2.0 and 5.6 to 5.1 ms. A
+      mirror image is read straight from the input by the tiles' gather: no padding op forward or
+      backward, and about a third fewer graph nodes per convolution.
+    - backward_data: TensorFlow gives oneDNN's forward convolution the weights in their plain HWIO
       layout, and its backward-data convolution a blocked copy. Once a kernel outgrows a core's L2 cache
       (BLOCKED_KERNEL_BYTES) the blocked one is faster, so such a kernel's stride-1 forward pass is run
       as that backward-data convolution (`valid_conv_by_backward_data`).
-    - Few channels: a convolution to FEW_CHANNELS outputs or fewer (the generator's last one, 64 -> 3
+    - space_to_depth: a convolution to FEW_CHANNELS outputs or fewer (the generator's last one, 64 -> 3
       colours) runs at a fifth of oneDNN's speed. Its forward pass goes through 2x2 blocks folded into
       channels (`valid_conv_by_space_to_depth`), its kernel gradient with the two roles swapped
       (`kernel_gradient_by_swapped_roles`); from FEW_CHANNELS inputs or fewer (the first one) the input
       gradient is likewise a folded convolution.
+    - mirror_pad: reflection padding as concatenations (`mirror_pad`), 2-2.5x TensorFlow's MirrorPad.
+    - padded_again: a padded input of PADDED_AGAIN_BYTES or more is padded again for the gradients
+      instead of kept from the forward pass to the backward one. The paper's generator then holds about
+      90 MB less per pass at 256x256 (a training step runs six), for a few ms of copying; the book's
+      128x128 network keeps its small ones.
     """
+    kernel = tf.convert_to_tensor(kernel)
     paddings = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
-    mode = "REFLECT" if reflect else "CONSTANT"
     strides = [1, stride, stride, 1]
     height, width, channels, outputs = kernel.shape
-    on_cpu = not tf.config.list_physical_devices("GPU")
-    rearranged = (stride == 1 and height == width and height % 2 and x.dtype == "float32"
-                  and kernel.dtype == "float32" and on_cpu)
-    winograd = rearranged and height == 3 and min(channels, outputs) > FEW_CHANNELS
-    by_backward_data = rearranged and not winograd and 4 * int(np.prod(kernel.shape)) > BLOCKED_KERNEL_BYTES
-    few_outputs = rearranged and outputs <= FEW_CHANNELS
-    few_inputs = rearranged and channels <= FEW_CHANNELS
+    odd_square = stride == 1 and height == width and height % 2 == 1
+    winograd = "winograd" in IN_USE and odd_square and height == 3 and min(channels, outputs) > FEW_CHANNELS
+    by_backward_data = ("backward_data" in IN_USE and odd_square and not winograd
+                        and 4 * kernel.shape.num_elements() > BLOCKED_KERNEL_BYTES)
+    few_outputs = "space_to_depth" in IN_USE and odd_square and outputs <= FEW_CHANNELS
+    few_inputs = "space_to_depth" in IN_USE and odd_square and channels <= FEW_CHANNELS
+    mirrored = "mirror_pad" in IN_USE and reflect and pad
     folded = pad if winograd and reflect else 0  # the mirror image is read by Winograd's tile gather
+    again = "padded_again" in IN_USE and pad and not folded and padded_bytes(x, pad) >= PADDED_AGAIN_BYTES
+    arranged = winograd or by_backward_data or few_outputs or few_inputs or mirrored or again
+    if not arranged or not on_cpu_in_float32(x, kernel):
+        return networks.padded_conv(x, kernel, pad, reflect, stride)
 
     def padding(x):
-        return mirror_pad(x, pad) if reflect and on_cpu else tf.pad(x, paddings, mode)
+        return mirror_pad(x, pad) if mirrored else tf.pad(x, paddings, "REFLECT" if reflect else "CONSTANT")
 
     @tf.custom_gradient
     def conv(x, kernel):
@@ -76,8 +163,6 @@ def padded_conv(x, kernel, pad, reflect, stride):
             y = valid_conv_by_space_to_depth(padded, kernel)
         else:
             y = tf.nn.conv2d(padded, kernel, strides, "VALID")
-        size = padded.shape.num_elements() * padded.dtype.size if padded.shape.is_fully_defined() else 0
-        again = pad and not folded and size >= PADDED_AGAIN_BYTES
 
         def gradients(upstream):
             source = padded
@@ -109,11 +194,54 @@ def padded_conv(x, kernel, pad, reflect, stride):
     return conv(x, kernel)
 
 
+def padded_bytes(x, pad):
+    """The bytes of x padded by `pad` pixels on every side; 0 where the graph does not know x's shape."""
+    batch, height, width, channels = x.shape
+    if None in x.shape:
+        return 0
+    return batch * (height + 2 * pad) * (width + 2 * pad) * channels * x.dtype.size
+
+
+def fused_instance_norm(x, gamma, beta, epsilon):
+    """networks.instance_norm of a batch of one, the reference's setting: batch norm over the sample's
+    own statistics is exactly instance norm, and TensorFlow's fused batch-norm kernels do it and its
+    gradient in one pass each, about twice as fast as the moments."""
+    gamma, beta = tf.convert_to_tensor(gamma), tf.convert_to_tensor(beta)
+    if x.shape[0] != 1 or not on_cpu_in_float32(x, gamma, beta):
+        return networks.instance_norm(x, gamma, beta, epsilon)
+    empty = tf.zeros([0])
+    normalised, *_ = tf.raw_ops.FusedBatchNormV3(x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
+                                                 epsilon=epsilon, data_format="NHWC", is_training=True)
+    return normalised
+
+
+def fused_adam_update(optimizer, gradient, variable, learning_rate):
+    """networks.adam_update (Keras' Adam on one variable) by TensorFlow's one-kernel ResourceApplyAdam
+    instead of about fifteen small ops: the same update, a fraction of the per-step overhead of the ~170
+    small variables (biases, norm scales) of a CycleGAN."""
+    gradient = tf.convert_to_tensor(gradient)
+    if optimizer.amsgrad or variable.dtype != "float32" or not on_cpu_in_float32(gradient):
+        return networks.adam_update(optimizer, gradient, variable, learning_rate)
+    step = tf.cast(optimizer.iterations + 1, tf.float32)
+    index = optimizer._get_variable_index(variable)
+    beta_1, beta_2 = tf.constant(optimizer.beta_1, tf.float32), tf.constant(optimizer.beta_2, tf.float32)
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle, m=optimizer._momentums[index].value.handle,
+        v=optimizer._velocities[index].value.handle, beta1_power=tf.pow(beta_1, step),
+        beta2_power=tf.pow(beta_2, step), lr=tf.cast(learning_rate, tf.float32), beta1=beta_1, beta2=beta_2,
+        epsilon=tf.constant(optimizer.epsilon, tf.float32), grad=gradient)
+
+
 def flipped_up_conv(x, kernel):
-    """The stride-2 'same' transposed convolution of x by `kernel` (Keras' Conv2DTranspose layout), with
-    x and the kernel flipped in H and W before it and the output flipped after: networks.UpConv2D's
-    float32 pass. Its gradients flip x again when they need it rather than keep the flipped copy from
-    the forward pass: 12 MB less per pass of the paper's generator, six passes in a training step."""
+    """networks.up_conv (PyTorch's stride-2 up convolution) as the stride-2 'same' transposed convolution
+    of x and the kernel flipped in H and W, flipped back: 'same' pads the end, so flipped it pads the
+    reference's start, and TensorFlow runs it and its gradients on oneDNN's kernels rather than Eigen's
+    (forward + backward on one thread: P's two up convolutions 6 % faster, S's 14 and 27 %). Its
+    gradients flip x again when they need it rather than keep the flipped copy from the forward pass:
+    12 MB less per pass of the paper's generator, six passes in a training step."""
+    kernel = tf.convert_to_tensor(kernel)
+    if not on_cpu_in_float32(x, kernel):
+        return networks.up_conv(x, kernel)
     flip = lambda t: tf.reverse(t, [1, 2])
     batch, height, width, _ = sizes(x)
     strides = [1, 2, 2, 1]
@@ -329,3 +457,42 @@ def same_conv_by_backward_data(x, kernel):
     frame = tf.concat([tf.shape(x)[:3], tf.shape(kernel)[3:]], axis=0)
     return tf.raw_ops.Conv2DBackpropInput(input_sizes=frame, filter=flipped, out_backprop=x, strides=[1, 1, 1, 1],
                                           padding="SAME")
+
+
+# ---- the thread layout of a training step on a CPU ---------------------------------------------
+
+LARGE_STEP_ELEMENTS = 2 ** 21  # a step whose generator's first activation is this large runs one op at a time
+
+
+def set_training_threads(activation_elements):
+    """On a CPU: for a small step, each op on half of the cores, two ops at a time; for a large one (the
+    generator's first activation, batch x height x width x ngf, of LARGE_STEP_ELEMENTS or more), each op
+    on all of the cores, one at a time. Returns that layout as (threads per op, ops at a time), or None
+    where TensorFlow keeps its default (every op may use every core, several at a time).
+
+    A CycleGAN step is two chains that do not wait on each other: each generator's passes, then
+    each discriminator's step (cyclegan.CycleGAN.train_step runs the two side by side). The book's
+    128x128 network's ops are too small to share out over all the cores well, and two chains on half
+    each made its step 5-20 % faster on 2 cores. The paper's 256x256 ones are not: its step took the same
+    time either way, and one op at a time kept the bytes in use 0.3-0.5 GiB lower: peak memory 2.7-2.9
+    against 3.2-3.5 GB (docs/performance.md). One inference chain (generate.py) keeps the default. Left
+    alone: under another backend than TensorFlow, on a GPU, where the user sets TF_NUM_INTRAOP_THREADS or TF_NUM_INTEROP_THREADS, and once
+    TensorFlow has started in another layout (it makes its thread pools then: call this before any op runs).
+    """
+    if backend() != "tensorflow" or {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"} & set(os.environ):
+        return None
+    if tf.config.list_physical_devices("GPU"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    layout = (cores, 1) if activation_elements >= LARGE_STEP_ELEMENTS else (max(1, cores // 2), 2)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(layout[0])
+        tf.config.threading.set_inter_op_parallelism_threads(layout[1])
+    except RuntimeError:  # TensorFlow has started: its thread pools are fixed
+        return None
+    return layout
+
+
+def first_activation_elements(config):
+    """The size of the generator's first activation in a training step: what set_training_threads reads."""
+    return config.batch_size * config.image_size ** 2 * config.ngf

@@ -1,0 +1,42 @@
+"""Keras and TensorFlow, imported with TensorFlow's C++ start-up notes (CUDA probing, oneDNN) kept off
+the terminal: they are written to file descriptor 2 before any log level applies.
+
+    from quiet import keras        # the networks, the training step: any Keras backend
+    from quiet import tensorflow   # the input pipeline and TensorBoard's writer
+    tf = tensorflow()
+
+Under the JAX or PyTorch backend, importing keras here imports no TensorFlow; tensorflow() does, for the
+modules that need it whatever the backend (tf.data, tf.summary), as Keras' own guides use it.
+"""
+import functools
+import importlib
+import os
+
+
+def _without_stderr(name):
+    """Imports module `name` with file descriptor 2 pointed at /dev/null meanwhile. Errors still
+    surface as Python exceptions."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        return importlib.import_module(name)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+keras = _without_stderr("keras")  # under the TensorFlow backend, this imports TensorFlow too
+
+
+@functools.cache
+def tensorflow():
+    tf = _without_stderr("tensorflow")
+    tf.get_logger().setLevel("ERROR")  # e.g. retracing notes when images of many sizes go through
+    return tf
+
+
+def backend():
+    """Keras' backend: "tensorflow", "jax" or "torch" (KERAS_BACKEND, or ~/.keras/keras.json)."""
+    return keras.backend.backend()

@@ -1,0 +1,80 @@
+"""The house as the code draws it: who imports whom among the project's modules (imports inside
+functions count), with no circle, scripts on top of the library, and docs/code.md's picture generated
+from the same graph, so the picture cannot go stale."""
+import ast
+import os
+import re
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ("main", "train", "generate", "evaluate", "bench", "download", "convert")
+PICTURE = re.compile(r"<!-- import graph: made by tests/test_imports.py -->\n```\n(.*?)```", re.S)
+
+
+def project_modules():
+    names = {f[:-3] for f in os.listdir(REPO) if f.endswith(".py")}
+    if os.path.isdir(os.path.join(REPO, "bench")):
+        names |= {f"bench.{f[:-3]}" for f in os.listdir(os.path.join(REPO, "bench")) if f.endswith(".py")}
+    return names
+
+
+def imports_of(module, modules):
+    """The project modules `module` imports, anywhere in its file."""
+    path = os.path.join(REPO, *module.split(".")) + ".py"
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return sorted((found & modules) - {module})
+
+
+def graph():
+    modules = project_modules()
+    return {module: imports_of(module, modules) for module in sorted(modules)}
+
+
+def layers(edges):
+    """Each module's height: 0 for one that imports no project module, else one more than the highest
+    it imports (a circle would never settle: KeyError)."""
+    height = {}
+    while len(height) < len(edges):
+        settled = {m: 1 + max((height[d] for d in deps), default=-1) for m, deps in edges.items()
+                   if m not in height and all(d in height for d in deps)}
+        if not settled:
+            raise KeyError(f"import circle among {sorted(set(edges) - set(height))}")
+        height.update(settled)
+    return height
+
+
+def picture(edges):
+    """Modules by height, top first, each with what it imports: the text docs/code.md shows."""
+    height = layers(edges)
+    lines = []
+    for level in range(max(height.values()), -1, -1):
+        for module in sorted(m for m in edges if height[m] == level):
+            arrow = " -> " + ", ".join(edges[module]) if edges[module] else ""
+            lines.append(f"{level:>2}  {module}{arrow}")
+    return "\n".join(lines) + "\n"
+
+
+def test_no_import_circle_and_scripts_never_import_scripts():
+    edges = graph()
+    layers(edges)  # raises on a circle
+    for script in SCRIPTS:
+        others = set(edges.get(script, ())) & set(SCRIPTS)
+        assert script == "main" or not others, f"{script}.py imports the script(s) {sorted(others)}"
+    for module, deps in edges.items():
+        if module not in SCRIPTS and not module.startswith("bench"):
+            assert not set(deps) & set(SCRIPTS), f"the library module {module} imports a script: {deps}"
+
+
+def test_docs_code_md_shows_the_import_graph_of_the_code():
+    with open(os.path.join(REPO, "docs", "code.md"), encoding="utf-8") as f:
+        shown = PICTURE.search(f.read())
+    expected = picture(graph())
+    assert shown, "docs/code.md lacks the import graph block"
+    assert shown.group(1) == expected, "docs/code.md's import graph is stale; the code's is:\n" + expected
