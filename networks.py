@@ -10,6 +10,8 @@ Keras layers and keras.ops only: a saved model computes the same on any backend 
 functions of the same maths may stand in for a few plain ones when a step is traced (KERNELS, filled by
 cpu_kernels.use); they are never saved.
 """
+import functools
+
 import numpy as np
 
 from quiet import keras
@@ -28,7 +30,7 @@ def build_generator(ngf, n_res_blocks, upsample, init_gain, name="generator"):
     """
     if upsample not in ("transpose", "resize"):
         raise ValueError(f"upsample must be 'transpose' or 'resize', got {upsample!r}")
-    init = conv_initializer(init_gain)
+    init = functools.partial(conv_initializer, init_gain)  # a fresh initializer for each layer
     image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
     x = _conv_norm_relu(image, ngf, 7, init, reflect=True, name="c7s1")  # c7s1-ngf
     x = _conv_norm_relu(x, 2 * ngf, 3, init, strides=2, name="down1")  # d2ngf
@@ -37,34 +39,35 @@ def build_generator(ngf, n_res_blocks, upsample, init_gain, name="generator"):
         x = _residual_block(x, 4 * ngf, init, name=f"res{index + 1}")
     for index, filters in enumerate((2 * ngf, ngf)):  # u2ngf, ungf
         if upsample == "transpose":
-            x = UpConv2D(filters, 3, kernel_initializer=init, name=f"up{index + 1}_conv")(x)
+            x = UpConv2D(filters, 3, kernel_initializer=init(), name=f"up{index + 1}_conv")(x)
         else:
             x = layers.UpSampling2D(2, name=f"up{index + 1}_resize")(x)
-            x = PaddedConv2D(filters, 3, pad=1, reflect=True, kernel_initializer=init, name=f"up{index + 1}_conv")(x)
+            x = PaddedConv2D(filters, 3, pad=1, reflect=True, kernel_initializer=init(), name=f"up{index + 1}_conv")(x)
         x = InstanceNormalization(name=f"up{index + 1}_norm")(x)
         x = layers.ReLU(name=f"up{index + 1}_relu")(x)
-    x = PaddedConv2D(3, 7, pad=3, reflect=True, kernel_initializer=init, name="out_conv")(x)  # c7s1-3
+    x = PaddedConv2D(3, 7, pad=3, reflect=True, kernel_initializer=init(), name="out_conv")(x)  # c7s1-3
     translated = layers.Activation("tanh", dtype="float32", name="out_tanh")(x)
     return keras.Model(image, translated, name=name)
 
 
 def _conv_norm_relu(x, filters, kernel_size, init, strides=1, reflect=False, name=None):
     x = PaddedConv2D(filters, kernel_size, pad=kernel_size // 2, reflect=reflect, strides=strides,
-                     kernel_initializer=init, name=f"{name}_conv")(x)
+                     kernel_initializer=init(), name=f"{name}_conv")(x)
     x = InstanceNormalization(name=f"{name}_norm")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
 def _residual_block(x, filters, init, name):
     y = _conv_norm_relu(x, filters, 3, init, reflect=True, name=f"{name}_a")
-    y = PaddedConv2D(filters, 3, pad=1, reflect=True, kernel_initializer=init, name=f"{name}_b_conv")(y)
+    y = PaddedConv2D(filters, 3, pad=1, reflect=True, kernel_initializer=init(), name=f"{name}_b_conv")(y)
     y = InstanceNormalization(name=f"{name}_b_norm")(y)
     return layers.Add(name=f"{name}_add")([x, y])
 
 
 def conv_initializer(gain):
     """The reference's conv weights, N(0, gain) with zero biases (its init_weights('normal', 0.02)): a small
-    start keeps early translations from inverting colours. gain 0: Keras' Glorot uniform."""
+    start keeps early translations from inverting colours. gain 0: Keras' Glorot uniform. One for each
+    layer: an unseeded Keras 3 initializer draws its seed once and gives every call the same values."""
     return keras.initializers.RandomNormal(0.0, gain) if gain else "glorot_uniform"
 
 
@@ -84,28 +87,28 @@ def build_unet_generator(ngf, init_gain, name="generator"):
     a bias, as in the tutorial's U-Net: the affine norms' betas do the biases' work (a bias before an
     instance norm is cancelled by it).
     """
-    init = conv_initializer(init_gain)
+    init = functools.partial(conv_initializer, init_gain)  # a fresh initializer for each layer
     image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
     levels = len(UNET_FILTERS)
     skips, x = [], image
     for level, multiple in enumerate(UNET_FILTERS, 1):
         if level > 1:
             x = layers.LeakyReLU(0.2, name=f"down{level}_lrelu")(x)
-        x = PaddedConv2D(ngf * multiple, 4, pad=1, strides=2, use_bias=False, kernel_initializer=init,
+        x = PaddedConv2D(ngf * multiple, 4, pad=1, strides=2, use_bias=False, kernel_initializer=init(),
                          name=f"down{level}_conv")(x)
         if 1 < level < levels:
             x = InstanceNormalization(name=f"down{level}_norm")(x)
         skips.append(x)
     for level in range(levels, 1, -1):
         x = layers.ReLU(name=f"up{level}_relu")(x)
-        x = UpConv2D(ngf * UNET_FILTERS[level - 2], 4, use_bias=False, kernel_initializer=init,
+        x = UpConv2D(ngf * UNET_FILTERS[level - 2], 4, use_bias=False, kernel_initializer=init(),
                      name=f"up{level}_conv")(x)
         x = InstanceNormalization(name=f"up{level}_norm")(x)
         if level in UNET_DROPOUT:
             x = layers.Dropout(0.5, name=f"up{level}_dropout")(x)
         x = layers.Concatenate(name=f"up{level}_skip")([skips[level - 2], x])
     x = layers.ReLU(name="up1_relu")(x)
-    x = UpConv2D(3, 4, kernel_initializer=init, name="up1_conv")(x)
+    x = UpConv2D(3, 4, kernel_initializer=init(), name="up1_conv")(x)
     translated = layers.Activation("tanh", dtype="float32", name="out_tanh")(x)
     return keras.Model(image, translated, name=name)
 
@@ -123,18 +126,18 @@ def build_discriminator(ndf, netd, sigmoid, init_gain, name="discriminator"):
     + a 4x4 stride-1 conv to one channel. Use `patch_shape` rather than hard-coding the grid. The output
     is linear (least-squares or vanilla GAN, which takes logits) unless `sigmoid`.
     """
-    init = conv_initializer(init_gain)
+    init = functools.partial(conv_initializer, init_gain)  # a fresh initializer for each layer
     image = keras.Input(shape=(None, None, 3), name=f"{name}_input")
     x = image
     for index, strides in enumerate(DISCRIMINATOR_STRIDES[netd]):
         x = layers.ZeroPadding2D(1, name=f"conv{index + 1}_pad")(x)
-        x = layers.Conv2D(ndf * 2 ** index, 4, strides=strides, padding="valid", kernel_initializer=init,
+        x = layers.Conv2D(ndf * 2 ** index, 4, strides=strides, padding="valid", kernel_initializer=init(),
                           name=f"conv{index + 1}")(x)
         if index > 0:
             x = InstanceNormalization(name=f"conv{index + 1}_norm")(x)
         x = layers.LeakyReLU(0.2, name=f"conv{index + 1}_lrelu")(x)
     x = layers.ZeroPadding2D(1, name="score_pad")(x)
-    x = layers.Conv2D(1, 4, strides=1, padding="valid", kernel_initializer=init, name="score")(x)
+    x = layers.Conv2D(1, 4, strides=1, padding="valid", kernel_initializer=init(), name="score")(x)
     activation = "sigmoid" if sigmoid else "linear"
     score = layers.Activation(activation, dtype="float32", name=f"score_{activation}")(x)
     return keras.Model(image, score, name=name)

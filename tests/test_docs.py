@@ -19,7 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARSERS = {"train.py": config.build_parser, "generate.py": generate.build_parser,
            "evaluate.py": evaluate.build_parser, "bench.py": bench.build_parser,
            "download.py": download.build_parser, "main.py": main.build_parser, "convert.py": convert.build_parser}
-REQUIRED = {"evaluate.py": ["--run-dir", "run"]}  # what a command line needs before any other option
+REQUIRED = {"evaluate.py": ["--run-dir", "run"],  # what a command line needs before any other option
+            "convert.py": ["out.onnx"]}
 NO_VALUE = ("—", "off")  # the tables' words for "nothing set"
 README_MAX_LINES = 220
 TEST_COMMAND = "python -m pytest -q"

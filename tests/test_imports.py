@@ -12,8 +12,8 @@ PICTURE = re.compile(r"<!-- import graph: made by tests/test_imports.py -->\n```
 
 def project_modules():
     names = {f[:-3] for f in os.listdir(REPO) if f.endswith(".py")}
-    if os.path.isdir(os.path.join(REPO, "bench")):
-        names |= {f"bench.{f[:-3]}" for f in os.listdir(os.path.join(REPO, "bench")) if f.endswith(".py")}
+    if os.path.isdir(os.path.join(REPO, "benchmark")):
+        names |= {f"benchmark.{f[:-3]}" for f in os.listdir(os.path.join(REPO, "benchmark")) if f.endswith(".py")}
     return names
 
 
@@ -68,7 +68,7 @@ def test_no_import_circle_and_scripts_never_import_scripts():
         others = set(edges.get(script, ())) & set(SCRIPTS)
         assert script == "main" or not others, f"{script}.py imports the script(s) {sorted(others)}"
     for module, deps in edges.items():
-        if module not in SCRIPTS and not module.startswith("bench"):
+        if module not in SCRIPTS and not module.startswith("benchmark."):
             assert not set(deps) & set(SCRIPTS), f"the library module {module} imports a script: {deps}"
 
 

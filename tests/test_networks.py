@@ -206,6 +206,12 @@ def test_conv_weights_start_from_the_references_normal_with_zero_biases(gain):
     assert abs(kernels.mean()) < 0.1 * gain and kernels.std() == pytest.approx(gain, rel=0.05)
     assert np.abs(kernels).max() > 3 * gain  # a normal's tails, not a truncated or uniform draw
     assert all(not np.any(conv.bias.numpy()) for conv in convs)
+    same_shape = {}  # each layer its own draw, as the reference's init_weights: no two kernels alike
+    for conv in convs:
+        same_shape.setdefault(tuple(conv.kernel.shape), []).append(conv.kernel.numpy())
+    for shape, drawn in same_shape.items():
+        for index, kernel in enumerate(drawn):
+            assert not any(np.array_equal(kernel, other) for other in drawn[index + 1:]), shape
 
 
 def test_init_gain_zero_is_keras_glorot_uniform():

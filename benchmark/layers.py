@@ -2,9 +2,10 @@
 
 layer_rows lists the step's layer kinds at the shapes they see (batch 1) with how often one iteration
 runs each; run_layers times them forward and forward+backward, and with a torch interpreter the same
-torch.nn layers beside them (bench_torch_layers.py, in a process of its own). PyTorch computes on the
+torch.nn layers beside them (benchmark/torch_layers.py, in a process of its own). PyTorch computes on the
 device TensorFlow does: the GPU when TensorFlow sees one (torch_env).
 """
+import functools
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from keras import layers
 
 tf = tensorflow()
 
-TORCH_LAYERS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_torch_layers.py")
+TORCH_LAYERS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_layers.py")
 
 
 def on_gpu():
@@ -113,23 +114,23 @@ def layer_rows(config):
 
 def layer_model(row, config):
     """The Keras layers of one row, built as networks.py builds them, as a model over the row's shape."""
-    init = networks.conv_initializer(config.init_gain)
+    init = functools.partial(networks.conv_initializer, config.init_gain)  # a fresh one per layer
     inputs = keras.Input(shape=row["shape"], batch_size=1)
     kind, x = row["kind"], inputs
     if kind == "identity":
         x = layers.Identity()(x)
     elif kind == "conv":
         x = networks.PaddedConv2D(row["filters"], row["kernel"], pad=row["pad"], reflect=row["pad_mode"] == "reflect",
-                                  strides=row["stride"], kernel_initializer=init)(x)
+                                  strides=row["stride"], kernel_initializer=init())(x)
     elif kind == "upconv":
-        x = networks.UpConv2D(row["filters"], 3, kernel_initializer=init)(x)
+        x = networks.UpConv2D(row["filters"], 3, kernel_initializer=init())(x)
     elif kind == "norm":
         x = networks.InstanceNormalization()(x)
     elif kind == "resblock":
         x = networks._residual_block(x, row["shape"][-1], init, name="res")
     elif kind == "disc":
         x = layers.ZeroPadding2D(1)(x)
-        x = layers.Conv2D(row["filters"], 4, strides=row["stride"], padding="valid", kernel_initializer=init)(x)
+        x = layers.Conv2D(row["filters"], 4, strides=row["stride"], padding="valid", kernel_initializer=init())(x)
         x = networks.InstanceNormalization()(x) if row["norm"] else x
     if row.get("tanh"):
         x = layers.Activation("tanh")(x)
@@ -177,7 +178,7 @@ def time_tf_adam(row, config, steps, warmup, rng):
 
 
 def bench_torch_layers(python, rows, steps, warmup):
-    """The rows timed by bench_torch_layers.py under `python`; its JSON as a dict."""
+    """The rows timed by benchmark/torch_layers.py under `python`; its JSON as a dict."""
     spec = json.dumps({"steps": steps, "warmup": warmup, "rows": rows})
     try:
         done = subprocess.run([python, TORCH_LAYERS_SCRIPT], input=spec, env=torch_env(), capture_output=True,
@@ -185,7 +186,7 @@ def bench_torch_layers(python, rows, steps, warmup):
     except OSError as error:
         raise UsageError(f"--torch {python}: cannot run ({error})") from None
     if done.returncode or not done.stdout.strip():
-        raise UsageError(f"--torch {python}: bench_torch_layers.py failed: {done.stderr.strip()[-300:]}")
+        raise UsageError(f"--torch {python}: benchmark/torch_layers.py failed: {done.stderr.strip()[-300:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -1,10 +1,10 @@
 """PyTorch's side of `bench.py --layers`: the same layer kinds, at the same shapes, timed the same way.
 
-    echo SPEC_JSON | TORCH_THREADS=2 /tmp/torchvenv/bin/python bench_torch_layers.py
+    echo SPEC_JSON | TORCH_THREADS=2 /tmp/torchvenv/bin/python benchmark/torch_layers.py
 
 A yardstick only: bench.py runs it in a subprocess with an interpreter that has torch; nothing imports it
 and torch is not a requirement of the project. SPEC_JSON is {"steps", "warmup", "rows": [...]} as
-bench_layers.layer_rows writes it (input shapes channels-last, as Keras sees them); it prints one JSON line
+benchmark.layers.layer_rows writes it (input shapes channels-last, as Keras sees them); it prints one JSON line
 with each row's median forward and forward+backward milliseconds. TORCH_DEVICE=cuda runs it on the GPU.
 """
 import json

@@ -1,0 +1,257 @@
+"""convert.py's exports (SavedModel, ONNX, LiteRT): each run by its own runtime alone, in a process that
+cannot import this project, against generate.py's translation (inference.translate_images) at two sizes;
+LiteRT's quantized weights; and the command line's refusals, which leave nothing written."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import convert
+import cpu_kernels
+import inference
+import networks
+import pretrained
+from conftest import smooth_image
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_PTH = ROOT / "tests" / "fixtures" / "reference_legacy.pth"  # the reference's generator: ngf 4, 2 blocks
+TARGETS = {"saved_model": "saved_model", "onnx": "generator.onnx", "litert": "generator.tflite"}
+SIZES = ((2, 32, 48), (1, 60, 44))  # (batch, height, width): two sizes the residual network takes
+LEVEL = 1 / 127.5  # one level of an 8-bit image in [-1, 1]
+
+# Runs each export in its own runtime, as docs/export.md shows: run by `python -I` from a folder of its
+# own, so that none of this project's modules can be imported, and checked to have imported none.
+RUNTIME_ONLY = r"""
+import json, sys
+import numpy as np
+jobs, images, results = json.loads(sys.argv[1]), np.load(sys.argv[2]), {}
+for name, path, format in jobs:
+    for size in images.files:
+        batch = images[size]
+        if format == "saved_model":
+            import tensorflow as tf
+            translate = tf.saved_model.load(path).signatures["serving_default"]
+            out = translate(image=tf.constant(batch))["translated"].numpy()
+        elif format == "onnx":
+            import onnxruntime
+            session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+            out = session.run(["translated"], {"image": batch})[0]
+        else:
+            from ai_edge_litert.interpreter import Interpreter
+            translate = Interpreter(model_path=path).get_signature_runner()
+            out = translate(image=batch)["translated"]
+        results[f"{name}/{size}"] = out
+project = {"convert", "networks", "convolutions", "inference", "pretrained", "distribute", "cli"} & set(sys.modules)
+assert not project, project
+np.savez(sys.argv[3], **results)
+"""
+
+
+def run_script(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "convert.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def one_line_error(result):
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convert.py: error: "), result.stderr
+    return lines[0][len("convert.py: error: "):]
+
+
+def trained_like(seed):
+    """A tiny residual generator whose translations span most of [-1, 1], as a trained one's do (the
+    0.02 initialisation alone keeps them near 0, where rounding errors would hide)."""
+    networks.keras.utils.set_random_seed(seed)
+    generator = networks.build_generator(4, 1, "transpose", 0.02)
+    out = generator.get_layer("out_conv")
+    kernel, bias = out.get_weights()
+    out.set_weights([kernel * 12, bias + 0.1])
+    return generator
+
+
+def sample_images(seed=0):
+    rng = np.random.default_rng(seed)
+    return {f"{height}x{width}": np.stack([smooth_image(rng, height, width) for _ in range(batch)])
+            .astype(np.float32) / 127.5 - 1 for batch, height, width in SIZES}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Every format exported by convert.py from a .keras file, from a .pth and from a run folder's BtoA
+    generator, then run by its runtime alone (RUNTIME_ONLY). Returns (sources, outputs, folder)."""
+    folder = tmp_path_factory.mktemp("exports")
+    run_dir = folder / "run"
+    run_dir.mkdir()
+    trained_like(1).save(run_dir / "generator_ab.keras")
+    trained_like(2).save(run_dir / "generator_ba.keras")
+    sources = {"keras": run_dir / "generator_ab.keras", "pth": FIXTURE_PTH, "run_BtoA": run_dir / "generator_ba.keras"}
+    jobs = []
+    for format, name in TARGETS.items():
+        for source in ("keras", "pth"):
+            target = folder / source / name
+            convert.main([str(sources[source]), str(target)])  # the format from the name
+            jobs.append((f"{source}/{format}", str(target), format))
+        target = folder / "run_BtoA" / name
+        convert.main(["--run-dir", str(run_dir), "--direction", "BtoA", str(target), "--format", format])
+        jobs.append((f"run_BtoA/{format}", str(target), format))
+    np.savez(folder / "images.npz", **sample_images())
+    isolated = folder / "isolated"
+    isolated.mkdir()
+    result = subprocess.run([sys.executable, "-I", "-c", RUNTIME_ONLY, json.dumps(jobs), str(folder / "images.npz"),
+                             str(folder / "outputs.npz")], capture_output=True, text=True, timeout=300, cwd=isolated)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sources, dict(np.load(folder / "outputs.npz")), folder
+
+
+@pytest.mark.parametrize("format", TARGETS)
+@pytest.mark.parametrize("source", ["keras", "pth", "run_BtoA"])
+def test_each_export_runs_in_its_own_runtime_as_generate_translates(exports, format, source):
+    sources, outputs, _ = exports
+    cpu_kernels.use(True)  # as generate.py translates (conftest turns them off again)
+    generator = pretrained.load_generator(str(sources[source]))
+    for size, images in sample_images().items():
+        expected = np.stack(inference.translate_images(generator, list(images)))
+        got = outputs[f"{source}/{format}/{size}"]
+        assert got.shape == images.shape and got.dtype == np.float32
+        assert np.abs(got - expected).max() < LEVEL, f"{source} {format} {size}"
+        assert np.abs(expected).mean() > 0.2 and np.abs(expected).max() > 0.9  # translations that say something
+
+
+def test_each_export_says_what_it_takes_beside_it(exports):
+    import onnx
+
+    _, _, folder = exports
+    for source in ("keras", "pth"):
+        for format, name in TARGETS.items():
+            readme = (folder / source / name / "README.txt" if format == "saved_model"
+                      else folder / source / f"{name}.README.txt").read_text()
+            assert "NHWC (batch, height, width, 3), float32 in [-1, 1]" in readme
+            assert "any multiples of 4, at least 8" in readme
+            assert f'"{name}"' in readme  # the snippet that runs it names it
+        assert sorted(os.listdir(folder / source)) == sorted(
+            ["saved_model", "generator.onnx", "generator.onnx.README.txt", "generator.tflite",
+             "generator.tflite.README.txt"])  # no temporaries left
+    model = onnx.load(folder / "keras" / "generator.onnx")
+    assert {prop.key: prop.value for prop in model.metadata_props}["input"] == "NHWC float32 RGB in [-1, 1]"
+    dims = [[d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+            for value in (model.graph.input[0], model.graph.output[0])]
+    assert dims == [["batch", "height", "width", 3]] * 2
+
+
+@pytest.mark.parametrize("quantize, size_ratio, largest, mean", [("float16", 0.6, 1, 0.1), ("int8", 0.35, 16, 3)])
+def test_quantized_litert_is_smaller_prints_its_difference_and_runs(tmp_path, capsys, quantize, size_ratio, largest,
+                                                                    mean):
+    """Differences in 8-bit levels from generate.py's translation: float16 weights round, int8 ones move
+    a translation by a few levels (measured 7-11 at most, 1.3-1.6 on average over three seeds)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    source = tmp_path / "g.keras"
+    networks.keras.utils.set_random_seed(0)
+    generator = networks.build_generator(16, 1, "transpose", 0.02)  # weights enough to outweigh the graph
+    generator.save(source)
+    convert.main([str(source), str(tmp_path / "g.tflite")])
+    convert.main([str(source), str(tmp_path / "q.tflite"), "--quantize", quantize])
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith(f"{quantize}: ") and "MiB (float32: " in printed and "levels of 8 bits at most" in printed
+    assert (tmp_path / "q.tflite").stat().st_size < size_ratio * (tmp_path / "g.tflite").stat().st_size
+    assert f"{quantize} weights" in (tmp_path / "q.tflite.README.txt").read_text()
+    images = sample_images()["32x48"]
+    expected = np.stack(inference.translate_images(generator, list(images)))
+    got = Interpreter(model_path=str(tmp_path / "q.tflite")).get_signature_runner()(image=images)["translated"]
+    assert np.abs(got - expected).max() < largest * LEVEL and np.abs(got - expected).mean() < mean * LEVEL
+
+
+def test_a_failed_export_leaves_nothing_and_an_overwritten_one_is_replaced_whole(tmp_path, monkeypatch):
+    source = tmp_path / "g.keras"
+    trained_like(3).save(source)
+
+    def half_file(model, path, readme):  # a full disk, halfway through the file
+        Path(path).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    def half_folder(model, folder):  # ... or through the SavedModel's folder
+        Path(folder).mkdir()
+        (Path(folder) / "saved_model.pb").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    for target, writer, fake in (("g.onnx", "write_onnx", half_file), ("sm", "write_saved_model", half_folder)):
+        with monkeypatch.context() as patch:
+            patch.setattr(convert, writer, fake)
+            with pytest.raises(OSError):
+                convert.main([str(source), str(tmp_path / target)])
+        assert sorted(os.listdir(tmp_path)) == ["g.keras"]
+    convert.main([str(source), str(tmp_path / "sm")])
+    before = (tmp_path / "sm" / "saved_model.pb").read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(convert, "write_saved_model", half_folder)
+        with pytest.raises(OSError):
+            convert.main([str(source), str(tmp_path / "sm"), "--overwrite"])
+    assert (tmp_path / "sm" / "saved_model.pb").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["g.keras", "sm"]
+    trained_like(4).save(source, overwrite=True)
+    convert.main([str(source), str(tmp_path / "sm"), "--overwrite"])
+    assert (tmp_path / "sm" / "saved_model.pb").read_bytes() != before
+    assert sorted(os.listdir(tmp_path)) == ["g.keras", "sm"] and "README.txt" in os.listdir(tmp_path / "sm")
+
+
+def test_a_cpu_tuned_saved_model_keeps_the_cpu_convolutions_and_translates_the_same(tmp_path):
+    from quiet import tensorflow
+
+    tf = tensorflow()
+    generator = trained_like(5)
+    generator.save(tmp_path / "g.keras")
+    convert.main([str(tmp_path / "g.keras"), str(tmp_path / "tuned"), "--cpu-tuned"])
+    convert.main([str(tmp_path / "g.keras"), str(tmp_path / "plain")])
+    images = sample_images()["32x48"]
+    expected = np.stack(inference.translate_images(generator, list(images)))
+    graphs = {}
+    for name in ("tuned", "plain"):
+        translate = tf.saved_model.load(str(tmp_path / name)).signatures["serving_default"]
+        assert np.abs(translate(image=tf.constant(images))["translated"].numpy() - expected).max() < LEVEL
+        graphs[name] = {node.op for function in translate.graph.as_graph_def().library.function
+                        for node in function.node_def}
+    assert "SpaceToDepth" in graphs["tuned"] and "SpaceToDepth" not in graphs["plain"]  # the few-outputs fold
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    networks.build_discriminator(4, "patch70", False, 0.02).save(tmp_path / "discriminator.keras")
+    trained_like(6).save(tmp_path / "g.keras")
+    (tmp_path / "taken.onnx").write_bytes(b"the user's")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"an image")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    cases = [(["discriminator.keras", "out.onnx"], "discriminator.keras: holds no CycleGAN generator (a model "
+              "'discriminator' without the layers of networks.py's generators)"),
+             (["photos/a.png", "out.tflite"], "photos/a.png: not a generator file (expected a .keras model or a "
+              "PyTorch .pth)"),
+             (["g.keras", "notes.txt/out.onnx"], f"notes.txt/out.onnx: cannot write there ({tmp_path / 'notes.txt'} "
+              "is a file, not a folder)"),
+             (["g.keras", "taken.onnx"], "taken.onnx: already exists; pass --overwrite to replace it"),
+             (["g.keras", "photos", "--format", "saved_model", "--overwrite"], "photos: is a folder that holds no "
+              "SavedModel; it is not replaced, even with --overwrite (give another name)"),
+             (["g.keras", "out.tflite", "--format", "onnx"], "out.tflite: expected a .onnx file name for the ONNX "
+              "model"),
+             (["g.keras", "out.bin"], "out.bin: cannot tell the format from its ending; name it .keras, .onnx or "
+              ".tflite, or without an ending for a SavedModel folder, or pass --format"),
+             (["g.keras", "out.onnx", "--quantize", "int8"], "--quantize int8: LiteRT only (a .tflite TARGET or "
+              "--format litert)"),
+             (["--run-dir", "photos", "out.onnx"], "--run-dir photos: no generator_ab.keras there (not a run of "
+              "train.py, or one that has not saved its generators yet)")]
+    for args, message in cases:
+        assert one_line_error(run_script(*args, cwd=tmp_path)) == message, args
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_help_explains_every_option():
+    result = run_script("--help")
+    assert result.returncode == 0
+    for option in ("SOURCE", "TARGET", "--run-dir", "--direction", "--format", "--quantize", "--cpu-tuned", "--time",
+                   "--overwrite"):
+        assert (option.lower() if option.isupper() else option) in result.stdout
+    assert "(default: AtoB)" in result.stdout and "{keras,litert,onnx,saved_model}" in result.stdout
