@@ -175,10 +175,13 @@ def up_conv(x, kernel):
 
 
 def instance_norm(x, gamma, beta, epsilon):
-    """Each sample and channel normalised over H and W, then scaled by gamma and offset by beta."""
-    mean, variance = ops.moments(x, axes=[1, 2], keepdims=True)
-    scale = ops.cast(gamma, x.dtype) * ops.rsqrt(variance + epsilon)
-    return x * scale + (ops.cast(beta, x.dtype) - mean * scale)
+    """Each sample and channel normalised over H and W, then scaled by gamma and offset by beta. In
+    float32 whatever the compute dtype: under float16, rsqrt's gradient at a small variance overflows
+    (1e-5 ** -1.5 is 3e7), and every step's gradients would be inf."""
+    x32 = ops.cast(x, "float32")
+    mean, variance = ops.moments(x32, axes=[1, 2], keepdims=True)
+    scale = gamma * ops.rsqrt(variance + epsilon)
+    return ops.cast(x32 * scale + (beta - mean * scale), x.dtype)
 
 
 def adam_update(optimizer, gradient, variable, learning_rate):

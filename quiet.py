@@ -10,6 +10,7 @@ modules that need it whatever the backend (tf.data, tf.summary), as Keras' own g
 """
 import functools
 import importlib
+import logging
 import os
 
 
@@ -27,6 +28,7 @@ def _without_stderr(name):
         os.close(devnull)
 
 
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # JAX's probing for TPUs it lacks
 keras = _without_stderr("keras")  # under the TensorFlow backend, this imports TensorFlow too
 
 

@@ -246,15 +246,16 @@ def train(config, resume=False, verbose=1, stop=None):
     """
     stop = stop or GracefulStop()
     config = config.with_resolved_paths()
-    log.info("%s", distribute.device_line())
-    # first: TensorFlow fixes its thread pools when it starts
+    # first: TensorFlow fixes its thread pools when it starts, and the collective ops of a multi-worker
+    # strategy only before its first op
     threads = cpu_kernels.set_training_threads(cpu_kernels.first_activation_elements(config))
+    strategy = distribute.make_strategy(config.distribute, config.batch_size)
+    log.info("%s", distribute.device_line())
     if threads:
         log.info("on the CPU: %d thread(s) per op, %d op(s) at a time", *threads)
     kernels = cpu_kernels.use(config.cpu_kernels != "off")
     log.info("CPU kernels: %s", ", ".join(kernels) if kernels else "none (the networks' plain Keras path)")
     check_fits_in_memory(config)
-    strategy = distribute.make_strategy(config.distribute, config.batch_size)
     run_dir = distribute.writable_run_dir(config.run_dir, strategy)
     chief = run_dir == config.run_dir
     runs.check_run_dir(config, resume, chief)

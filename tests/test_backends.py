@@ -15,6 +15,8 @@ import train
 
 from conftest import TINY, make_dataset
 
+pytestmark = pytest.mark.slow  # real processes: the full suite, not the quick tier
+
 REPO = Path(__file__).resolve().parent.parent
 
 # In the child: the freezing trick (each train_on_batch moves only its own networks), then train.py's

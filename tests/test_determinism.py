@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import data
 
 from conftest import TINY, make_dataset
+
+pytestmark = pytest.mark.slow  # real processes: the full suite, not the quick tier
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,6 +9,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 import tensorflow as tf
@@ -16,6 +17,8 @@ import tensorflow as tf
 from test_reliability import newest_step, output, start, wait_for
 
 from conftest import TINY, make_dataset
+
+pytestmark = pytest.mark.slow  # real processes: the full suite, not the quick tier
 
 RUNS = 2
 KILLS_PER_RUN = 3
