@@ -9,12 +9,12 @@ import functools
 import json
 import os
 import subprocess
-import time
 
 import numpy as np
 
 from cli import UsageError
 import networks
+from benchmark.measure import timed
 from quiet import keras, tensorflow
 from keras import layers
 
@@ -33,22 +33,6 @@ def device_name():
     if not gpus:
         return f"{os.cpu_count()} CPUs"
     return tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
-
-
-def timed(function, steps, warmup):
-    """Seconds of each of `steps` calls after `warmup` untimed ones. On a GPU each call is waited for:
-    TensorFlow returns as soon as the work is queued."""
-    sync = tf.test.experimental.sync_devices if on_gpu() else (lambda: None)
-    for _ in range(warmup):
-        function()
-    sync()
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        function()
-        sync()
-        times.append(time.perf_counter() - started)
-    return np.array(times)
 
 
 def torch_env():
