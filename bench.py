@@ -44,8 +44,7 @@ STEPS = 10
 ROUNDS = 1
 WARMUP = 2
 PIPELINE_IMAGES = 64
-SIZES = ("image_size", "ngf", "ndf", "n_res_blocks")
-NETWORK_OPTIONS = SIZES + ("mixed_precision", "jit", "cpu_kernels")  # config.py's, as train.py takes them
+NETWORK_OPTIONS = ("image_size", "ngf", "ndf", "n_res_blocks", "mixed_precision", "jit", "cpu_kernels")  # config.py's
 
 
 def build_parser():
@@ -59,12 +58,7 @@ def build_parser():
                         "the rounds' ratios, so a slow spell of the machine hits both sides alike")
     p.add_argument("--warmup", type=cli.non_negative_int, default=WARMUP,
                    help="untimed iterations first (the first one traces and compiles)")
-    configuration.add_options(p, names=NETWORK_OPTIONS)
-    for action in p._actions:  # the values not given are the --config's, not train.py's defaults
-        if action.dest in NETWORK_OPTIONS:
-            action.default = False if action.dest == "jit" else None
-            if action.dest in SIZES:
-                action.help = configuration.FIELDS[action.dest].metadata["help"] + " (default: the --config's)"
+    configuration.add_options(p, names=NETWORK_OPTIONS, defaults="the --config's")
     p.add_argument("--dataroot", help="JPEG dataset for the input-pipeline figure (default: synthetic JPEGs; "
                                       "TensorFlow only)")
     p.add_argument("--pipeline-images", type=cli.positive_int, default=PIPELINE_IMAGES,
@@ -75,6 +69,9 @@ def build_parser():
     p.add_argument("--layers", action="store_true",
                    help="time each layer kind of the networks alone (forward, forward+backward) and Adam's "
                         "update instead of whole steps; with --torch, beside PyTorch's layers (TensorFlow only)")
+    p.add_argument("--ablate", action="store_true",
+                   help="also time, in every round, the loop without each CPU kernel in use in turn (each a "
+                        "CycleGAN of its own): what each kernel saves of a whole step (TensorFlow on a CPU)")
     p.add_argument("--deterministic", action="store_true",
                    help="also time the project loop with TensorFlow's op determinism on (what train.py --seed "
                         "turns on), in turn with the loop in every round (TensorFlow only)")
@@ -88,15 +85,16 @@ def build_parser():
 def parse_config(argv=None):
     """(args, the config.BENCH Config with the options given)."""
     args = build_parser().parse_args(argv)
-    given = {name: getattr(args, name) for name in NETWORK_OPTIONS if getattr(args, name) not in (None, False)}
+    given = {name: getattr(args, name) for name in NETWORK_OPTIONS if hasattr(args, name)}
     if args.layers:
         mixed = [f"--{name.replace('_', '-')}" for name in ("jit", "mixed_precision", "deterministic", "dataroot",
-                                                             "generator_only")
-                 if getattr(args, name)]
+                                                             "generator_only", "ablate")
+                 if getattr(args, name, None)]
         if mixed:
             raise UsageError(f"--layers times float32 layers alone: drop {', '.join(mixed)}")
     if quiet.backend() != "tensorflow":
-        asked = [f"--{name.replace('_', '-')}" for name in ("layers", "deterministic", "dataroot", "generator_only")
+        asked = [f"--{name.replace('_', '-')}" for name in ("layers", "deterministic", "dataroot", "generator_only",
+                                                             "ablate")
                  if getattr(args, name)]
         if asked:
             raise UsageError(f"{', '.join(asked)}: TensorFlow's figures, and Keras runs on {quiet.backend()}; "

@@ -147,13 +147,16 @@ DEMO = Config(image_size=64, ngf=16, ndf=32, n_res_blocks=4, upsample="resize", 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def add_options(parser, names=None):
+def add_options(parser, names=None, defaults=None):
     """Adds Config's options (all, or `names`) to an argparse parser. Nothing is filled in for an
-    option not given, so the parsed namespace holds exactly what the user typed."""
+    option not given, so the parsed namespace holds exactly what the user typed. `defaults` names, for
+    --help, where the values not given come from when that is not Config's defaults (bench.py's --config)."""
     for name in names or FIELDS:
         meta, default = FIELDS[name].metadata, FIELDS[name].default
         flag = "--" + name.replace("_", "-")
         shown = "" if default is None or default is False else f" (default: {default})"
+        if defaults and not meta["flag"]:
+            shown = f" (default: {defaults})"
         kwargs = dict(help=meta["help"] + shown, default=argparse.SUPPRESS)
         if meta["flag"]:
             parser.add_argument(flag, action="store_true", **kwargs)

@@ -25,7 +25,6 @@ tf = tensorflow()
 # Each kernel, and the plain function of networks.py (a networks.KERNELS key) whose work it arranges.
 KERNEL_HOOKS = {
     "winograd": "padded_conv",  # 3x3 convolutions by Winograd's F(2x2, 3x3)
-    "backward_data": "padded_conv",  # kernels larger than L2 run as a backward-data convolution
     "space_to_depth": "padded_conv",  # convolutions to or from few channels folded into 2x2 blocks
     "mirror_pad": "padded_conv",  # reflection padding as two concatenations
     "padded_again": "padded_conv",  # large padded inputs padded again for the gradients, not kept
@@ -36,13 +35,13 @@ KERNEL_HOOKS = {
 IN_USE = frozenset()  # the kernels `use` turned on, read by the functions below when a step is traced
 
 
-def use(enabled=True):
+def use(enabled=True, names=None):
     """Turns the CPU kernels on (where they apply: the TensorFlow backend with no GPU visible) or off;
-    returns the names now in use. CYCLEGAN_CPU_KERNELS overrides `enabled` (`requested`). Call it before
-    the networks are first traced: a traced step keeps the functions it was traced with."""
+    returns the names now in use: CYCLEGAN_CPU_KERNELS's (`requested`), or `names` (bench.py --ablate).
+    Call it before the networks are first traced: a traced step keeps the functions it was traced with."""
     global IN_USE
     applies = enabled and backend() == "tensorflow" and not tf.config.list_physical_devices("GPU")
-    IN_USE = frozenset(requested() if applies else ())
+    IN_USE = frozenset((requested() if names is None else names) if applies else ())
     faster = {"padded_conv": padded_conv, "up_conv": flipped_up_conv, "instance_norm": fused_instance_norm,
               "adam_update": fused_adam_update}
     networks.KERNELS.clear()
@@ -71,27 +70,7 @@ def on_cpu_in_float32(*tensors):
     return all(t.dtype == tf.float32 and "GPU" not in t.device.upper() for t in tensors)
 
 
-def cache_bytes(level, fallback, folder="/sys/devices/system/cpu/cpu0/cache"):
-    """The size of the CPU's level-`level` data (or unified) cache as Linux reports it for cpu0 (e.g.
-    "2048K"); `fallback` where it does not."""
-    units = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}
-
-    def read(index, name):
-        with open(os.path.join(folder, index, name)) as file:
-            return file.read().strip()
-
-    try:
-        for index in sorted(os.listdir(folder)):
-            if read(index, "level") == str(level) and read(index, "type") in ("Data", "Unified"):
-                size = read(index, "size")
-                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-    except (OSError, ValueError):
-        pass
-    return fallback
-
-
-BLOCKED_KERNEL_BYTES = cache_bytes(2, 2 * 2 ** 20)  # a core's L2: kernels above it run on blocked weights
-# Not read from the machine: FEW_CHANNELS parts the convolutions to and from 3 colours from the rest (ngf
+# Sizes, not tuned timings: FEW_CHANNELS parts the convolutions to and from 3 colours from the rest (ngf
 # is 32 or 64), and PADDED_AGAIN_BYTES trades memory (what a pass keeps) against a few ms of copying.
 FEW_CHANNELS = 4  # convolutions to (from) this few channels are rearranged for oneDNN's faster kernels
 PADDED_AGAIN_BYTES = 4 * 2 ** 20  # padded inputs from this size on are padded again for the gradients
@@ -117,10 +96,6 @@ def padded_conv(x, kernel, pad, reflect, stride):
       from 67 to 45 ms for the two gradients; the book's 32x32x128 from 2.6 to 2.0 and 5.6 to 5.1 ms. A
       mirror image is read straight from the input by the tiles' gather: no padding op forward or
       backward, and about a third fewer graph nodes per convolution.
-    - backward_data: TensorFlow gives oneDNN's forward convolution the weights in their plain HWIO
-      layout, and its backward-data convolution a blocked copy. Once a kernel outgrows a core's L2 cache
-      (BLOCKED_KERNEL_BYTES) the blocked one is faster, so such a kernel's stride-1 forward pass is run
-      as that backward-data convolution (`valid_conv_by_backward_data`).
     - space_to_depth: a convolution to FEW_CHANNELS outputs or fewer (the generator's last one, 64 -> 3
       colours) runs at a fifth of oneDNN's speed. Its forward pass goes through 2x2 blocks folded into
       channels (`valid_conv_by_space_to_depth`), its kernel gradient with the two roles swapped
@@ -138,14 +113,12 @@ def padded_conv(x, kernel, pad, reflect, stride):
     height, width, channels, outputs = kernel.shape
     odd_square = stride == 1 and height == width and height % 2 == 1
     winograd = "winograd" in IN_USE and odd_square and height == 3 and min(channels, outputs) > FEW_CHANNELS
-    by_backward_data = ("backward_data" in IN_USE and odd_square and not winograd
-                        and 4 * kernel.shape.num_elements() > BLOCKED_KERNEL_BYTES)
     few_outputs = "space_to_depth" in IN_USE and odd_square and outputs <= FEW_CHANNELS
     few_inputs = "space_to_depth" in IN_USE and odd_square and channels <= FEW_CHANNELS
     mirrored = "mirror_pad" in IN_USE and reflect and pad
     folded = pad if winograd and reflect else 0  # the mirror image is read by Winograd's tile gather
     again = "padded_again" in IN_USE and pad and not folded and padded_bytes(x, pad) >= PADDED_AGAIN_BYTES
-    arranged = winograd or by_backward_data or few_outputs or few_inputs or mirrored or again
+    arranged = winograd or few_outputs or few_inputs or mirrored or again
     if not arranged or not on_cpu_in_float32(x, kernel):
         return networks.padded_conv(x, kernel, pad, reflect, stride)
 
@@ -157,8 +130,6 @@ def padded_conv(x, kernel, pad, reflect, stride):
         padded = padding(x) if pad and not folded else x
         if winograd:
             y = winograd_conv3x3(padded, kernel, folded)
-        elif by_backward_data:
-            y = valid_conv_by_backward_data(padded, kernel)
         elif few_outputs:
             y = valid_conv_by_space_to_depth(padded, kernel)
         else:
@@ -438,25 +409,6 @@ def padded_for_full_conv(x, kernel_shape):
     """x with kernel size - 1 zeros on every side: a 'valid' convolution of it is the full one."""
     height, width = kernel_shape[:2]
     return tf.pad(x, [[0, 0], [height - 1, height - 1], [width - 1, width - 1], [0, 0]])
-
-
-def valid_conv_by_backward_data(x, kernel):
-    """tf.nn.conv2d(x, kernel, 1, "VALID") for an odd-sized kernel: `same_conv_by_backward_data`, whose
-    frame of kernel // 2 pixels is then cut off."""
-    cut_h, cut_w = kernel.shape[0] // 2, kernel.shape[1] // 2
-    y = same_conv_by_backward_data(x, kernel)
-    return y[:, cut_h:tf.shape(y)[1] - cut_h, cut_w:tf.shape(y)[2] - cut_w, :]
-
-
-def same_conv_by_backward_data(x, kernel):
-    """tf.nn.conv2d(x, kernel, 1, "SAME") for an odd-sized kernel, computed as the gradient of a 'same'
-    convolution of the kernel turned round (the transposed convolution), which oneDNN runs with
-    blocked weights."""
-    with tf.control_dependencies([x]):  # turned when needed: else every layer's copy is made at the step's start
-        flipped = turned(kernel)
-    frame = tf.concat([tf.shape(x)[:3], tf.shape(kernel)[3:]], axis=0)
-    return tf.raw_ops.Conv2DBackpropInput(input_sizes=frame, filter=flipped, out_backprop=x, strides=[1, 1, 1, 1],
-                                          padding="SAME")
 
 
 # ---- the thread layout of a training step on a CPU ---------------------------------------------

@@ -180,9 +180,3 @@ def precision_policy(mixed_precision):
         mixed_precision = "float16" if gpu_count() else "bfloat16"
     return f"mixed_{mixed_precision}"
 
-
-def __getattr__(name):
-    """`distribute.tf`, for the callers not yet moved to quiet.tensorflow()."""
-    if name == "tf":
-        return tensorflow()
-    raise AttributeError(name)

@@ -95,21 +95,23 @@ def backend_version():
 
 # ---- the CPU kernels' switch (TensorFlow's, cpu_kernels.py) ---------------------------------------
 
-def use_cpu_kernels(enabled):
-    """cpu_kernels.use(enabled): the names of the CPU kernels that steps traced from now on use. Empty
-    under another backend than TensorFlow (cpu_kernels.py, which imports TensorFlow, is not imported
-    then), on a GPU, or when CYCLEGAN_CPU_KERNELS turns them off."""
+def use_cpu_kernels(kernels):
+    """cpu_kernels.use: the names of the CPU kernels that steps traced from now on use; `kernels` is True
+    (those CYCLEGAN_CPU_KERNELS asks for), False, or the names. Empty under another backend than
+    TensorFlow (cpu_kernels.py, which imports TensorFlow, is not imported then) or on a GPU."""
     if quiet.backend() != "tensorflow":
         return ()
     import cpu_kernels
 
-    return tuple(cpu_kernels.use(enabled))
+    if isinstance(kernels, bool):
+        return tuple(cpu_kernels.use(kernels))
+    return tuple(cpu_kernels.use(True, names=kernels))
 
 
-def timed_with_kernels(enabled, function, steps, warmup=0):
-    """timed(function, steps, warmup) with the CPU kernels on or off meanwhile (use_cpu_kernels), for a
+def timed_with_kernels(kernels, function, steps, warmup=0):
+    """timed(function, steps, warmup) with those CPU kernels in use meanwhile (use_cpu_kernels), for a
     step that traces (or retraces) now: a traced step keeps the functions it was traced with."""
-    use_cpu_kernels(enabled)
+    use_cpu_kernels(kernels)
     return timed(function, steps, warmup)
 
 

@@ -21,8 +21,9 @@ TENSORFLOW_ONLY = ("the fused GradientTape step, the matmul/conv peaks, tf.funct
 def run(args, config, argv, threads):
     """The report of one bench.py run (a dict, as `BENCH {json}` prints it).
 
-    Each round times, in turn, the PyTorch step, the loop, the plain loop (the CPU kernels off, where
-    they were on), the loop under op determinism and the fused step; each ratio is the median of the
+    Each round times, in turn, the PyTorch step, the loop, with --ablate the loop without each CPU kernel
+    in turn, the plain loop (the CPU kernels off, where they were on), the loop under op determinism and
+    the fused step; each ratio is the median of the
     rounds' ratios, so a slow spell of the machine hits both sides of a ratio alike. The kernels loop is
     built, warmed and timed first and its peak memory recorded before any other network is built; the
     plain loop is a CycleGAN of its own, traced with the kernels off (a traced step keeps its functions).
@@ -49,6 +50,7 @@ def run(args, config, argv, threads):
     timed = measure.timed_with_kernels
     gan, loop = measure.loop_iteration(config, rng)
     timed(on, loop, 0, args.warmup)
+    ablated = {}  # --ablate: kernel -> (the kernels but that one, the loop traced with them)
     for round_ in range(args.rounds):
         if args.torch:
             torch = run_torch_step(args.torch, config, args.steps, args.warmup, torch_device)
@@ -56,6 +58,12 @@ def run(args, config, argv, threads):
         times["loop"].append(timed(on, loop, args.steps))
         if round_ == 0:
             loop_peak_rss, loop_peak_gpu = measure.peak_rss_mb(), measure.peak_gpu_mb()
+            for name in kernels if args.ablate else ():
+                others = tuple(other for other in kernels if other != name)
+                measure.use_cpu_kernels(others)
+                ablated[name] = others, measure.loop_iteration(config, rng)[1]
+                timed(others, ablated[name][1], 0, args.warmup)
+                times[f"without_{name}"] = []
             if on:
                 measure.use_cpu_kernels(False)
                 _, plain_loop = measure.loop_iteration(config, rng)
@@ -69,6 +77,8 @@ def run(args, config, argv, threads):
                     _, deterministic_loop = measure.loop_iteration(config, rng)
                     timed(on, deterministic_loop, 0, args.warmup)
                     extras.set_op_determinism(False)  # on for its own timings only
+        for name, (others, ablated_loop) in ablated.items():
+            times[f"without_{name}"].append(timed(others, ablated_loop, args.steps))
         if on:
             times["loop_plain"].append(timed(False, plain_loop, args.steps))
         if on_tensorflow:
@@ -82,6 +92,9 @@ def run(args, config, argv, threads):
         if values:
             report[name] = measure.summary(np.concatenate(values))
     add_ratios(report, times)
+    if ablated:  # each kernel's share of the step: the loop without it over the loop with all
+        report["ablation"] = {name: [float(np.median(a) / np.median(b)) for a, b in
+                                     zip(times[f"without_{name}"], times["loop"])] for name in ablated}
     report["loop"]["peak_rss_mb"] = loop_peak_rss
     if loop_peak_gpu is not None:
         report["loop"]["peak_gpu_mb"] = loop_peak_gpu
@@ -156,6 +169,9 @@ def print_report(report):
         line("project loop, op determinism on", report["loop_deterministic"])
     if "fused" in report:
         line("fused GradientTape step", report["fused"])
+    for name, values in report.get("ablation", {}).items():
+        print(f"  without {name:<26} {float(np.median(values)):8.3f} x the loop  (rounds: "
+              + " ".join(f"{value:.3f}" for value in values) + ")")
     ratios = [name for name in RATIOS if name in report]
     for index, name in enumerate(ratios):
         rounds = "" if report["rounds"] == 1 else " (rounds: " + " ".join(

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import math
 import os
@@ -25,9 +24,6 @@ BENCH_TINY = [*TINY, "--steps", "2", "--warmup", "0", "--pipeline-images", "8", 
 TEXTS = ("config", "tensorflow", "onednn", "jit", "policy", "version", "warmup", "device", "threads", "backend",
          "backend_version", "keras", "cpu_kernels", "skipped")
 
-HAS_TORCH = importlib.util.find_spec("torch") is not None
-needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="the PyTorch yardstick runs with this interpreter, which has "
-                                                       "no torch")
 
 
 def numbers(report, prefix=""):
@@ -49,18 +45,23 @@ def last_report(printed):
     return json.loads(last[len("BENCH "):])
 
 
+@pytest.mark.slow
 def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tmp_path):
     """Under TensorFlow on a CPU: PyTorch (where this interpreter has torch), the loop with the CPU kernels
-    and without, op determinism and the fused step, in two rounds, and TensorFlow's other figures."""
+    and without, and without each kernel in turn (two kernels, so two ablated loops), op determinism and
+    the fused step, in two rounds, and TensorFlow's other figures."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.delenv("CYCLEGAN_CPU_KERNELS", raising=False)
-    bench.main([*BENCH_TINY, "--deterministic"] + ["--torch", sys.executable] * HAS_TORCH)
+    monkeypatch.setenv("CYCLEGAN_CPU_KERNELS", "winograd,fused_adam")
+    bench.main([*BENCH_TINY, "--deterministic", "--ablate", "--torch", sys.executable])  # torch: requirements-test
     printed = capsys.readouterr().out
     assert printed.startswith("Keras ") and " on tensorflow" in printed.splitlines()[0]
     report = last_report(printed)
     assert (report["image_size"], report["ngf"], report["n_res_blocks"], report["steps"]) == (32, 4, 1, 2)
     assert report["policy"] == "float32" and report["backend"] == "tensorflow"
-    assert "winograd" in report["cpu_kernels"]  # on by default on a CPU
+    assert report["cpu_kernels"] == ["winograd", "fused_adam"]
+    assert sorted(report["ablation"]) == ["fused_adam", "winograd"]
+    assert all(len(report["ablation"][name]) == 2 for name in report["ablation"])  # one ratio a round
+    assert report["without_winograd"]["median_s"] > 0 and report["without_fused_adam"]["median_s"] > 0
     expected = {"loop.median_s", "loop.min_s", "loop.max_s", "loop.peak_rss_mb", "loop_plain.median_s",
                 "fused.median_s", "loop_over_fused", "loop_plain_over_loop", "loop_deterministic.median_s",
                 "deterministic_over_loop", "flops.iteration_gflop", "flops.matmul_gflops", "flops.conv3x3_gflops",
@@ -69,12 +70,12 @@ def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tm
                 "pipeline.training_consumes_images_per_s", "peak_rss_mb"}
     ratios = ["loop_over_fused", "loop_plain_over_loop", "deterministic_over_loop"]
     lines = ["project loop (CycleGAN.train_step)", "plain loop (CPU kernels off)", "fused GradientTape step",
-             "project loop, op determinism on", "deterministic / loop", "plain loop / loop", "CPU kernels: winograd"]
-    if HAS_TORCH:
-        expected |= {"torch.median_s", "torch.peak_rss_mb", "torch.params.generator", "loop_over_torch",
-                     "loop_plain_over_torch", "torch.inference.batch1_images_per_s"}
-        ratios += ["loop_over_torch", "loop_plain_over_torch"]
-        lines += ["reference step", "loop / PyTorch", "plain loop / PyTorch"]
+             "project loop, op determinism on", "deterministic / loop", "plain loop / loop", "CPU kernels: winograd",
+             "without winograd", "without fused_adam"]
+    expected |= {"torch.median_s", "torch.peak_rss_mb", "torch.params.generator", "loop_over_torch",
+                 "loop_plain_over_torch", "torch.inference.batch1_images_per_s"}
+    ratios += ["loop_over_torch", "loop_plain_over_torch"]
+    lines += ["reference step", "loop / PyTorch", "plain loop / PyTorch"]
     values = dict(numbers(report))
     assert expected <= set(values)
     for name, value in values.items():
@@ -90,6 +91,7 @@ def test_bench_reports_every_figure_as_a_positive_number(capsys, monkeypatch, tm
         assert line in printed, line
 
 
+@pytest.mark.slow
 def test_bench_with_the_cpu_kernels_off_times_the_plain_loop_alone(capsys, monkeypatch):
     from benchmark import tensorflow_extras
 
@@ -103,10 +105,9 @@ def test_bench_with_the_cpu_kernels_off_times_the_plain_loop_alone(capsys, monke
     assert "CPU kernels: none" in printed and "plain loop" not in printed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_bench_runs_under_another_backend_without_tensorflow(backend):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed")
     script = ("import runpy, sys; sys.argv = ['bench.py'] + sys.argv[1:]; "
               "runpy.run_path('bench.py', run_name='__main__'); "
               "print('TENSORFLOW IMPORTED' if 'tensorflow' in sys.modules else 'NO TENSORFLOW')")
@@ -135,20 +136,22 @@ def keras_counts(name, norms):
             for kind, model in models.items()}
 
 
-@needs_torch
-@pytest.mark.parametrize("name", ["S", "P"])
-def test_the_torch_yardstick_has_the_projects_sizes_and_parameters(name):
-    for affine in (False, True):
-        done = subprocess.run([sys.executable, TORCH_STEP, "--config", name, "--count-params"]
-                              + ["--affine-norm"] * affine, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        counts = json.loads(done.stdout.strip().splitlines()[-1][len("PARAMS "):])
-        sizes = counts.pop("sizes")
-        assert sizes == {key: getattr(config.BENCH[name], key) for key in sizes}
-        assert counts == keras_counts(name, norms=affine), affine
+@pytest.mark.slow
+@pytest.mark.parametrize("name, affine", [("S", False), ("P", True)])  # each config, each norm once
+def test_the_torch_yardstick_has_the_projects_sizes_and_parameters(name, affine):
+    """The reference's norm has no scale and shift: without --affine-norm the yardstick's networks have the
+    project's convolutions' parameters, with it all of the project's."""
+    done = subprocess.run([sys.executable, TORCH_STEP, "--config", name, "--count-params"]
+                          + ["--affine-norm"] * affine, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1][len("PARAMS "):])
+    sizes = counts.pop("sizes")
+    assert sizes == {key: getattr(config.BENCH[name], key) for key in sizes}
+    assert counts == keras_counts(name, norms=affine)
+    assert counts != keras_counts(name, norms=not affine)  # the norms' parameters are what tells them apart
 
 
-@needs_torch
+@pytest.mark.slow
 def test_the_torch_yardstick_times_its_steps_and_reports_them():
     done = subprocess.run(["/bin/sh", "-c", '"$0" "$@"', sys.executable, TORCH_STEP, "--config", "S",
                            "--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks", "1",

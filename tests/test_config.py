@@ -2,17 +2,12 @@
 import dataclasses
 import json
 import os
-from pathlib import Path
-import subprocess
-import sys
 
 import pytest
 
 import cli
 import config
 from config import BENCH, DEMO, Config, as_json, from_command_line
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_help_gives_every_config_field_with_its_help_and_default():
@@ -147,10 +142,14 @@ def test_a_missing_key_or_a_config_that_is_not_an_object_is_named(tmp_path):
         config.load(str(path))
 
 
-def test_train_resume_with_a_null_in_config_json_exits_with_one_line(tmp_path):
+def test_train_resume_with_a_null_in_config_json_exits_with_one_line(tmp_path, capsys):
+    """train.py's main as its process runs it (run_cli): the one line and nothing else; the same in a real
+    process, stderr included: test_reliability.py's test_real_processes_end_bad_input_without_a_traceback."""
+    import train
+
     path = saved_run(tmp_path, n_res_blocks=None)
-    done = subprocess.run([sys.executable, "train.py", "--resume", "--runs-root", str(tmp_path / "runs"),
-                           "--name", "run"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines() == [f"train.py: error: {path}: the key 'n_res_blocks': null"]
+    argv = ["--resume", "--runs-root", str(tmp_path / "runs"), "--name", "run"]
+    with pytest.raises(SystemExit) as ended:
+        cli.run_cli(lambda: train.main(argv), "train.py")
+    assert ended.value.code == f"train.py: error: {path}: the key 'n_res_blocks': null"
+    assert capsys.readouterr() == ("", "")

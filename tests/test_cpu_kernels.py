@@ -46,19 +46,6 @@ def test_one_switch_fills_and_clears_the_networks_hooks(monkeypatch):
     assert cpu_kernels.use(False) == ()  # off needs no valid list
 
 
-def test_the_l2_size_is_read_from_what_the_cpu_reports(tmp_path):
-    for index, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"),
-                                                 (2, "Unified", "1280K"), (3, "Unified", "105M")]):
-        folder = tmp_path / f"index{index}"
-        folder.mkdir()
-        for name, value in (("level", level), ("type", kind), ("size", size)):
-            (folder / name).write_text(f"{value}\n")
-    assert cpu_kernels.cache_bytes(2, 7, str(tmp_path)) == 1280 * 1024
-    assert cpu_kernels.cache_bytes(3, 7, str(tmp_path)) == 105 * 2 ** 20
-    assert cpu_kernels.cache_bytes(2, 7, str(tmp_path / "missing")) == 7
-    assert cpu_kernels.BLOCKED_KERNEL_BYTES == cpu_kernels.cache_bytes(2, 2 * 2 ** 20)
-
-
 @pytest.mark.parametrize("kernel", [3, 4])
 def test_up_conv_has_the_gradients_of_the_cut_full_transposed_convolution(kernel):
     """UpConv2D with the kernels on (flipped, with gradients that flip its input again instead of keeping
@@ -147,15 +134,10 @@ def test_winograd_reads_the_mirror_image_from_the_input(height, width, pad, know
 
 
 @pytest.mark.parametrize("kernel, channels, kernel_name, path", [
-    (3, 256, "winograd", "BatchMatMulV2"), (3, 16, "winograd", "BatchMatMulV2"),
-    (7, 128, "backward_data", "Conv2DBackpropInput"), (5, 16, None, "Conv2D")])
-def test_unpadded_conv_runs_by_winograd_or_backward_data_with_the_same_values(monkeypatch, kernel, channels,
-                                                                             kernel_name, path):
-    """A float32 3x3 kernel runs by Winograd's F(2x2, 3x3), another odd one above BLOCKED_KERNEL_BYTES
-    (pinned at 2 MiB here: the CPU's own L2 size decides elsewhere) through TensorFlow's backward-data
-    convolution, a smaller one as a plain convolution: outputs and both gradients are a valid
-    convolution's."""
-    monkeypatch.setattr(cpu_kernels, "BLOCKED_KERNEL_BYTES", 2 * 2 ** 20)
+    (3, 256, "winograd", "BatchMatMulV2"), (3, 16, "winograd", "BatchMatMulV2"), (5, 16, None, "Conv2D")])
+def test_unpadded_conv_runs_by_winograd_with_the_same_values(kernel, channels, kernel_name, path):
+    """A float32 3x3 kernel runs by Winograd's F(2x2, 3x3), another odd one as a plain convolution:
+    outputs and both gradients are a valid convolution's."""
     in_use = cpu_kernels.use(True)
     rng = np.random.default_rng(kernel + channels)
     layer = networks.PaddedConv2D(channels, kernel, pad=0)
@@ -163,7 +145,7 @@ def test_unpadded_conv_runs_by_winograd_or_backward_data_with_the_same_values(mo
     layer.build(x.shape)
     layer.set_weights([rng.normal(0, 0.05, w.shape).astype(np.float32) for w in layer.weights])
     expected_path = path if kernel_name in in_use else "Conv2D"
-    assert graph_ops(layer, x) & {"BatchMatMulV2", "Conv2DBackpropInput", "Conv2D"} == {expected_path}
+    assert graph_ops(layer, x) & {"BatchMatMulV2", "Conv2D"} == {expected_path}
     upstream = tf.constant(rng.normal(size=(2, 6, 5, channels)).astype(np.float32))
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)

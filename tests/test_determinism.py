@@ -55,13 +55,17 @@ def test_seeded_runs_are_bit_identical_and_unseeded_ones_are_not(tmp_path):
     uninterrupted one does, bit for bit."""
     dataroot = make_dataset(tmp_path / "data")
     seeds = {"seeded": 7, "unseeded1": None, "unseeded2": None}
-    processes = {name: start_run(dataroot, tmp_path / "runs", name, seed) for name, seed in seeds.items()}
-    processes["resumed"] = start_run(dataroot, tmp_path / "runs", "resumed", 7, max_steps=6)
-    for name, process in processes.items():
-        finish(process, name)
+    # Five processes, each mostly one core: the stopped run and two others first; when it ends, its
+    # resume and the last run, so that the cores stay busy until the end.
+    stopped = start_run(dataroot, tmp_path / "runs", "resumed", 7, max_steps=6)
+    processes = {name: start_run(dataroot, tmp_path / "runs", name, seeds[name]) for name in ("seeded", "unseeded1")}
+    finish(stopped, "resumed")
     resume = [sys.executable, "train.py", "--runs-root", str(tmp_path / "runs"), "--name", "resumed", "--resume",
               "--max-steps", "8"]
-    finish(subprocess.Popen(resume, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), "resume")
+    processes["resume"] = subprocess.Popen(resume, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    processes["unseeded2"] = start_run(dataroot, tmp_path / "runs", "unseeded2", seeds["unseeded2"])
+    for name, process in processes.items():
+        finish(process, name)
     runs = {name: checkpoint_arrays(tmp_path / "runs" / name) for name in [*seeds, "resumed"]}
     checkpoints = {key.split(":")[0] for key in runs["seeded"]}
     assert checkpoints == {"step-000000006.npz", "step-000000008.npz"}

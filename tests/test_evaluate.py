@@ -2,8 +2,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -16,8 +14,8 @@ import data
 import evaluate
 import metrics
 import train
+from script_runner import session_scripts
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 
 
@@ -72,6 +70,13 @@ def folders(dataroot):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return write_two_domains(tmp_path_factory.mktemp("two_domains") / "data")
+
+
+@pytest.fixture
+def scripts(request):
+    """Runs evaluate.py's command lines, each as its own `python evaluate.py` would, with an empty Keras
+    cache and no network (test_generate.ScriptRunner: one process for them all)."""
+    return session_scripts(request)
 
 
 @pytest.fixture(scope="module")
@@ -165,31 +170,26 @@ def test_scores_end_to_end_with_an_injected_feature_extractor(dataset, classifie
     assert "ssim" not in good["BtoA"]  # no testB_gt/
 
 
-def run_evaluate(dataset, tmp_path, *options):
+def run_evaluate(scripts, dataset, tmp_path, *options):
     """`python evaluate.py` on a run of two channel-swapping generators, without InceptionV3 weights
-    (an empty Keras cache, no network); returns the finished process and the run directory."""
+    (scripts: an empty Keras cache, no network); returns the finished process and the run directory."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps(as_json(Config(dataroot=dataset, image_size=SIZE))))
     for name in ("generator_ab", "generator_ba"):
         channel_mixer(SWAP, name).save(str(run_dir / f"{name}.keras"))
-    empty_keras_home = tmp_path / "keras_home"
-    empty_keras_home.mkdir()
-    env = dict(os.environ, KERAS_HOME=str(empty_keras_home), https_proxy="http://127.0.0.1:9",
-               HTTPS_PROXY="http://127.0.0.1:9")
-    result = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--run-dir", str(run_dir), *options],
-                            cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
-    return result, run_dir
+    return scripts.run("evaluate.py", "--run-dir", run_dir, *options, cwd=tmp_path), run_dir
 
 
-def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_scores(dataset, classifier, tmp_path):
-    result, run_dir = run_evaluate(dataset, tmp_path)
+def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_scores(scripts, dataset, classifier,
+                                                                                      tmp_path):
+    result, run_dir = run_evaluate(scripts, dataset, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     skip_lines = [line for line in result.stdout.splitlines() if "FID" in line or "KID" in line]
     assert len(skip_lines) == 1
     assert "skipped" in skip_lines[0] and metrics.INCEPTION_WEIGHTS in skip_lines[0]
-    assert str(tmp_path / "keras_home") in skip_lines[0]
+    assert str(scripts.keras_home) in skip_lines[0]
     assert "domain score" in result.stdout and "SSIM vs ground truth" in result.stdout
     report = json.loads((run_dir / "evaluation.json").read_text())
     assert report["AtoB"]["ssim"] == pytest.approx(1.0) and report["BtoA"]["domain"] >= 0.9
@@ -231,7 +231,7 @@ def truncated_jpeg(path):
         f.truncate(300)
 
 
-def test_broken_ground_truth_pairs_are_skipped_one_warning_each(tmp_path):
+def test_broken_ground_truth_pairs_are_skipped_one_warning_each(scripts, tmp_path):
     """A missing truth, a truth of another size, an unreadable test image (a cut JPEG) and an
     unreadable truth: each pair is left out with one warning naming it, the rest scored."""
     root = write_two_domains(tmp_path / "data")
@@ -245,7 +245,7 @@ def test_broken_ground_truth_pairs_are_skipped_one_warning_each(tmp_path):
         with open(os.path.join(os.fsencode(root), folder.encode(), b"caf\xe9.png"), "wb") as f:
             f.write(iio.imwrite("<bytes>", np.ascontiguousarray(image), extension=".png"))
 
-    result, run_dir = run_evaluate(root, tmp_path)  # the domain classifier too reads testA/ here
+    result, run_dir = run_evaluate(scripts, root, tmp_path)  # the domain classifier too reads testA/ here
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "JPEG" not in result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING: ")]
@@ -259,12 +259,12 @@ def test_broken_ground_truth_pairs_are_skipped_one_warning_each(tmp_path):
     assert report["AtoB"]["ssim"] == pytest.approx(1.0) and report["AtoB"]["ssim_baseline"] < 0.9
 
 
-def test_one_test_image_per_domain_leaves_out_the_distances_with_one_line(classifier, tmp_path):
+def test_one_test_image_per_domain_leaves_out_the_distances_with_one_line(scripts, classifier, tmp_path):
     """Nor is there ground truth of the right size: SSIM/PSNR are left out with one line too."""
     root = write_two_domains(tmp_path / "data", test_count=1)
     iio.imwrite(os.path.join(root, "testA_gt", "000.png"), np.zeros((SIZE // 2, SIZE // 2, 3), np.uint8))
 
-    result, run_dir = run_evaluate(root, tmp_path, "--classifier", classifier[1])
+    result, run_dir = run_evaluate(scripts, root, tmp_path, "--classifier", classifier[1])
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     skipped = [line for line in result.stdout.splitlines() if "skipped" in line]
     assert skipped == [

@@ -3,8 +3,10 @@ cannot import this project, against generate.py's translation (inference.transla
 LiteRT's quantized weights; and the command line's refusals, which leave nothing written."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -16,38 +18,44 @@ import inference
 import networks
 import pretrained
 from conftest import smooth_image
+from script_runner import session_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_PTH = ROOT / "tests" / "fixtures" / "reference_legacy.pth"  # the reference's generator: ngf 4, 2 blocks
 TARGETS = {"saved_model": "saved_model", "onnx": "generator.onnx", "litert": "generator.tflite"}
+# (source, format): each format from a .keras file and from a .pth; a run folder's BtoA generator in one
+# format (--run-dir and --direction only pick the source file, the same for every format)
+EXPORTS = [(source, format) for source in ("keras", "pth") for format in TARGETS] + [("run_BtoA", "saved_model")]
 SIZES = ((2, 32, 48), (1, 60, 44))  # (batch, height, width): two sizes the residual network takes
 LEVEL = 1 / 127.5  # one level of an 8-bit image in [-1, 1]
 
 # Runs each export in its own runtime, as docs/export.md shows: run by `python -I` from a folder of its
-# own, so that none of this project's modules can be imported, and checked to have imported none.
+# own, so that none of this project's modules can be imported, and checked to have imported none. The
+# runtimes load first, while convert.py exports; then the exports to run come as a line on stdin.
 RUNTIME_ONLY = r"""
-import json, sys
+import json, os, sys
 import numpy as np
-jobs, images, results = json.loads(sys.argv[1]), np.load(sys.argv[2]), {}
+import onnxruntime
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+jobs, images, results = json.loads(sys.stdin.readline()), np.load(sys.argv[1]), {}
 for name, path, format in jobs:
     for size in images.files:
         batch = images[size]
         if format == "saved_model":
-            import tensorflow as tf
             translate = tf.saved_model.load(path).signatures["serving_default"]
             out = translate(image=tf.constant(batch))["translated"].numpy()
         elif format == "onnx":
-            import onnxruntime
             session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
             out = session.run(["translated"], {"image": batch})[0]
         else:
-            from ai_edge_litert.interpreter import Interpreter
             translate = Interpreter(model_path=path).get_signature_runner()
             out = translate(image=batch)["translated"]
         results[f"{name}/{size}"] = out
 project = {"convert", "networks", "convolutions", "inference", "pretrained", "distribute", "cli"} & set(sys.modules)
 assert not project, project
-np.savez(sys.argv[3], **results)
+np.savez(sys.argv[2], **results)
+os._exit(0)  # without TensorFlow's clean-up at the end: seconds that prove nothing
 """
 
 
@@ -82,41 +90,54 @@ def sample_images(seed=0):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """Every format exported by convert.py from a .keras file, from a .pth and from a run folder's BtoA
-    generator, then run by its runtime alone (RUNTIME_ONLY). Returns (sources, outputs, folder)."""
+    """Every format exported by convert.py from a .keras file and from a .pth (EXPORTS), and one from a run
+    folder's BtoA generator, then run by its runtime alone (RUNTIME_ONLY); beside them, generate.py's
+    translations of the same images by each source, made meanwhile."""
     folder = tmp_path_factory.mktemp("exports")
-    run_dir = folder / "run"
-    run_dir.mkdir()
-    trained_like(1).save(run_dir / "generator_ab.keras")
-    trained_like(2).save(run_dir / "generator_ba.keras")
-    sources = {"keras": run_dir / "generator_ab.keras", "pth": FIXTURE_PTH, "run_BtoA": run_dir / "generator_ba.keras"}
-    jobs = []
-    for format, name in TARGETS.items():
-        for source in ("keras", "pth"):
-            target = folder / source / name
-            convert.main([str(sources[source]), str(target)])  # the format from the name
-            jobs.append((f"{source}/{format}", str(target), format))
-        target = folder / "run_BtoA" / name
-        convert.main(["--run-dir", str(run_dir), "--direction", "BtoA", str(target), "--format", format])
-        jobs.append((f"run_BtoA/{format}", str(target), format))
     np.savez(folder / "images.npz", **sample_images())
     isolated = folder / "isolated"
     isolated.mkdir()
-    result = subprocess.run([sys.executable, "-I", "-c", RUNTIME_ONLY, json.dumps(jobs), str(folder / "images.npz"),
-                             str(folder / "outputs.npz")], capture_output=True, text=True, timeout=300, cwd=isolated)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return sources, dict(np.load(folder / "outputs.npz")), folder
+    with open(folder / "runtime.err", "w+") as stderr:
+        runtime = subprocess.Popen([sys.executable, "-I", "-c", RUNTIME_ONLY, str(folder / "images.npz"),
+                                    str(folder / "outputs.npz")], cwd=isolated, text=True, stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            run_dir = folder / "run"
+            run_dir.mkdir()
+            trained_like(1).save(run_dir / "generator_ab.keras")
+            trained_like(2).save(run_dir / "generator_ba.keras")
+            sources = {"keras": run_dir / "generator_ab.keras", "pth": FIXTURE_PTH,
+                       "run_BtoA": run_dir / "generator_ba.keras"}
+            jobs = []
+            for source, format in EXPORTS:
+                target = folder / source / TARGETS[format]
+                if source == "run_BtoA":
+                    convert.main(["--run-dir", str(run_dir), "--direction", "BtoA", str(target), "--format", format])
+                else:
+                    convert.main([str(sources[source]), str(target)])  # the format from the name
+                jobs.append((f"{source}/{format}", str(target), format))
+            runtime.stdin.write(json.dumps(jobs) + "\n")
+            runtime.stdin.flush()
+            cpu_kernels.use(True)  # as generate.py translates
+            expected = {}
+            for source, path in sources.items():
+                generator = pretrained.load_generator(str(path))
+                for size, images in sample_images().items():
+                    expected[f"{source}/{size}"] = np.stack(inference.translate_images(generator, list(images)))
+            cpu_kernels.use(False)
+            runtime.communicate(timeout=300)
+        finally:
+            runtime.kill()
+        stderr.seek(0)
+        assert runtime.returncode == 0, stderr.read()[-3000:]
+    return types.SimpleNamespace(sources=sources, outputs=dict(np.load(folder / "outputs.npz")), expected=expected,
+                                 folder=folder)
 
 
-@pytest.mark.parametrize("format", TARGETS)
-@pytest.mark.parametrize("source", ["keras", "pth", "run_BtoA"])
-def test_each_export_runs_in_its_own_runtime_as_generate_translates(exports, format, source):
-    sources, outputs, _ = exports
-    cpu_kernels.use(True)  # as generate.py translates (conftest turns them off again)
-    generator = pretrained.load_generator(str(sources[source]))
+@pytest.mark.parametrize("source, format", EXPORTS)
+def test_each_export_runs_in_its_own_runtime_as_generate_translates(exports, source, format):
     for size, images in sample_images().items():
-        expected = np.stack(inference.translate_images(generator, list(images)))
-        got = outputs[f"{source}/{format}/{size}"]
+        expected, got = exports.expected[f"{source}/{size}"], exports.outputs[f"{source}/{format}/{size}"]
         assert got.shape == images.shape and got.dtype == np.float32
         assert np.abs(got - expected).max() < LEVEL, f"{source} {format} {size}"
         assert np.abs(expected).mean() > 0.2 and np.abs(expected).max() > 0.9  # translations that say something
@@ -125,7 +146,7 @@ def test_each_export_runs_in_its_own_runtime_as_generate_translates(exports, for
 def test_each_export_says_what_it_takes_beside_it(exports):
     import onnx
 
-    _, _, folder = exports
+    folder = exports.folder
     for source in ("keras", "pth"):
         for format, name in TARGETS.items():
             readme = (folder / source / name / "README.txt" if format == "saved_model"
@@ -143,11 +164,10 @@ def test_each_export_says_what_it_takes_beside_it(exports):
     assert dims == [["batch", "height", "width", 3]] * 2
 
 
-@pytest.mark.parametrize("quantize, size_ratio, largest, mean", [("float16", 0.6, 1, 0.1), ("int8", 0.35, 16, 3)])
-def test_quantized_litert_is_smaller_prints_its_difference_and_runs(tmp_path, capsys, quantize, size_ratio, largest,
-                                                                    mean):
+def test_quantized_litert_is_smaller_prints_its_difference_and_runs(tmp_path, capsys):
     """Differences in 8-bit levels from generate.py's translation: float16 weights round, int8 ones move
-    a translation by a few levels (measured 7-11 at most, 1.3-1.6 on average over three seeds)."""
+    a translation by a few levels (measured 7-11 at most, 1.3-1.6 on average over three seeds). Sizes
+    beside the float32 export of the same generator."""
     from ai_edge_litert.interpreter import Interpreter
 
     source = tmp_path / "g.keras"
@@ -155,18 +175,23 @@ def test_quantized_litert_is_smaller_prints_its_difference_and_runs(tmp_path, ca
     generator = networks.build_generator(16, 1, "transpose", 0.02)  # weights enough to outweigh the graph
     generator.save(source)
     convert.main([str(source), str(tmp_path / "g.tflite")])
-    convert.main([str(source), str(tmp_path / "q.tflite"), "--quantize", quantize])
-    printed = capsys.readouterr().out.strip().splitlines()[-1]
-    assert printed.startswith(f"{quantize}: ") and "MiB (float32: " in printed and "levels of 8 bits at most" in printed
-    assert (tmp_path / "q.tflite").stat().st_size < size_ratio * (tmp_path / "g.tflite").stat().st_size
-    assert f"{quantize} weights" in (tmp_path / "q.tflite.README.txt").read_text()
     images = sample_images()["32x48"]
     expected = np.stack(inference.translate_images(generator, list(images)))
-    got = Interpreter(model_path=str(tmp_path / "q.tflite")).get_signature_runner()(image=images)["translated"]
-    assert np.abs(got - expected).max() < largest * LEVEL and np.abs(got - expected).mean() < mean * LEVEL
+    # the size beside float32's, and the largest and mean difference in levels, each at most
+    for quantize, size_ratio, largest, mean in (("float16", 0.6, 1, 0.1), ("int8", 0.35, 16, 3)):
+        target = tmp_path / f"{quantize}.tflite"
+        convert.main([str(source), str(target), "--quantize", quantize])
+        printed = capsys.readouterr().out.strip().splitlines()[-1]
+        assert printed.startswith(f"{quantize}: ") and "MiB (float32: " in printed
+        assert "levels of 8 bits at most" in printed
+        assert target.stat().st_size < size_ratio * (tmp_path / "g.tflite").stat().st_size
+        assert f"{quantize} weights" in (tmp_path / f"{quantize}.tflite.README.txt").read_text()
+        got = Interpreter(model_path=str(target)).get_signature_runner()(image=images)["translated"]
+        assert np.abs(got - expected).max() < largest * LEVEL and np.abs(got - expected).mean() < mean * LEVEL, \
+            quantize
 
 
-def test_a_failed_export_leaves_nothing_and_an_overwritten_one_is_replaced_whole(tmp_path, monkeypatch):
+def test_a_failed_export_leaves_nothing_and_an_overwritten_one_is_replaced_whole(exports, tmp_path, monkeypatch):
     source = tmp_path / "g.keras"
     trained_like(3).save(source)
 
@@ -185,7 +210,7 @@ def test_a_failed_export_leaves_nothing_and_an_overwritten_one_is_replaced_whole
             with pytest.raises(OSError):
                 convert.main([str(source), str(tmp_path / target)])
         assert sorted(os.listdir(tmp_path)) == ["g.keras"]
-    convert.main([str(source), str(tmp_path / "sm")])
+    shutil.copytree(exports.folder / "keras" / "saved_model", tmp_path / "sm")  # an earlier export (another generator)
     before = (tmp_path / "sm" / "saved_model.pb").read_bytes()
     with monkeypatch.context() as patch:
         patch.setattr(convert, "write_saved_model", half_folder)
@@ -193,32 +218,32 @@ def test_a_failed_export_leaves_nothing_and_an_overwritten_one_is_replaced_whole
             convert.main([str(source), str(tmp_path / "sm"), "--overwrite"])
     assert (tmp_path / "sm" / "saved_model.pb").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["g.keras", "sm"]
-    trained_like(4).save(source, overwrite=True)
     convert.main([str(source), str(tmp_path / "sm"), "--overwrite"])
     assert (tmp_path / "sm" / "saved_model.pb").read_bytes() != before
     assert sorted(os.listdir(tmp_path)) == ["g.keras", "sm"] and "README.txt" in os.listdir(tmp_path / "sm")
 
 
-def test_a_cpu_tuned_saved_model_keeps_the_cpu_convolutions_and_translates_the_same(tmp_path):
+def test_a_cpu_tuned_saved_model_keeps_the_cpu_convolutions_and_translates_the_same(exports, tmp_path):
     from quiet import tensorflow
 
     tf = tensorflow()
-    generator = trained_like(5)
-    generator.save(tmp_path / "g.keras")
-    convert.main([str(tmp_path / "g.keras"), str(tmp_path / "tuned"), "--cpu-tuned"])
-    convert.main([str(tmp_path / "g.keras"), str(tmp_path / "plain")])
+    source = exports.sources["keras"]
+    convert.main([str(source), str(tmp_path / "tuned"), "--cpu-tuned"])
     images = sample_images()["32x48"]
-    expected = np.stack(inference.translate_images(generator, list(images)))
+    expected = np.stack(inference.translate_images(pretrained.load_generator(str(source)), list(images)))
     graphs = {}
-    for name in ("tuned", "plain"):
-        translate = tf.saved_model.load(str(tmp_path / name)).signatures["serving_default"]
+    # the plain export of the same generator: the fixture's
+    for name, path in (("tuned", tmp_path / "tuned"), ("plain", exports.folder / "keras" / "saved_model")):
+        translate = tf.saved_model.load(str(path)).signatures["serving_default"]
         assert np.abs(translate(image=tf.constant(images))["translated"].numpy() - expected).max() < LEVEL
         graphs[name] = {node.op for function in translate.graph.as_graph_def().library.function
                         for node in function.node_def}
     assert "SpaceToDepth" in graphs["tuned"] and "SpaceToDepth" not in graphs["plain"]  # the few-outputs fold
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+def test_bad_input_is_one_line_and_writes_nothing(request, tmp_path):
+    """Each command line's exit status and whole stderr, as `python convert.py` gives them
+    (test_generate.ScriptRunner)."""
     (tmp_path / "notes.txt").write_text("not a folder")
     networks.build_discriminator(4, "patch70", False, 0.02).save(tmp_path / "discriminator.keras")
     trained_like(6).save(tmp_path / "g.keras")
@@ -243,8 +268,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
               "--format litert)"),
              (["--run-dir", "photos", "out.onnx"], "--run-dir photos: no generator_ab.keras there (not a run of "
               "train.py, or one that has not saved its generators yet)")]
+    scripts = session_scripts(request)
     for args, message in cases:
-        assert one_line_error(run_script(*args, cwd=tmp_path)) == message, args
+        assert one_line_error(scripts.run("convert.py", *args, cwd=tmp_path)) == message, args
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
 
 

@@ -18,13 +18,13 @@ import generate
 import inference
 
 from conftest import write_images
+from script_runner import session_scripts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def run_generate(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "generate.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+@pytest.fixture
+def scripts(request):
+    """Runs generate.py's command lines, each as its own `python generate.py` would."""
+    return session_scripts(request)
 
 
 def models(trained_run):
@@ -54,7 +54,7 @@ def test_outputs_keep_names_and_full_resolution_and_a_grid_is_drawn(trained_run,
     assert iio.imread(grid).shape == (3 * 250, 3 * 250, 3)  # 3 images x (input | translated | reconstructed)
 
 
-def test_tiny_and_unreadable_images_in_a_real_process(trained_run, tmp_path):
+def test_tiny_and_unreadable_images_in_a_real_process(trained_run, scripts, tmp_path):
     """Sides of 1 to 5 px translate at their own size; a broken file is one WARNING line; progress on a
     pipe is plain lines."""
     inputs = tmp_path / "in"
@@ -62,7 +62,7 @@ def test_tiny_and_unreadable_images_in_a_real_process(trained_run, tmp_path):
     for height, width in ((4, 4), (1, 3), (5, 30)):
         iio.imwrite(inputs / f"tiny_{height}x{width}.png", np.full((height, width, 3), 200, np.uint8))
     (inputs / "broken.png").write_bytes(b"not a PNG")
-    result = run_generate(*models(trained_run), "--input", inputs, "--output", tmp_path / "out")
+    result = scripts.run("generate.py", *models(trained_run), "--input", inputs, "--output", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert f"WARNING: skipping {inputs / 'broken.png'}: not a readable image" in result.stderr.splitlines()
     assert "Traceback" not in result.stderr
@@ -98,24 +98,24 @@ def test_tiny_images_match_the_generator_on_their_padded_form(trained_run):
     np.testing.assert_allclose(inference.translate_images(generator, [tiny])[0], expected, atol=1e-5)
 
 
-def test_a_folder_of_unreadable_images_is_one_line_and_no_output_folder(trained_run, tmp_path):
+def test_a_folder_of_unreadable_images_is_one_line_and_no_output_folder(trained_run, scripts, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "a.png").write_bytes(b"not a PNG")
     (inputs / "b.jpg").write_bytes(b"")
-    result = run_generate(*models(trained_run), "--input", inputs, "--output", tmp_path / "out")
+    result = scripts.run("generate.py", *models(trained_run), "--input", inputs, "--output", tmp_path / "out")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == \
         f"generate.py: error: {inputs}: no readable images (every .jpg/.png/.bmp there failed to decode)"
     assert sorted(os.listdir(tmp_path)) == ["in"]  # no output folder, no grid
 
 
-def test_output_into_the_input_folder_is_refused_in_a_real_process(trained_run, tmp_path):
+def test_output_into_the_input_folder_is_refused_in_a_real_process(trained_run, scripts, tmp_path):
     photos = tmp_path / "photos"
     write_images(str(photos), 2, size=(24, 24))
     before = folder_bytes(tmp_path)
-    result = run_generate(*models(trained_run), "--input", "photos", "--output", "./photos/", "--overwrite",
-                          cwd=tmp_path)
+    result = scripts.run("generate.py", *models(trained_run), "--input", "photos", "--output", "./photos/",
+                         "--overwrite", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == \
         "generate.py: error: --output ./photos/ is the input folder: the translations would replace the images"
@@ -204,12 +204,13 @@ def test_not_a_model_file_is_a_one_line_error(tmp_path):
         inference.load_generator(str(tmp_path / "missing.keras"))
 
 
-def test_a_zip_of_jpegs_holds_one_per_input_at_its_resolution(trained_run, tmp_path):
+def test_a_zip_of_jpegs_holds_one_per_input_at_its_resolution(trained_run, scripts, tmp_path):
     inputs = tmp_path / "in"
     write_images(str(inputs), 2, size=(37, 61), seed=1)
     iio.imwrite(inputs / "wide.bmp", np.zeros((20, 90, 3), np.uint8))
     iio.imwrite(inputs / "photo.jpg", np.full((30, 30, 3), 99, np.uint8))
-    result = run_generate(*models(trained_run), "--input", "in", "--format", "jpg", "--zip", "out.zip", cwd=tmp_path)
+    result = scripts.run("generate.py", *models(trained_run), "--input", "in", "--format", "jpg", "--zip", "out.zip",
+                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "translated 4 images into out.zip" in result.stdout
     assert sorted(os.listdir(tmp_path)) == ["in", "out.zip", "out_grid.png"]  # no output folder, no temporary
@@ -241,14 +242,14 @@ def test_format_png_renames_outputs_and_refuses_two_inputs_sharing_a_name(traine
     assert not (tmp_path / "new.zip").exists()
 
 
-def test_an_existing_zip_or_its_grid_is_replaced_only_with_overwrite(trained_run, tmp_path):
+def test_an_existing_zip_or_its_grid_is_replaced_only_with_overwrite(trained_run, scripts, tmp_path):
     photos = tmp_path / "photos"
     write_images(str(photos), 2, size=(24, 24))
     target = tmp_path / "sub" / "out.zip"
     target.parent.mkdir()
     target.write_bytes(b"the user's archive")
     argv = [*models(trained_run), "--input", str(photos), "--zip", str(target)]
-    result = run_generate(*argv)
+    result = scripts.run("generate.py", *argv)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"generate.py: error: --zip {target}: would write over {target}; pass --overwrite to replace, "
@@ -397,34 +398,24 @@ def test_a_full_disk_while_writing_a_zip_or_grid_is_one_line_and_leaves_no_part(
     assert zipfile.ZipFile(target).namelist() == ["img000.png", "img001.png", "img002.png"]
 
 
-HOLD_THE_LOCK = """import sys
-import generate
-with generate.output_lock(sys.argv[1]):
-    print("locked", flush=True)
-    sys.stdin.read()
-"""
-
-
-def test_a_second_generate_on_a_busy_output_gets_one_line_and_writes_nothing(trained_run, tmp_path):
-    """Another process holds the output's lock: one line naming the folder and its PID, nothing written;
-    once it ends the output is free, and no lock file is left. The same for a zip, locked in this
-    process."""
+def test_a_second_generate_on_a_busy_output_gets_one_line_and_writes_nothing(trained_run, scripts, tmp_path):
+    """This process holds the output's lock (generate.output_lock, as a generate.py writing there): a
+    generate.py process started meanwhile ends with one line naming the folder and the holder's PID, exit
+    status 1, nothing written; once the lock is let go the output is free, and no lock file is left. The
+    same for a zip."""
     photos = tmp_path / "photos"
     write_images(str(photos), 2, size=(24, 24))
     output = tmp_path / "out"
     argv = [*models(trained_run), "--input", str(photos), "--output", str(output)]
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(output)], cwd=ROOT, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout.readline() == "locked\n"
+    with generate.output_lock(str(output)):
         before = folder_bytes(tmp_path)
-        assert before[Path(".out.generate.lock")] == f"{holder.pid}\n".encode()
-        assert cli_error(argv) == (f"generate.py: error: --output {output} is in use by another generate.py "
-                                   f"(PID {holder.pid}); wait for it to end, or give another --output")
+        assert before[Path(".out.generate.lock")] == f"{os.getpid()}\n".encode()
+        result = scripts.run("generate.py", *argv)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"generate.py: error: --output {output} is in use by another generate.py (PID {os.getpid()}); wait for "
+            "it to end, or give another --output")
         assert folder_bytes(tmp_path) == before
-    finally:
-        holder.stdin.close()
-        assert holder.wait(timeout=300) == 0
     generate.main(argv)
     assert sorted(os.listdir(tmp_path)) == ["out", "out_grid.png", "photos"]
 

@@ -18,7 +18,13 @@ import main
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_demo_runs_end_to_end_through_the_same_code(tmp_path, capsys):
+def test_demo_runs_end_to_end_through_the_same_code(tmp_path, capsys, monkeypatch):
+    """main.py's steps, the demo's network and all: build the dataset, train, translate testA/ with a grid,
+    score against testA_gt/. On a smaller demo dataset (the same build, fewer crops: faster to make,
+    check and translate)."""
+    build = demo_data.build_demo_dataset
+    monkeypatch.setattr(demo_data, "build_demo_dataset",
+                        lambda root: build(root, train_per_domain=8, test_per_domain=4))
     scores = main.main(["--dataroot", str(tmp_path / "demo"), "--runs-root", str(tmp_path / "runs"),
                         "--max-steps", "2"])
     run_dir = tmp_path / "runs" / "demo"

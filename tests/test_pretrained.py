@@ -4,7 +4,6 @@ convert.py, generate.py --generator, train.py --start-ab / --start-ba."""
 import collections
 import os
 import pickle
-import subprocess
 import sys
 import types
 import zipfile
@@ -20,6 +19,7 @@ import networks
 import pretrained
 import train
 from conftest import TINY, write_images
+from script_runner import session_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -28,9 +28,11 @@ GENERATORS = {"reference_zip": (4, 2), "reference_legacy": (4, 2), "reference_ha
               "fork_zip": (3, 1), "fork_legacy": (3, 1), "fork_double_zip": (3, 1)}  # name: (ngf, n_res_blocks)
 
 
-def run_script(script, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+@pytest.fixture
+def scripts(request):
+    """Runs convert.py's and generate.py's command lines, each as its own `python SCRIPT` would
+    (test_generate.ScriptRunner: one process for them all)."""
+    return session_scripts(request)
 
 
 def one_line_error(result, program):
@@ -86,7 +88,7 @@ class RunsAShellCommand:
         return os.system, (self.command,)
 
 
-def test_a_pickle_naming_a_foreign_global_is_refused_and_nothing_runs(tmp_path):
+def test_a_pickle_naming_a_foreign_global_is_refused_and_nothing_runs(scripts, tmp_path):
     marker = tmp_path / "ran"
     payload = pickle.dumps(collections.OrderedDict(w=RunsAShellCommand(f"touch {marker}")), protocol=2)
     in_zip = tmp_path / "evil_zip.pth"
@@ -101,7 +103,7 @@ def test_a_pickle_naming_a_foreign_global_is_refused_and_nothing_runs(tmp_path):
         with pytest.raises(cli.UsageError) as error:
             pretrained.load_generator(str(path))
         assert str(error.value) == f"{path}: {refusal}"
-    result = run_script("convert.py", in_zip, tmp_path / "evil.keras")
+    result = scripts.run("convert.py", in_zip, tmp_path / "evil.keras")
     assert one_line_error(result, "convert.py") == f"convert.py: error: {in_zip}: {refusal}"
     assert not marker.exists() and not (tmp_path / "evil.keras").exists()
 
@@ -181,7 +183,7 @@ def test_a_truncated_file_is_one_line(tmp_path, name, kind):
         assert message.startswith(f"{path}: truncated or damaged PyTorch {kind} (") and "\n" not in message
 
 
-def test_files_that_are_no_torch_generator_are_one_line_naming_what_does_not_fit(tmp_path):
+def test_files_that_are_no_torch_generator_are_one_line_naming_what_does_not_fit(scripts, tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("hello")
     keras_file = tmp_path / "model.pth"
@@ -199,7 +201,7 @@ def test_files_that_are_no_torch_generator_are_one_line_naming_what_does_not_fit
         with pytest.raises(cli.UsageError) as error:
             pretrained.load_generator(str(path))
         assert str(error.value) == f"{path}: {expected}"
-    result = run_script("convert.py", discriminator, tmp_path / "d.keras")
+    result = scripts.run("convert.py", discriminator, tmp_path / "d.keras")
     assert one_line_error(result, "convert.py") == f"convert.py: error: {discriminator}: {cases[discriminator]}"
 
 
@@ -221,31 +223,31 @@ def test_every_tensor_is_used_once_and_in_place():
         pretrained.generator_weights("f", swapped)
 
 
-def test_convert_writes_a_keras_generator_and_never_over_a_file(tmp_path):
+def test_convert_writes_a_keras_generator_and_never_over_a_file(scripts, tmp_path):
     target = tmp_path / "models" / "h2z.keras"
-    result = run_script("convert.py", FIXTURES / "reference_legacy.pth", target)
+    result = scripts.run("convert.py", FIXTURES / "reference_legacy.pth", target)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"saved {target}: resnet generator, ngf 4, 2 residual blocks"
     converted = inference.load_generator(str(target))
     np.testing.assert_allclose(converted.predict_on_batch(EXPECTED["input"]), EXPECTED["reference_legacy"],
                                atol=1e-4)
     before = target.read_bytes()
-    again = run_script("convert.py", FIXTURES / "fork_zip.pth", target)
+    again = scripts.run("convert.py", FIXTURES / "fork_zip.pth", target)
     assert one_line_error(again, "convert.py") == \
         f"convert.py: error: {target}: already exists; pass --overwrite to replace it"
     assert target.read_bytes() == before and os.listdir(target.parent) == ["h2z.keras"]
-    keras_source = run_script("convert.py", target, tmp_path / "copy.keras")
+    keras_source = scripts.run("convert.py", target, tmp_path / "copy.keras")
     assert one_line_error(keras_source, "convert.py") == (f"convert.py: error: {target}: expected a PyTorch "
                                                           "generator (.pth); a .keras file needs no converting")
-    help_text = run_script("convert.py", "--help")
+    help_text = scripts.run("convert.py", "--help")
     assert help_text.returncode == 0 and "--overwrite" in help_text.stdout
 
 
-def test_generate_translates_with_a_pth_and_no_reverse_generator(tmp_path):
+def test_generate_translates_with_a_pth_and_no_reverse_generator(scripts, tmp_path):
     photos = tmp_path / "photos"
     write_images(str(photos), 2, size=(20, 24))
-    result = run_script("generate.py", "--generator", FIXTURES / "fork_zip.pth", "--input", "photos",
-                        "--output", "out", cwd=tmp_path)
+    result = scripts.run("generate.py", "--generator", FIXTURES / "fork_zip.pth", "--input", "photos",
+                         "--output", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "translated 2 images" in result.stdout
     assert sorted(os.listdir(tmp_path)) == ["out", "photos"]  # no grid without a reverse generator
@@ -258,12 +260,12 @@ def test_generate_translates_with_a_pth_and_no_reverse_generator(tmp_path):
         assert np.abs(written - expected).max() < 2.5 / 127.5  # 8-bit rounding
 
 
-def test_a_file_of_another_kind_given_as_the_generator_is_one_whole_line(tmp_path):
+def test_a_file_of_another_kind_given_as_the_generator_is_one_whole_line(scripts, tmp_path):
     """An image passed as --generator: named by its kind, not Keras' paragraph cut off mid-word."""
     photos = tmp_path / "photos"
     write_images(str(photos), 1, size=(20, 24))
-    result = run_script("generate.py", "--generator", "photos/img000.png", "--input", "photos", "--output", "out",
-                        cwd=tmp_path)
+    result = scripts.run("generate.py", "--generator", "photos/img000.png", "--input", "photos", "--output", "out",
+                         cwd=tmp_path)
     assert one_line_error(result, "generate.py") == \
         "generate.py: error: photos/img000.png: not a generator file (expected a .keras model or a PyTorch .pth)"
     assert sorted(os.listdir(tmp_path)) == ["photos"]

@@ -2,7 +2,10 @@
 a diverging loss, and every bad option answered with one line and nothing written over.
 
 The training runs are real train.py processes on a tiny dataset; the checks that need no separate
-process call main() in this one (each process start costs seconds of imports)."""
+process call main() in this one (each process start costs seconds of imports). The processes run
+beside those checks: the run to be killed starts with the module (and a copy resumed with a
+diverging --lr once it is killed), and the checks of them come after the ones that need no killed
+run; the copy to be stopped by SIGTERM starts with the first of them."""
 import json
 import logging
 import os
@@ -12,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -78,36 +82,169 @@ def copy_run(killed, tmp_path):
     return root, root / "run", Path(checkpoints.checkpoint_paths(root / "run")[-1])
 
 
-@pytest.fixture(scope="module")
-def killed_run(dataset, tmp_path_factory):
-    """A run SIGKILLed right after its first checkpoint. Two copies of it are resumed at once, one
-    plainly (to be stopped with SIGTERM) and one with a diverging --lr, so that these processes run
-    beside the tests that follow."""
-    root = tmp_path_factory.mktemp("killed")
-    process = start("train.py", ["--dataroot", dataset, "--runs-root", root, "--name", "run", *TINY,
-                                 "--epochs", 1000, "--epochs-decay", 0, "--save-every", 1, "--seed", 0],
-                    tmp_path_factory.mktemp("killed_logs"))
-    wait_for(lambda: checkpoints.checkpoint_paths(root / "run"), process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    # A kill during the next checkpoint's write leaves its temporary (resume removes such files; the
-    # tests below plant their own). Gone here, every test starts from a run killed between writes.
-    for temporary in (root / "run").rglob(f"*.tmp{process.pid}.*"):
-        temporary.unlink()
-    killed = SimpleNamespace(root=root, step=newest_step(root / "run"), process=process)
+def cli_error(main_function, argv, program="train.py"):
+    """The one line a script ends with on bad input (run_cli's SystemExit), checked to be one line."""
+    with pytest.raises(SystemExit) as ended:
+        cli.run_cli(lambda: main_function(argv), program)
+    message = str(ended.value.code)
+    assert message.startswith(f"{program}: error: ") and "\n" not in message, message
+    return message
 
-    for name, extra in (("resumed", []), ("diverging", ["--lr", "1e30"])):
-        copy = copy_run(killed, tmp_path_factory.mktemp(name))[0]
-        setattr(killed, f"{name}_root", copy)
-        setattr(killed, f"{name}_checkpoints", file_bytes(copy / "run" / "checkpoints"))
-        setattr(killed, name, start("train.py", ["--runs-root", copy, "--name", "run", "--resume", *extra],
-                                    tmp_path_factory.mktemp(f"{name}_logs")))
-    yield killed
-    for process in (killed.resumed, killed.diverging):
-        if process.poll() is None:
+
+@pytest.fixture(scope="module", autouse=True)
+def run_to_kill(dataset, tmp_path_factory):
+    """Started with the module, by a thread, so that its processes run beside the tests that need no
+    killed run (a train.py process takes seconds to reach its first checkpoint): a run SIGKILLed right
+    after its first checkpoint, then two copies of it, one resumed at once with a diverging --lr (it
+    ends by itself). killed_run waits for the thread and resumes the other copy."""
+    root = tmp_path_factory.mktemp("killed")
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("killed_logs", "resumed", "resumed_logs",
+                                                                 "diverging", "diverging_logs")}
+    killed = SimpleNamespace(root=root, folders=folders, error=None, resumed=None, diverging=None)
+    killed.process = start("train.py", ["--dataroot", dataset, "--runs-root", root, "--name", "run", *TINY,
+                                        "--epochs", 1000, "--epochs-decay", 0, "--save-every", 1, "--seed", 0],
+                           folders["killed_logs"])
+
+    def kill_then_copy():
+        try:
+            wait_for(lambda: checkpoints.checkpoint_paths(root / "run"), killed.process)
+            killed.process.send_signal(signal.SIGKILL)
+            killed.process.wait()
+            # A kill during the next checkpoint's write leaves its temporary (resume removes such files;
+            # the tests below plant their own). Gone here, every test starts from a run killed between writes.
+            for temporary in (root / "run").rglob(f"*.tmp{killed.process.pid}.*"):
+                temporary.unlink()
+            killed.step = newest_step(root / "run")
+            for name in ("resumed", "diverging"):
+                copy = copy_run(killed, folders[name])[0]
+                setattr(killed, f"{name}_root", copy)
+                setattr(killed, f"{name}_checkpoints", file_bytes(copy / "run" / "checkpoints"))
+            killed.diverging = start("train.py", ["--runs-root", killed.diverging_root, "--name", "run", "--resume",
+                                                  "--lr", "1e30"], folders["diverging_logs"])
+        except BaseException as error:  # noqa: BLE001  (raised again by killed_run, in the test)
+            killed.error = error
+
+    thread = threading.Thread(target=kill_then_copy, daemon=True)
+    thread.start()
+    yield killed, thread
+    thread.join()
+    for process in (killed.process, killed.resumed, killed.diverging):
+        if process is not None and process.poll() is None:
             process.kill()
             process.wait()
 
+
+@pytest.fixture(scope="module")
+def killed_run(run_to_kill):
+    """run_to_kill's run, once its thread is done, and its other copy resumed now at another --image-size
+    (to be stopped with SIGTERM): the first tests of the killed run run beside its start, and only then
+    the tests that need it (it trains until it is stopped)."""
+    killed, thread = run_to_kill
+    thread.join()
+    if killed.error:
+        raise killed.error
+    killed.resumed = start("train.py", ["--runs-root", killed.resumed_root, "--name", "run", "--resume",
+                                        "--image-size", "48"], killed.folders["resumed_logs"])
+    return killed
+
+
+# ---- what needs no killed run, while run_to_kill's processes start -------------------------
+
+def test_the_first_sigint_or_sigterm_is_a_stop_request_and_the_second_acts_as_usual():
+    """The second signal goes to the handler that was there before, whichever it is: here one that
+    records it, then Python's own for SIGINT (KeyboardInterrupt), set explicitly so that the test does
+    not depend on what earlier tests of this process left installed."""
+    received = []
+    for number in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.signal(number, lambda received_number, frame: received.append(received_number))
+        usual = signal.getsignal(number)
+        try:
+            with train.GracefulStop() as stop:
+                signal.raise_signal(number)
+                assert stop.signal_name == signal.Signals(number).name and not received
+                assert signal.getsignal(number) is usual
+                signal.raise_signal(number)
+                assert received == [number]
+            assert signal.getsignal(number) is usual
+        finally:
+            signal.signal(number, previous)
+            received.clear()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with train.GracefulStop(), pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_without_test_folders_the_training_folders_are_read_and_a_failing_evaluation_or_grid_is_a_warning(
+        tmp_path, monkeypatch, caplog):
+    """No test folders (testA/ gone, testB/ empty): sample grids and --eval-every read the training
+    folders, said once in an INFO line per domain, and never a warning for it. With an evaluation and a
+    sample grid made to fail once (as a singular covariance or a full disk would), each is one WARNING,
+    the epoch's checkpoint is on disk before its evaluation starts, and the run ends as usual. (One
+    image in trainB: too few for the Fréchet distances, so no InceptionV3 is looked for.)"""
+    import metrics
+    import samples
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    dataroot = make_dataset(tmp_path / "data", counts=(2, 1, 0, 0), size=(36, 36))
+    shutil.rmtree(tmp_path / "data" / "testA")
+    run_dir = tmp_path / "runs" / "run"
+    run_dir.mkdir(parents=True)  # an empty folder is fine for a fresh run
+    evaluated, evaluate = [], metrics.Evaluator.log_to_tensorboard
+    drawn, draw = [], samples.grid_image
+
+    def evaluation_failing_once(self, writer, generators, step):
+        evaluated.append((step, checkpoints.checkpoint_paths(run_dir)[-1]))
+        if len(evaluated) == 1:
+            raise np.linalg.LinAlgError("Singular matrix")
+        return evaluate(self, writer, generators, step)
+
+    def sample_grid_failing_once(*args):
+        drawn.append(args)
+        if len(drawn) == 1:
+            raise OSError(28, "No space left on device")
+        return draw(*args)
+
+    monkeypatch.setattr(metrics.Evaluator, "log_to_tensorboard", evaluation_failing_once)
+    monkeypatch.setattr(samples, "grid_image", sample_grid_failing_once)
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    train.main(["--dataroot", dataroot, "--runs-root", str(tmp_path / "runs"), "--name", "run", *TINY, "--epochs",
+                "2", "--epochs-decay", "0", "--save-every", "1", "--eval-every", "1", "--sample-every", "1"])
+
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("no test folder")] == [
+        f"no test folder for domain {d}: sample grids and evaluation read the training folder "
+        f"{tmp_path / 'data' / ('train' + d)}" for d in "AB"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "step 1: sample grids not written (OSError: [Errno 28] No space left on device)",
+        "step 2: evaluation skipped (LinAlgError: Singular matrix)"]
+    assert [(step, Path(path).name) for step, path in evaluated] == [(2, "step-000000002.npz"),
+                                                                     (4, "step-000000004.npz")]
+    assert [Path(p).name for p in checkpoints.checkpoint_paths(run_dir)] == ["step-000000002.npz", "step-000000004.npz"]
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert [e.step for e in accumulator.Tensors("eval/domain_AtoB")] == [4]
+    assert [e.step for e in accumulator.Tensors("samples/AtoB")] == [2, 3, 4]
+    assert (run_dir / "generator_ab.keras").is_file()
+    runs.check_not_in_use(run_dir)  # the lock went with the end of the run
+
+
+def test_out_of_memory_while_building_or_training_is_one_line(dataset, tmp_path, monkeypatch):
+    """What TensorFlow raises when a network that passed the size check still does not fit (a GPU's memory)."""
+    import tensorflow as tf
+
+    def exhausted(*args):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[3,3,256,256]\nmore")
+
+    monkeypatch.setattr(train.cyclegan, "build_gan", exhausted)
+    message = cli_error(train.main, ["--dataroot", str(dataset), "--runs-root", str(tmp_path), "--name", "big", *TINY])
+    assert message == ("train.py: error: out of memory (ResourceExhaustedError: OOM when allocating tensor with "
+                       "shape[3,3,256,256]); make --batch-size, --image-size, --ngf, --ndf or --n-res-blocks smaller")
+
+
+# ---- a killed run ----------------------------------------------------------------------------
 
 def test_sigkill_leaves_a_complete_checkpoint_that_resume_restores_exactly(killed_run, tmp_path, caplog, capsys):
     assert killed_run.process.returncode == -signal.SIGKILL
@@ -143,59 +280,6 @@ def test_sigkill_leaves_a_complete_checkpoint_that_resume_restores_exactly(kille
             np.testing.assert_array_equal(arrays[key], value, err_msg=key)
 
 
-def test_a_second_writer_of_a_run_in_progress_gets_one_line_and_writes_nothing(killed_run, dataset, tmp_path):
-    """While the resumed copy trains, a second --resume and a fresh run of the same name both end at once."""
-    writer, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
-    wait_for(lambda: (run_dir / ".lock").read_text().strip() == str(writer.pid), writer)
-    others = [start("train.py", ["--runs-root", killed_run.resumed_root, "--name", "run", *args, "--lr", "0.001"],
-                    tmp_path / name)
-              for name, args in (("resume", ["--resume"]), ("fresh", ["--dataroot", dataset, *TINY]))]
-    for other in others:
-        assert other.wait(timeout=PATIENCE) == 1
-        stderr = output(other)[1]
-        assert stderr.strip().splitlines()[-1] == (f"train.py: error: {run_dir} is in use by another train.py "
-                                                   f"(PID {writer.pid}); wait for it to end, or give another --name")
-        assert "Traceback" not in stderr
-    assert writer.poll() is None
-    written_by_others = [p for p in run_dir.rglob("*") if any(str(o.pid) in p.name for o in others)]
-    assert not written_by_others
-    assert json.loads((run_dir / "config.json").read_text())["lr"] == Config.lr
-
-
-def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(killed_run):
-    process, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
-    latest = run_dir / "checkpoints" / f"step-{killed_run.step:09d}.npz"
-    wait_for(lambda: newest_step(run_dir) > killed_run.step, process)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=PATIENCE) == 0
-    stdout, stderr = output(process)
-
-    assert f"resumed {latest} at step {killed_run.step}" in stderr
-    stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+); continue with: .* --resume", stdout).group(1))
-    assert stopped_at > killed_run.step
-    checkpoint = checkpoints.checkpoint_paths(run_dir)[-1]
-    assert checkpoint.endswith(f"step-{stopped_at:09d}.npz") and f"checkpoint:   {checkpoint}" in stdout
-    with np.load(checkpoint) as arrays:
-        assert int(arrays["step"]) == stopped_at
-        assert np.isfinite(arrays["weights/generator_ab/0"]).all()
-    assert "Traceback" not in stderr
-
-
-def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(killed_run):
-    process = killed_run.diverging
-    assert process.wait(timeout=PATIENCE) == 1
-    stderr = output(process)[1]
-    last_line = stderr.strip().splitlines()[-1]
-    match = re.fullmatch(r"train\.py: error: step (\d+): non-finite loss \((.*nan.*)\); stopped without saving, "
-                         r"last good checkpoint: (\S+) \(try a lower --lr\)", last_line)
-    assert match, last_line
-    assert int(match.group(1)) > killed_run.step
-    assert match.group(3) == checkpoints.checkpoint_paths(killed_run.diverging_root / "run")[-1]
-    assert file_bytes(killed_run.diverging_root / "run" / "checkpoints") == killed_run.diverging_checkpoints
-    assert not list((killed_run.diverging_root / "run").glob("*.keras"))
-    assert "Traceback" not in stderr
-
-
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(killed_run, tmp_path, caplog):
     root, run_dir, previous = copy_run(killed_run, tmp_path)
     corrupt = previous.parent / f"step-{killed_run.step + 4:09d}.npz"
@@ -210,43 +294,6 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(killed_run, 
     assert not corrupt.exists() and Path(f"{corrupt}.corrupt").exists()
 
 
-def test_the_first_sigint_or_sigterm_is_a_stop_request_and_the_second_acts_as_usual():
-    """The second signal goes to the handler that was there before, whichever it is: here one that
-    records it, then Python's own for SIGINT (KeyboardInterrupt), set explicitly so that the test does
-    not depend on what earlier tests of this process left installed."""
-    received = []
-    for number in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.signal(number, lambda received_number, frame: received.append(received_number))
-        usual = signal.getsignal(number)
-        try:
-            with train.GracefulStop() as stop:
-                signal.raise_signal(number)
-                assert stop.signal_name == signal.Signals(number).name and not received
-                assert signal.getsignal(number) is usual
-                signal.raise_signal(number)
-                assert received == [number]
-            assert signal.getsignal(number) is usual
-        finally:
-            signal.signal(number, previous)
-            received.clear()
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with train.GracefulStop(), pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)
-            signal.raise_signal(signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def cli_error(main_function, argv, program="train.py"):
-    """The one line a script ends with on bad input (run_cli's SystemExit), checked to be one line."""
-    with pytest.raises(SystemExit) as ended:
-        cli.run_cli(lambda: main_function(argv), program)
-    message = str(ended.value.code)
-    assert message.startswith(f"{program}: error: ") and "\n" not in message, message
-    return message
-
-
 def test_resume_refuses_when_no_checkpoint_is_loadable(killed_run, tmp_path):
     root, run_dir, _ = copy_run(killed_run, tmp_path)
     for path in checkpoints.checkpoint_paths(run_dir):
@@ -255,23 +302,6 @@ def test_resume_refuses_when_no_checkpoint_is_loadable(killed_run, tmp_path):
     message = cli_error(train.main, ["--runs-root", str(root), "--name", "run", "--resume", "--lr", "0.001"])
     assert "no loadable checkpoint to resume from, nothing changed" in message
     assert (file_bytes(run_dir / "checkpoints"), (run_dir / "config.json").read_bytes()) == before
-
-
-def test_resume_with_another_image_size_empties_the_history_pools(killed_run, tmp_path, caplog):
-    """The pools hold fakes of the old size: they start again (one WARNING), and config.json says the new
-    size only once the resumed run has trained."""
-    root, run_dir, latest = copy_run(killed_run, tmp_path)
-    with np.load(latest) as arrays:
-        assert arrays["pool/A"].shape[1:] == (32, 32, 3)
-    caplog.set_level(logging.INFO, logger="cyclegan")
-    train.main(["--runs-root", str(root), "--name", "run", "--resume", "--image-size", "48",
-                "--max-steps", str(killed_run.step + 1)])
-
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "--image-size 48: emptied the history pools of 32-px fakes from before the change"]
-    assert json.loads((run_dir / "config.json").read_text())["image_size"] == 48
-    with np.load(checkpoints.checkpoint_paths(run_dir)[-1]) as arrays:
-        assert int(arrays["step"]) == killed_run.step + 1 and arrays["pool/A"].shape == (1, 48, 48, 3)
 
 
 @pytest.mark.parametrize("change, difference", [
@@ -289,62 +319,83 @@ def test_resume_refuses_a_checkpoint_of_other_network_sizes(killed_run, tmp_path
     assert file_bytes(run_dir / "checkpoints") == before
 
 
-def test_a_failing_evaluation_or_sample_grid_is_a_warning_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
-    """One test image a domain and --eval-every 1, with an evaluation and a sample grid made to fail
-    once (as a singular covariance or a full disk would): each is one WARNING, the epoch's checkpoint
-    is on disk before its evaluation starts, and the run ends as usual."""
-    import metrics
-    import samples
-    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+# ---- the copies resumed from the killed run, while they train --------------------------------
 
-    dataroot = make_dataset(tmp_path / "data", counts=(2, 2, 1, 1), size=(36, 36))
-    run_dir = tmp_path / "runs" / "run"
-    run_dir.mkdir(parents=True)  # an empty folder is fine for a fresh run
-    evaluated, evaluate = [], metrics.Evaluator.log_to_tensorboard
-    drawn, draw = [], samples.grid_image
-
-    def evaluation_failing_once(self, writer, generators, step):
-        evaluated.append((step, checkpoints.checkpoint_paths(run_dir)[-1]))
-        if len(evaluated) == 1:
-            raise np.linalg.LinAlgError("Singular matrix")
-        return evaluate(self, writer, generators, step)
-
-    def sample_grid_failing_once(*args):
-        drawn.append(args)
-        if len(drawn) == 1:
-            raise OSError(28, "No space left on device")
-        return draw(*args)
-
-    monkeypatch.setattr(metrics.Evaluator, "log_to_tensorboard", evaluation_failing_once)
-    monkeypatch.setattr(samples, "grid_image", sample_grid_failing_once)
-    caplog.set_level(logging.INFO, logger="cyclegan")
-    train.main(["--dataroot", dataroot, "--runs-root", str(tmp_path / "runs"), "--name", "run", *TINY,
-                "--epochs", "2", "--epochs-decay", "0", "--save-every", "1", "--eval-every", "1", "--sample-every", "1"])
-
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "step 1: sample grids not written (OSError: [Errno 28] No space left on device)",
-        "step 2: evaluation skipped (LinAlgError: Singular matrix)"]
-    assert [(step, Path(path).name) for step, path in evaluated] == [(2, "step-000000002.npz"), (4, "step-000000004.npz")]
-    assert [Path(p).name for p in checkpoints.checkpoint_paths(run_dir)] == ["step-000000002.npz", "step-000000004.npz"]
-    accumulator = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    accumulator.Reload()
-    assert [e.step for e in accumulator.Tensors("eval/domain_AtoB")] == [4]
-    assert [e.step for e in accumulator.Tensors("samples/AtoB")] == [2, 3, 4]
-    assert (run_dir / "generator_ab.keras").is_file()
-    runs.check_not_in_use(run_dir)  # the lock went with the end of the run
+def test_a_second_writer_of_a_run_in_progress_gets_one_line_and_writes_nothing(killed_run, dataset):
+    """While the resumed copy trains, a second --resume and a fresh run of the same name both end at once.
+    They are train.main calls of this process: another process than the writer, as a second train.py is."""
+    writer, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
+    wait_for(lambda: (run_dir / ".lock").read_text().strip() == str(writer.pid), writer)
+    for args in (["--resume"], ["--dataroot", str(dataset), *TINY]):
+        assert cli_error(train.main, ["--runs-root", str(killed_run.resumed_root), "--name", "run", *args,
+                                      "--lr", "0.001"]) == (
+            f"train.py: error: {run_dir} is in use by another train.py (PID {writer.pid}); wait for it to end, "
+            "or give another --name")
+    assert writer.poll() is None
+    # what write_atomically would have left of this process: NAME.tmpPID.EXT
+    written_by_others = [p for p in run_dir.rglob("*") if re.search(rf"\.tmp{os.getpid()}(\.|$)", p.name)]
+    assert not written_by_others
+    assert json.loads((run_dir / "config.json").read_text())["lr"] == Config.lr
 
 
-def test_out_of_memory_while_building_or_training_is_one_line(dataset, tmp_path, monkeypatch):
-    """What TensorFlow raises when a network that passed the size check still does not fit (a GPU's memory)."""
-    import tensorflow as tf
+@pytest.fixture(scope="module")
+def stopped_resume(killed_run):
+    """The resumed copy, sent SIGTERM once it has written a checkpoint of its own: its exit status,
+    stdout and stderr."""
+    process, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
+    wait_for(lambda: newest_step(run_dir) > killed_run.step, process)
+    process.send_signal(signal.SIGTERM)
+    return (process.wait(timeout=PATIENCE), *output(process))
 
-    def exhausted(*args):
-        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[3,3,256,256]\nmore")
 
-    monkeypatch.setattr(train.cyclegan, "build_gan", exhausted)
-    message = cli_error(train.main, ["--dataroot", str(dataset), "--runs-root", str(tmp_path), "--name", "big", *TINY])
-    assert message == ("train.py: error: out of memory (ResourceExhaustedError: OOM when allocating tensor with "
-                       "shape[3,3,256,256]); make --batch-size, --image-size, --ngf, --ndf or --n-res-blocks smaller")
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(killed_run, stopped_resume):
+    run_dir = killed_run.resumed_root / "run"
+    latest = run_dir / "checkpoints" / f"step-{killed_run.step:09d}.npz"
+    returncode, stdout, stderr = stopped_resume
+    assert returncode == 0
+
+    assert f"resumed {latest} at step {killed_run.step}" in stderr
+    stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+); continue with: .* --resume", stdout).group(1))
+    assert stopped_at > killed_run.step
+    checkpoint = checkpoints.checkpoint_paths(run_dir)[-1]
+    assert checkpoint.endswith(f"step-{stopped_at:09d}.npz") and f"checkpoint:   {checkpoint}" in stdout
+    with np.load(checkpoint) as arrays:
+        assert int(arrays["step"]) == stopped_at
+        assert np.isfinite(arrays["weights/generator_ab/0"]).all()
+    assert "Traceback" not in stderr
+
+
+def test_resume_with_another_image_size_empties_the_history_pools(killed_run, stopped_resume, dataset):
+    """The resumed copy runs at --image-size 48, the killed run at 32: the pools hold fakes of the old
+    size, so they start again (one WARNING), and config.json says the new size once the resumed run has
+    trained."""
+    with np.load(checkpoints.checkpoint_paths(killed_run.root / "run")[-1]) as arrays:
+        assert arrays["pool/A"].shape[1:] == (32, 32, 3)
+    stderr, run_dir = stopped_resume[2], killed_run.resumed_root / "run"
+    # besides the broken image (named once a process) and SIGTERM's line when it came between two steps
+    assert [line for line in stderr.splitlines() if line.startswith("WARNING: ") and "SIGTERM" not in line] == [
+        f"WARNING: skipping {dataset / 'trainA' / 'broken.png'}: not a readable image",
+        "WARNING: --image-size 48: emptied the history pools of 32-px fakes from before the change"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["image_size"] == 48
+    with np.load(checkpoints.checkpoint_paths(run_dir)[-1]) as arrays:
+        trained = int(arrays["step"]) - killed_run.step  # each step adds one fake of the new size
+        assert trained > 0 and arrays["pool/A"].shape == (min(trained, config["pool_size"]), 48, 48, 3)
+
+
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(killed_run):
+    process = killed_run.diverging
+    assert process.wait(timeout=PATIENCE) == 1
+    stderr = output(process)[1]
+    last_line = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"train\.py: error: step (\d+): non-finite loss \((.*nan.*)\); stopped without saving, "
+                         r"last good checkpoint: (\S+) \(try a lower --lr\)", last_line)
+    assert match, last_line
+    assert int(match.group(1)) > killed_run.step
+    assert match.group(3) == checkpoints.checkpoint_paths(killed_run.diverging_root / "run")[-1]
+    assert file_bytes(killed_run.diverging_root / "run" / "checkpoints") == killed_run.diverging_checkpoints
+    assert not list((killed_run.diverging_root / "run").glob("*.keras"))
+    assert "Traceback" not in stderr
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -444,9 +495,13 @@ def test_generate_unknown_direction_is_refused_by_the_parser(capsys):
 
 
 def test_real_processes_end_bad_input_without_a_traceback(places, model_files):
-    """Two processes at once (they mostly wait on imports): exit 1, one line, no traceback."""
+    """Two processes at once (they mostly wait on imports): exit 1, one line, no traceback; train.py's
+    resume of a hand-edited config.json has nothing else on stderr either."""
+    config = dict(as_json(Config(dataroot=str(places["data"]), ngf=4)), n_res_blocks=None)
+    (places["runs"] / "null").mkdir()
+    (places["runs"] / "null" / "config.json").write_text(json.dumps(config))
     runs = {
-        "train.py": (["--dataroot", places["tmp"] / "missing"], "not a folder"),
+        "train.py": (["--resume", "--runs-root", places["runs"], "--name", "null"], "the key 'n_res_blocks': null"),
         "generate.py": (["--generator", model_files / "text.keras", "--input", places["data"] / "testA",
                          "--output", places["tmp"] / "out"], "not a Keras model file"),
     }
@@ -457,4 +512,6 @@ def test_real_processes_end_bad_input_without_a_traceback(places, model_files):
         assert "Traceback" not in stderr
         last_line = stderr.strip().splitlines()[-1]
         assert last_line.startswith(f"{script}: error: ") and runs[script][1] in last_line
-    assert not (places["tmp"] / "out").exists()
+    assert output(processes["train.py"])[1].strip().splitlines() == [
+        f"train.py: error: {places['runs'] / 'null' / 'config.json'}: the key 'n_res_blocks': null"]
+    assert os.listdir(places["runs"] / "null") == ["config.json"] and not (places["tmp"] / "out").exists()

@@ -1,8 +1,8 @@
 """A run reads the data it was started on and writes only what it trained: paths stored absolute, a
 moved dataset recognised or refused, nothing rewritten for steps already written, and everything that
 can be refused (the same domain twice, a bad start file, a step too large for the memory) refused
-before the run folder exists. In-process train.main calls on tiny networks; one real process for
-`ulimit -v`."""
+before the run folder exists. In-process train.main calls on tiny networks, and two real processes
+running beside them: a run started from another working directory, and a step under `ulimit -v`."""
 import errno
 import json
 import logging
@@ -12,9 +12,11 @@ import resource
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import checkpoints
 import cli
@@ -49,57 +51,36 @@ def warnings(caplog):
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.fixture
-def two_folders(tmp_path, monkeypatch):
-    """Two working directories, each with its own dataset called ds/ (other images, other names)."""
-    first, second = tmp_path / "first", tmp_path / "second"
+@pytest.fixture(scope="module", autouse=True)
+def processes(dataset, tmp_path_factory):
+    """This module's train.py processes, started with it so that they run beside the tests in this one:
+    a run started with relative paths from the working directory first/, which the test of a run's
+    paths resumes from second/ (each folder holds its own ds/: other images, other names); and a step
+    at --image-size 2048 under `ulimit -v`, whose end the last test reads."""
+    root = tmp_path_factory.mktemp("processes")
+    first, second = root / "first", root / "second"
     make_dataset(first / "ds", counts=(3, 3, 2, 2), size=(36, 36))
     make_dataset(second / "ds", counts=(2, 2, 1, 1), size=(36, 36))
     for path in (second / "ds").rglob("*.png"):
         path.rename(path.with_name("other_" + path.name))
-    monkeypatch.chdir(first)
-    return first, second
+    limit = 6 * 2 ** 30
 
+    def address_space_limit():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-def test_a_run_stores_its_paths_absolute_and_resumes_on_them_from_anywhere(two_folders, tmp_path, monkeypatch, caplog):
-    first, second = two_folders
-    train.main(["--dataroot", "ds", "--runs-root", "../runs", "--name", "run", *TINY, "--max-steps", "1"])
-    run_dir = tmp_path / "runs" / "run"
-    saved = json.loads((run_dir / "config.json").read_text())
-    assert (saved["dataroot"], saved["runs_root"]) == (str(first / "ds"), str(tmp_path / "runs"))
-    recorded = json.loads((run_dir / "dataset.json").read_text())
-    assert recorded == {"A": ["img000.png", "img001.png", "img002.png"], "B": ["img000.png", "img001.png", "img002.png"]}
-
-    monkeypatch.chdir(second)  # which holds another ds/: the run still reads the first one
-    caplog.set_level(logging.INFO, logger="cyclegan")
-    train.main(["--runs-root", str(tmp_path / "runs"), "--name", "run", "--resume", "--max-steps", "2"])
-    assert not warnings(caplog)
-    assert json.loads((run_dir / "config.json").read_text())["dataroot"] == str(first / "ds")
-    files = generate.run_files(str(run_dir))
-    assert files["input"] == str(first / "ds" / "testA")
-
-
-def test_a_moved_dataset_is_named_and_taken_at_its_new_place_only_with_the_same_images(two_folders, tmp_path):
-    first, second = two_folders
-    train.main(["--dataroot", str(first / "ds"), "--runs-root", str(tmp_path / "runs"), "--name", "run", *TINY,
-                "--max-steps", "1"])
-    run_dir = tmp_path / "runs" / "run"
-    (first / "ds").rename(first / "moved")
-    before = snapshot(run_dir)
-    resume = ["--runs-root", str(tmp_path / "runs"), "--name", "run", "--resume", "--max-steps", "2"]
-
-    assert cli_error(resume) == (
-        f"train.py: error: {first / 'ds'}: the dataset folder of {run_dir} is gone (config.json's dataroot); if it "
-        "moved, resume with --dataroot NEW_FOLDER (it must hold the images the run was trained on)")
-    assert cli_error(resume + ["--dataroot", str(second / "ds")]) == (
-        f"train.py: error: --dataroot {second / 'ds'}: domain A's training images differ from those the run was "
-        "trained on (3 of its 3 missing, e.g. img000.png; 2 it never saw, e.g. other_img000.png); resume with "
-        "the folder the run was trained on")
-    assert snapshot(run_dir) == before
-
-    train.main(resume + ["--dataroot", str(first / "moved")])
-    assert json.loads((run_dir / "config.json").read_text())["dataroot"] == str(first / "moved")
-    assert Path(checkpoints.checkpoint_paths(run_dir)[-1]).name == "step-000000002.npz"
+    with open(root / "stdout", "w") as stdout, open(root / "stderr", "w") as stderr:
+        relative = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--dataroot", "ds", "--runs-root",
+                                     "../runs", "--name", "run", *TINY, "--max-steps", "1", "--sample-every", "1"],
+                                    cwd=first, stdout=stdout, stderr=stderr)
+    with open(root / "ulimit_stderr", "w") as stderr:
+        ulimit = subprocess.Popen([sys.executable, "train.py", "--dataroot", dataset, "--runs-root",
+                                   str(root / "ulimit"), "--image-size", "2048", "--ngf", "4", "--n-res-blocks", "1"],
+                                  cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=address_space_limit)
+    yield SimpleNamespace(root=root, first=first, second=second, relative=relative, ulimit=ulimit)
+    for process in (relative, ulimit):
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_a_relative_dataset_path_in_config_json_is_never_looked_up_from_here(tmp_path, monkeypatch):
@@ -115,68 +96,21 @@ def test_a_relative_dataset_path_in_config_json_is_never_looked_up_from_here(tmp
         generate.run_files(str(run_dir))
 
 
-def test_a_resume_with_nothing_left_to_train_writes_nothing_and_steps_are_counted_per_process(dataset, tmp_path, capsys):
-    runs = str(tmp_path / "runs")
-    train.main(["--dataroot", dataset, "--runs-root", runs, "--name", "run", *TINY, "--max-steps", "2",
-                "--sample-every", "1"])
-    assert "trained 2 steps in" in capsys.readouterr().out
-    run_dir = tmp_path / "runs" / "run"
-    before = snapshot(run_dir)
-
-    train.main(["--runs-root", runs, "--name", "run", "--resume", "--max-steps", "2"])
-    out = capsys.readouterr().out
-    assert f"nothing to train: {run_dir} is at step 2 of 2" in out and "trained" not in out
-    assert snapshot(run_dir) == before  # no sample, event, checkpoint or generator written again
-
-    train.main(["--runs-root", runs, "--name", "run", "--resume", "--max-steps", "3"])
-    out = capsys.readouterr().out
-    assert "trained 1 step in" in out and "(step 3)" in out
-    samples = sorted(p.name for p in (run_dir / "samples").iterdir())
-    assert samples == [f"{d}_step000000{s}.png" for d in ("AtoB", "BtoA") for s in (1, 2, 3)]
-
-
-@pytest.mark.parametrize("same", ["symlink", "options", "copy"])
-def test_one_folder_as_both_domains_is_refused_and_a_copy_is_a_warning(tmp_path, same, caplog):
+@pytest.mark.parametrize("same", ["symlink", "options"])
+def test_one_folder_as_both_domains_is_refused(tmp_path, same):
+    """A copy of a folder is only a warning: see the test of a run's early ends below, whose run has one."""
     make_dataset(tmp_path / "ds", counts=(2, 2, 1, 1), size=(36, 36))
     runs = tmp_path / "runs"
     if same == "symlink":
         shutil.rmtree(tmp_path / "ds" / "trainB")
         (tmp_path / "ds" / "trainB").symlink_to(tmp_path / "ds" / "trainA")
         argv = ["--dataroot", str(tmp_path / "ds")]
-    elif same == "options":
-        argv = ["--train-a", str(tmp_path / "ds" / "trainA"), "--train-b", f"{tmp_path}/ds/./trainA/"]
     else:
-        shutil.copytree(tmp_path / "ds" / "trainA", tmp_path / "copy")
-        argv = ["--train-a", str(tmp_path / "ds" / "trainA"), "--train-b", str(tmp_path / "copy")]
-    argv += ["--runs-root", str(runs), "--name", "run", *TINY, "--max-steps", "1"]
-    if same == "copy":
-        train.main(argv)
-        assert warnings(caplog) == [f"{tmp_path / 'ds' / 'trainA'} and {tmp_path / 'copy'} hold the same 2 files: a "
-                                    "CycleGAN between them learns nothing but the identity"]
-        return
-    message = cli_error(argv)
+        argv = ["--train-a", str(tmp_path / "ds" / "trainA"), "--train-b", f"{tmp_path}/ds/./trainA/"]
+    message = cli_error(argv + ["--runs-root", str(runs), "--name", "run", *TINY, "--max-steps", "1"])
     assert message.endswith(f"domains A and B are the same folder ({tmp_path / 'ds' / 'trainA'}); a CycleGAN "
                             "translates between two different sets of images")
     assert not runs.exists()
-
-
-def test_without_test_folders_samples_and_evaluation_read_the_training_folders_said_once(tmp_path, caplog, monkeypatch):
-    import metrics
-
-    dataroot = make_dataset(tmp_path / "ds", counts=(2, 2, 0, 0), size=(36, 36))
-    shutil.rmtree(tmp_path / "ds" / "testA")
-    caplog.set_level(logging.INFO, logger="cyclegan")
-    scored = []
-    original = metrics.Evaluator.log_to_tensorboard
-    monkeypatch.setattr(metrics.Evaluator, "log_to_tensorboard",
-                        lambda self, *args: scored.append(args[-1]) or original(self, *args))
-    train.main(["--dataroot", dataroot, "--runs-root", str(tmp_path / "runs"), "--name", "run", *TINY,
-                "--epochs", "2", "--epochs-decay", "0", "--eval-every", "1"])
-    infos = [r.getMessage() for r in caplog.records if r.getMessage().startswith("no test folder")]
-    assert infos == [f"no test folder for domain {d}: sample grids and evaluation read the training folder "
-                     f"{tmp_path / 'ds' / ('train' + d)}" for d in "AB"]
-    assert scored == [2, 4]
-    assert not [w for w in warnings(caplog) if "evaluation" in w]
 
 
 def test_a_folder_of_other_files_is_not_offered_for_resume(dataset, tmp_path):
@@ -188,28 +122,31 @@ def test_a_folder_of_other_files_is_not_offered_for_resume(dataset, tmp_path):
     assert sorted(os.listdir(tmp_path / "runs" / "mine")) == ["notes.txt"]
 
 
-def test_a_refused_start_file_leaves_no_run_folder(dataset, tmp_path):
+def test_a_run_refused_warned_stopped_early_or_out_of_disk_leaves_what_it_can_go_on_from(
+        tmp_path, monkeypatch, caplog):
+    """One run, and everything that can end it before it has a checkpoint to show:
+
+    - a --start-ab of another network size is refused before the run folder exists: the name stays free;
+    - the same command without it starts, with one WARNING each for domain B being a copy of domain A and
+      for a --batch-size larger than a domain (warnings only: the run goes on);
+    - a second Ctrl-C (Python's KeyboardInterrupt) after its first step leaves config.json and no
+      checkpoint: a fresh run of the name is refused, and --resume starts it again from step 0;
+    - that resume finds the disk full at its second checkpoint: one line naming the file, the last good
+      checkpoint and the command that continues; the last good checkpoint stays whole, no temporary is left.
+    """
     import networks
 
+    make_dataset(tmp_path / "ds", counts=(2, 2, 1, 1), size=(36, 36))
+    shutil.copytree(tmp_path / "ds" / "trainA", tmp_path / "copy")
     wider = tmp_path / "wider.keras"
     networks.build_generator(8, 1, "transpose", 0.02, name="generator_ab").save(wider)
-    runs = tmp_path / "runs"
-    argv = ["--dataroot", dataset, "--runs-root", str(runs), "--name", "run", *TINY, "--max-steps", "1"]
+    runs, run_dir = str(tmp_path / "runs"), tmp_path / "runs" / "run"
+    # one step an epoch (2 images, batch 4): a checkpoint every second epoch, so none after the first step
+    argv = ["--train-a", str(tmp_path / "ds" / "trainA"), "--train-b", str(tmp_path / "copy"), "--runs-root", runs,
+            "--name", "run", *TINY, "--batch-size", "4", "--epochs", "4", "--epochs-decay", "0", "--save-every", "2"]
     assert "--start-ab" in cli_error(argv + ["--start-ab", str(wider)])
-    assert not runs.exists()
-    train.main(argv)  # the name is free
-    assert checkpoints.checkpoint_paths(runs / "run")
+    assert not Path(runs).exists()
 
-
-def test_a_batch_larger_than_a_domain_is_a_warning(dataset, tmp_path, caplog):
-    train.main(["--dataroot", dataset, "--runs-root", str(tmp_path / "runs"), "--name", "run", *TINY,
-                "--max-steps", "1", "--batch-size", "8"])
-    assert warnings(caplog) == ["--batch-size 8 is larger than the smaller domain (5 images): every batch repeats "
-                                "images, and steps take longer for nothing"]
-
-
-def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(dataset, tmp_path, monkeypatch, caplog, capsys):
-    """A second Ctrl-C (Python's KeyboardInterrupt) after the first step: config.json, no checkpoint."""
     steps = []
     original = cyclegan.CycleGAN.train_step
 
@@ -220,26 +157,23 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0(dataset, 
         return original(self, *args)
 
     monkeypatch.setattr(cyclegan.CycleGAN, "train_step", interrupted_at_the_second_step)
-    runs, run_dir = str(tmp_path / "runs"), tmp_path / "runs" / "run"
-    argv = ["--dataroot", dataset, "--runs-root", runs, "--name", "run", *TINY, "--max-steps", "3"]
+    caplog.clear()
     with pytest.raises(KeyboardInterrupt):
-        train.main(argv)
+        train.main(argv)  # the name is free
+    assert warnings(caplog) == [
+        f"{tmp_path / 'ds' / 'trainA'} and {tmp_path / 'copy'} hold the same 2 files: a CycleGAN between them "
+        "learns nothing but the identity",
+        "--batch-size 4 is larger than the smaller domain (2 images): every batch repeats images, and steps take "
+        "longer for nothing"]
     assert (run_dir / "config.json").exists() and not checkpoints.checkpoint_paths(run_dir)
     monkeypatch.setattr(cyclegan.CycleGAN, "train_step", original)
 
     message = cli_error(argv)
     assert f"{run_dir} already holds a run (config.json, dataset.json, events.out.tfevents." in message
     assert message.endswith("): continue it with --resume, or give another --name")
-    caplog.set_level(logging.INFO, logger="cyclegan")
-    train.main(["--runs-root", runs, "--name", "run", "--resume"])
-    assert f"{run_dir} stopped before its first checkpoint: starting it again from step 0" in caplog.text
-    assert "trained 3 steps" in capsys.readouterr().out
-    assert Path(checkpoints.checkpoint_paths(run_dir)[-1]).name == "step-000000003.npz"
 
-
-def test_a_full_disk_at_a_checkpoint_names_the_file_the_last_good_one_and_the_resume_command(dataset, tmp_path, monkeypatch):
     saves = []
-    original = np.savez
+    savez = np.savez
 
     def disk_full_at_the_second_save(path, **arrays):
         saves.append(path)
@@ -247,18 +181,70 @@ def test_a_full_disk_at_a_checkpoint_names_the_file_the_last_good_one_and_the_re
             with open(path, "wb") as f:
                 f.write(b"PK half")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return original(path, **arrays)
+        return savez(path, **arrays)
 
     monkeypatch.setattr(checkpoints.np, "savez", disk_full_at_the_second_save)
-    runs, run_dir = str(tmp_path / "runs"), tmp_path / "runs" / "run"
-    message = cli_error(["--dataroot", dataset, "--runs-root", runs, "--name", "run", *TINY, "--epochs", "2",
-                         "--epochs-decay", "0", "--save-every", "1"])
-    first = run_dir / "checkpoints" / "step-000000006.npz"
-    assert message == (f"train.py: error: {run_dir / 'checkpoints' / 'step-000000012.npz'}: could not write it at "
-                       f"step 12 (No space left on device); last good checkpoint: {first}; make room, then continue "
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    message = cli_error(["--runs-root", runs, "--name", "run", "--resume"])
+    assert f"{run_dir} stopped before its first checkpoint: starting it again from step 0" in caplog.text
+    first = run_dir / "checkpoints" / "step-000000002.npz"
+    assert message == (f"train.py: error: {run_dir / 'checkpoints' / 'step-000000004.npz'}: could not write it at "
+                       f"step 4 (No space left on device); last good checkpoint: {first}; make room, then continue "
                        f"with: python train.py --runs-root {runs} --name run --resume")
     assert [Path(p).name for p in checkpoints.checkpoint_paths(run_dir)] == [first.name]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [first.name]  # no half-written temporary
+
+
+def test_a_run_resumes_anywhere_on_its_absolute_paths_or_a_moved_dataset_and_writes_only_what_it_trains(
+        processes, monkeypatch, caplog, capsys):
+    """One run, five processes of it: train.py started in first/ with relative paths, then train.main calls
+    (two of them refused). It stores its paths absolute; from another working directory (which holds
+    another ds/) it resumes on the first dataset, and with nothing left to train writes nothing and says
+    so. Its dataset moved, it names the folder that is gone, refuses a folder of other images, and resumes
+    at the new place on the same images. Each summary counts the steps its own process trained."""
+    first, second, root = processes.first, processes.second, processes.root
+    run_dir = root / "runs" / "run"
+    assert processes.relative.wait(timeout=300) == 0, (root / "stderr").read_text()[-3000:]
+    assert "trained 1 step in" in (root / "stdout").read_text()
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["dataroot"], saved["runs_root"]) == (str(first / "ds"), str(root / "runs"))
+    recorded = json.loads((run_dir / "dataset.json").read_text())
+    assert recorded == {"A": ["img000.png", "img001.png", "img002.png"], "B": ["img000.png", "img001.png", "img002.png"]}
+
+    monkeypatch.chdir(second)  # which holds another ds/: the run still reads the first one
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    before = snapshot(run_dir)
+    resume = ["--runs-root", str(root / "runs"), "--name", "run", "--resume"]
+    train.main(resume + ["--max-steps", "1"])
+    out = capsys.readouterr().out
+    assert f"nothing to train: {run_dir} is at step 1 of 1" in out and "trained" not in out
+    assert f"resumed {run_dir / 'checkpoints' / 'step-000000001.npz'} at step 1" in caplog.text
+    assert not warnings(caplog) and "new place" not in caplog.text  # the first ds/, as recorded, not this one
+    assert snapshot(run_dir) == before  # no sample, event, checkpoint or generator written again
+    assert generate.run_files(str(run_dir))["input"] == str(first / "ds" / "testA")
+
+    (first / "ds").rename(first / "moved")
+    assert cli_error(resume + ["--max-steps", "3"]) == (
+        f"train.py: error: {first / 'ds'}: the dataset folder of {run_dir} is gone (config.json's dataroot); if it "
+        "moved, resume with --dataroot NEW_FOLDER (it must hold the images the run was trained on)")
+    assert cli_error(resume + ["--max-steps", "3", "--dataroot", str(second / "ds")]) == (
+        f"train.py: error: --dataroot {second / 'ds'}: domain A's training images differ from those the run was "
+        "trained on (3 of its 3 missing, e.g. img000.png; 2 it never saw, e.g. other_img000.png); resume with "
+        "the folder the run was trained on")
+    assert snapshot(run_dir) == before
+
+    train.main(resume + ["--max-steps", "3", "--dataroot", str(first / "moved")])
+    out = capsys.readouterr().out
+    assert "trained 2 steps in" in out and "(steps 2-3)" in out
+    assert f"resuming on the run's images in their new place: --dataroot {first / 'moved'}" in caplog.text
+    saved = json.loads((run_dir / "config.json").read_text())  # written again by a process started in second/
+    assert (saved["dataroot"], saved["runs_root"]) == (str(first / "moved"), str(root / "runs"))
+    assert Path(checkpoints.checkpoint_paths(run_dir)[-1]).name == "step-000000003.npz"
+    samples = sorted(p.name for p in (run_dir / "samples").iterdir())
+    assert samples == [f"{d}_step000000{s}.png" for d in ("AtoB", "BtoA") for s in (1, 2, 3)]
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Tensors("loss/D_A")] == [1, 2, 3]  # each step once, across the processes
 
 
 def test_the_activation_estimate_reads_the_networks_and_scales_with_the_step(tmp_path):
@@ -276,25 +262,20 @@ def test_the_activation_estimate_reads_the_networks_and_scales_with_the_step(tmp
 
 
 def test_a_step_too_large_for_the_memory_is_one_line_before_anything_is_written(dataset, tmp_path):
+    # 1024 px, not more: train.py loads its sample images at --image-size before this check
     message = cli_error(["--dataroot", dataset, "--runs-root", str(tmp_path / "runs"), "--name", "run",
-                         "--image-size", "4096", "--batch-size", "64", "--ngf", "4", "--n-res-blocks", "1"])
-    assert message.startswith("train.py: error: --image-size 4096 --batch-size 64: a training step needs at least ")
+                         "--image-size", "1024", "--batch-size", "4096", "--ngf", "4", "--n-res-blocks", "1"])
+    assert message.startswith("train.py: error: --image-size 1024 --batch-size 4096: a training step needs at least ")
     assert message.endswith("make --image-size, --batch-size, --ngf, --ndf or --n-res-blocks smaller")
     assert not (tmp_path / "runs").exists()
 
 
-def test_under_ulimit_v_the_step_is_refused_in_one_line_not_by_a_signal(dataset, tmp_path):
+def test_under_ulimit_v_the_step_is_refused_in_one_line_not_by_a_signal(processes):
     """The issue's case: --image-size 2048 under `ulimit -v` ended with std::bad_alloc (SIGABRT)."""
-    limit = 6 * 2 ** 30
-
-    def address_space_limit():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    done = subprocess.run([sys.executable, "train.py", "--dataroot", dataset, "--runs-root", str(tmp_path / "runs"),
-                           "--image-size", "2048", "--ngf", "4", "--n-res-blocks", "1"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, preexec_fn=address_space_limit)
-    assert done.returncode == 1, done.stderr[-2000:]
-    last = done.stderr.strip().splitlines()[-1]
+    stderr_path = processes.root / "ulimit_stderr"
+    assert processes.ulimit.wait(timeout=300) == 1, stderr_path.read_text()[-2000:]
+    stderr = stderr_path.read_text()
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error: --image-size 2048 --batch-size 1: a training step needs at least ")
-    assert "`ulimit -v` leaves" in last and "Traceback" not in done.stderr
-    assert not (tmp_path / "runs").exists()
+    assert "`ulimit -v` leaves" in last and "Traceback" not in stderr
+    assert not (processes.root / "ulimit").exists()

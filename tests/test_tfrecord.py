@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import numpy as np
@@ -17,6 +18,7 @@ import cli
 import data
 import evaluate
 import generate
+import train
 from config import Config
 
 from conftest import TINY, smooth_image, write_images
@@ -152,49 +154,62 @@ def kaggle_domains(root):
     return monet, photo
 
 
-def run_train(tmp_path, *args):
-    """train.py in its own process with no InceptionV3 weights to be had (an empty Keras cache, no network)."""
+@pytest.fixture(scope="module", autouse=True)
+def two_folder_process(tmp_path_factory):
+    """train.py on Kaggle's two folders, no --dataroot, in its own process: with no InceptionV3 weights to
+    be had (an empty Keras cache, no network), which only a process started so can be sure of. Started
+    with the module, it trains beside the tests in this process."""
+    tmp_path = tmp_path_factory.mktemp("kaggle")
+    monet, photo = kaggle_domains(tmp_path / "input")
     (tmp_path / "keras_home").mkdir()
     env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras_home"), https_proxy="http://127.0.0.1:9",
                HTTPS_PROXY="http://127.0.0.1:9")
     command = [sys.executable, "train.py", "--runs-root", str(tmp_path / "runs"), "--name", "run", *TINY,
-               "--seed", "0", "--print-every", "1", *args]
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result, str(tmp_path / "runs" / "run")
+               "--seed", "0", "--print-every", "1", "--train-a", photo, "--train-b", monet, "--max-steps", "3",
+               "--eval-every", "1"]
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+    yield process, tmp_path, monet, photo
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
-def test_train_in_the_cyclegan_layout_from_shards(tmp_path):
-    """trainA/ trainB/ testA/ testB/ all shards: an epoch is the larger domain's good records (3 here)."""
+def test_train_in_the_cyclegan_layout_from_shards(tmp_path, capsys, caplog):
+    """trainA/ trainB/ testA/ testB/ all shards: an epoch is the larger domain's good records (3 here).
+    In this process (no evaluation here); the two-folder run's process trains meanwhile."""
     root = tmp_path / "data"
     root.mkdir()
     for split in ("train", "test"):
         monet, photo = kaggle_domains(tmp_path / split)
         os.rename(monet, root / f"{split}A")
         os.rename(photo, root / f"{split}B")
-    result, run_dir = run_train(tmp_path, "--dataroot", str(root), "--epochs", "1", "--epochs-decay", "0")
-    progress = [line.split("  ")[:2] for line in result.stdout.splitlines() if line.startswith("step ")]
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    train.main(["--dataroot", str(root), "--runs-root", str(tmp_path / "runs"), "--name", "run", *TINY,
+                "--seed", "0", "--print-every", "1", "--epochs", "1", "--epochs-decay", "0"])
+    run_dir = str(tmp_path / "runs" / "run")
+    stdout = capsys.readouterr().out
+    progress = [line.split("  ")[:2] for line in stdout.splitlines() if line.startswith("step ")]
     assert progress == [["step 1/3", "epoch 1/1"], ["step 2/3", "epoch 1/1"], ["step 3/3", "epoch 1/1"]]
     bad = sorted(glob.glob(str(root / "trainA" / "*.tfrec")))[0]
-    lines = result.stderr.splitlines()
-    assert f"WARNING: skipping {bad} record 1: not a readable image" in lines
-    assert f"INFO: {root / 'trainA'}: 3 images in 2 TFRecord shards" in lines
-    assert f"INFO: {root / 'trainB'}: 2 images in 2 TFRecord shards" in lines
-    assert f"INFO: {root / 'testA'}: 3 images in 2 TFRecord shards" in lines
-    assert not [line for line in lines if "read the training folder" in line]
+    logged = [(logging.getLevelName(level), message) for _, level, message in caplog.record_tuples]
+    assert ("WARNING", f"skipping {bad} record 1: not a readable image") in logged
+    assert ("INFO", f"{root / 'trainA'}: 3 images in 2 TFRecord shards") in logged
+    assert ("INFO", f"{root / 'trainB'}: 2 images in 2 TFRecord shards") in logged
+    assert ("INFO", f"{root / 'testA'}: 3 images in 2 TFRecord shards") in logged
+    assert not [message for _, message in logged if "read the training folder" in message]
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints")))[-1].endswith("step-000000003.npz")
     grid = iio.imread(os.path.join(run_dir, "samples", "BtoA_step0000003.png"))
     assert grid.shape[:2] == (2 * 250, 3 * 250)  # testB's 2 good records
 
 
 @pytest.fixture(scope="module")
-def two_folder_run(tmp_path_factory):
+def two_folder_run(two_folder_process):
     """Kaggle's two folders, no --dataroot: samples and evaluation from the training folders."""
-    tmp_path = tmp_path_factory.mktemp("kaggle")
-    monet, photo = kaggle_domains(tmp_path / "input")
-    result, run_dir = run_train(tmp_path, "--train-a", photo, "--train-b", monet, "--max-steps", "3",
-                                "--eval-every", "1")
-    return result, run_dir, monet, photo
+    process, tmp_path, monet, photo = two_folder_process
+    assert process.wait(timeout=600) == 0, (tmp_path / "stderr").read_text()[-3000:]
+    result = SimpleNamespace(stdout=(tmp_path / "stdout").read_text(), stderr=(tmp_path / "stderr").read_text())
+    return result, str(tmp_path / "runs" / "run"), monet, photo
 
 
 def test_train_from_two_shard_folders_samples_and_evaluates_them(two_folder_run):

@@ -3,8 +3,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 import tensorflow as tf
 
@@ -18,6 +20,38 @@ from conftest import TINY
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_TAGS = ["loss/D_A", "loss/D_B", "loss/adversarial_a", "loss/adversarial_b", "loss/cycle_a",
              "loss/cycle_b", "loss/identity_a", "loss/identity_b", "loss/G_total"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def on_a_terminal(dataset, tmp_path_factory):
+    """train.py with its stdout on a terminal (a pty, drained by a thread), started before this module's
+    first test (autouse, and this scope: before the session's trained_run), so that it runs beside the
+    tests in this process; the test of progress lines waits for it."""
+    folder = tmp_path_factory.mktemp("terminal")
+    master, slave = os.openpty()
+    process = subprocess.Popen([sys.executable, "train.py", "--dataroot", dataset, "--runs-root", str(folder), *TINY,
+                                "--max-steps", "6", "--print-every", "2", "--name", "terminal"],
+                               cwd=ROOT, stdout=slave, stderr=subprocess.DEVNULL)
+    os.close(slave)
+    shown = []
+
+    def read_the_terminal():
+        while True:
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:  # the terminal's other end closed: the process has ended
+                break
+            if not chunk:
+                break
+            shown.append(chunk)
+        os.close(master)
+
+    reader = threading.Thread(target=read_the_terminal, daemon=True)
+    reader.start()
+    yield process, reader, shown
+    if process.poll() is None:
+        process.kill()
+        process.wait()
 
 
 def events(run_dir):
@@ -48,7 +82,9 @@ def test_two_step_run_writes_tags_checkpoint_generators_and_config(trained_run, 
     assert {"AtoB_step0000002.png", "BtoA_step0000002.png"} <= samples
 
 
-def test_resume_restores_identical_weights_and_continues_the_step_count(trained_run, tmp_path):
+def test_a_checkpoint_restores_identical_weights_optimizer_steps_and_pools(trained_run, tmp_path):
+    """What --resume starts from; the resumed loop's step count (each step once in the events, the
+    summary of the steps a process trained) is test_run_safety.py's test of a run resumed anywhere."""
     import shutil
     run_dir = str(tmp_path / "tiny")
     shutil.copytree(trained_run, run_dir)
@@ -67,36 +103,20 @@ def test_resume_restores_identical_weights_and_continues_the_step_count(trained_
     assert int(gan.combined.optimizer.iterations) == 2
     assert len(pools["A"].images) == 2
 
-    written = train.train(*from_command_line(["--resume", "--runs-root", str(tmp_path), "--name", "tiny",
-                                              "--max-steps", "4"]), verbose=0)
-    assert written["step"] == 4
-    assert checkpoints.checkpoint_paths(run_dir)[-1].endswith("step-000000004.npz")
-    assert sorted(scalar_steps(events(run_dir), "loss/D_A")) == [1, 2, 3, 4]
 
-
-def test_a_log_file_gets_plain_progress_lines_and_a_terminal_the_bar(dataset, tmp_path):
+def test_a_log_file_gets_plain_progress_lines_and_a_terminal_the_bar(on_a_terminal, dataset, tmp_path, capfd):
     """stdout to a file (nohup, a job scheduler): one plain line every --print-every steps, none of the
-    bar's carriage returns, backspaces or colour codes; on a terminal Keras' live bar."""
-    command = [sys.executable, "train.py", "--dataroot", dataset, "--runs-root", str(tmp_path), *TINY,
-               "--max-steps", "6", "--print-every", "2"]
-    with open(tmp_path / "log.txt", "w") as log:
-        logged = subprocess.Popen(command + ["--name", "logged"], cwd=ROOT, stdout=log, stderr=subprocess.DEVNULL)
-    master, slave = os.openpty()
-    terminal = subprocess.Popen(command + ["--name", "terminal"], cwd=ROOT, stdout=slave, stderr=subprocess.DEVNULL)
-    os.close(slave)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(master, 1 << 16)
-        except OSError:  # the terminal's other end closed: the process has ended
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(master)
-    assert logged.wait(timeout=300) == 0 and terminal.wait(timeout=300) == 0
+    bar's carriage returns, backspaces or colour codes; on a terminal Keras' live bar. The file is
+    capfd's (file descriptor 1 and sys.stdout both to a file) of train.main in this process; the
+    terminal is a pty of a train.py process."""
+    train.main(["--dataroot", dataset, "--runs-root", str(tmp_path), *TINY, "--max-steps", "6", "--print-every", "2",
+                "--name", "logged"])
+    text = capfd.readouterr().out
+    terminal, reader, shown = on_a_terminal
+    assert terminal.wait(timeout=300) == 0
+    reader.join(timeout=60)
+    assert not reader.is_alive()
 
-    text = (tmp_path / "log.txt").read_text()
     assert not set("\x1b\b\r") & set(text)
     progress = [line for line in text.splitlines() if line.startswith("step ")]
     assert [line.split("  ")[0] for line in progress] == ["step 2/6", "step 4/6", "step 6/6"]
@@ -104,6 +124,6 @@ def test_a_log_file_gets_plain_progress_lines_and_a_terminal_the_bar(dataset, tm
         assert re.fullmatch(r"step \d/6  epoch 1/200  D_A \S+  D_B \S+  G \S+  lr 2\.00e-04  \S+ s/step  "
                             r"(ETA|took) \d:\d\d:\d\d", line), line
     assert len(text.encode()) < 1500  # the bar wrote about 240 bytes a step; the summary lines are most of this
-    shown = shown.decode()
+    shown = b"".join(shown).decode()
     assert "\r" in shown and "\x1b[" in shown  # Keras' live bar, redrawn in place, in colour
     assert re.search(r"\r6/6 .* - D_A: \S+ - D_B: \S+ - G: \S+", re.sub(r"\x1b\[[0-9;]*m", "", shown))
