@@ -66,7 +66,8 @@ def test_a_vanilla_gan_run_trains_and_resumes_with_the_vanilla_loss(dataset, tmp
 def test_unet_with_an_image_size_not_a_multiple_of_256_is_one_line(dataset):
     """train.py's own ending (run_cli's SystemExit: exit status 1, the message as its one stderr line, no
     traceback), here in-process: the refusal comes from reading the command line, before any network;
-    tests/test_config.py proves a real train.py process ends so on a refusal from the same place."""
+    a real train.py process ends so on a refusal from the same place in test_reliability.py's
+    test_real_processes_end_bad_input_without_a_traceback."""
     with pytest.raises(SystemExit) as ended:
         cli.run_cli(lambda: train.main(["--dataroot", dataset, "--netg", "unet", "--image-size", "128"]), "train.py")
     assert ended.value.code == (
