@@ -1,6 +1,7 @@
 """The documentation says what the code does: docs/options.md lists exactly the options each script's
 parser accepts, with the defaults it uses, and the README stays a short front page whose links lead
 somewhere and whose test command is the one CI runs."""
+import argparse
 import dataclasses
 import os
 import re
@@ -83,8 +84,8 @@ def dest(option):
 
 
 def unset(value):
-    """None or False, but not 0."""
-    return value is None or value is False
+    """None or False, but not 0; or argparse's SUPPRESS (config.add_options: nothing filled in)."""
+    return value is None or value is False or value == argparse.SUPPRESS
 
 
 def same(value, default):
