@@ -9,7 +9,6 @@ import numpy as np
 from quiet import tensorflow
 
 tf = tensorflow()
-from keras_cv.visualization import plot_image_gallery  # noqa: E402  (after distribute: TensorFlow imported quietly)
 
 VALUE_RANGE = (-1.0, 1.0)  # the networks' pixel range
 INCHES_PER_CELL = 2.5
@@ -38,6 +37,7 @@ def direction_titles(direction):
 def grid_image(columns, titles=None):
     """`columns`: equally long sequences of images in VALUE_RANGE (any sizes), one image a row; the
     grid as a uint8 RGB array, (rows x 250, columns x 250, 3) pixels."""
+    from keras_cv.visualization import plot_image_gallery  # here: seconds to import (torch too, if installed)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     import matplotlib.pyplot as plt
 

@@ -33,6 +33,24 @@ def plain_networks():
     cpu_kernels.use(False)
 
 
+@pytest.fixture(autouse=True)
+def no_op_determinism():
+    """Every test starts without TensorFlow's op determinism, which train.py --seed turns on for its whole
+    process (in-process runs, conftest's trained_run among them, would leave it on: Keras then quietly
+    compiles nothing with XLA). Turned off after each test; TensorFlow's public API only turns it on."""
+    yield
+    from tensorflow.python.framework import config as framework_config
+
+    framework_config.disable_op_determinism()
+
+
+def runs_slow_tests(request, module_name):
+    """Whether this session runs a test of `module_name` marked slow. The processes a module starts early
+    (to run beside its other tests) serve its slow tests only: the quick tier starts none of them."""
+    return any(item.get_closest_marker("slow") and item.module.__name__ == module_name
+               for item in request.session.items)
+
+
 def smooth_image(rng, height, width):
     """A random smooth colour field: structure for the networks, cheap to make."""
     coarse = rng.uniform(0, 255, (4, 4, 3))

@@ -42,6 +42,7 @@ def test_learning_rate_is_constant_then_decays_linearly_to_zero():
     assert 0 < rates[-1] < 2e-4 / 100
 
 
+@pytest.mark.slow
 def test_a_vanilla_gan_run_trains_and_resumes_with_the_vanilla_loss(dataset, tmp_path):
     run = ["--runs-root", str(tmp_path), "--name", "vanilla"]
     train.main(["--dataroot", dataset, *run, *TINY, "--gan-mode", "vanilla", "--max-steps", "2"])

@@ -175,6 +175,7 @@ def test_a_file_name_that_is_not_utf8_is_read_everywhere(tmp_path):
     assert data.test_images(data.domain_folders(Config(dataroot=str(tmp_path))), "A", 32, 2).shape == (2, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_libjpeg_complaints_stay_off_the_terminal_and_the_file_is_named(tmp_path):
     """A JPEG cut inside its header makes libjpeg print "Improper call to JPEG library in state 201"
     on file descriptor 2 when TensorFlow decodes it: a real process shows only the warning."""

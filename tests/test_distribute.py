@@ -113,6 +113,7 @@ def children(request, tmp_path_factory):
 
 # ---- threads -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_training_threads_give_a_small_step_two_chains_and_a_large_one_all_cores_per_op(children, monkeypatch):
     """In a fresh process (TensorFlow fixes its thread pools when it starts): a small step gets half of
     the cores per op, two ops at a time, and a large one (the paper's 256x256 network) all of them, one
@@ -143,6 +144,7 @@ def test_training_threads_give_a_small_step_two_chains_and_a_large_one_all_cores
 
 # ---- mixed precision ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_mixed_precision_step_keeps_outputs_float32_and_losses_finite():
     import keras
     import tensorflow as tf
@@ -172,6 +174,7 @@ def test_mixed_precision_step_keeps_outputs_float32_and_losses_finite():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 def test_bfloat16_step_trains_without_loss_scaling_and_auto_picks_by_device():
     import keras
     import tensorflow as tf
@@ -198,6 +201,7 @@ def test_bfloat16_step_trains_without_loss_scaling_and_auto_picks_by_device():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 def test_jit_step_compiles_every_model_and_trains_all_four_networks():
 
     gan = cyclegan.build_gan(Config(**TINY, jit=True), distribute.make_strategy("none"))
@@ -223,6 +227,7 @@ def test_multiworker_without_tf_config_is_a_usage_error(monkeypatch):
         distribute.make_strategy("multiworker")
 
 
+@pytest.mark.slow
 def test_multiworker_only_the_chief_writes_and_its_checkpoint_resumes(children, capsys, caplog):
     """Two train.py workers train one run; the chief's checkpoint then resumes on one device (in this
     process: the resume needs no process of its own)."""
@@ -257,6 +262,7 @@ def test_multiworker_only_the_chief_writes_and_its_checkpoint_resumes(children, 
 
 # ---- mirrored ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_mirrored_splits_the_global_batch_and_matches_one_device(children):
     """train.py's run mirrored over two logical CPUs: each replica trains on half of the global batch,
     the replicas stay identical, the first step matches one device's, and a checkpoint of the run

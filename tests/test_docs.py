@@ -24,7 +24,7 @@ REQUIRED = {"evaluate.py": ["--run-dir", "run"],  # what a command line needs be
             "convert.py": ["out.onnx"]}
 NO_VALUE = ("—", "off")  # the tables' words for "nothing set"
 README_MAX_LINES = 220
-TEST_COMMAND = "python -m pytest -q"
+TEST_COMMAND = "python -m pytest -q -n 2 --dist loadfile"
 
 
 def read(path):

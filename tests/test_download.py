@@ -256,6 +256,7 @@ def test_a_dropped_connection_without_content_length_is_resumed(server, root):
     assert os.listdir(root) == ["mini"]
 
 
+@pytest.mark.slow
 def test_a_download_that_keeps_dropping_keeps_its_part_file_for_the_next_run(server, root):
     """No Content-Length and every answer cut: the .part stays, and the same command resumes it."""
     url = f"{server}/stuck.zip"

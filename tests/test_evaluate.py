@@ -181,6 +181,7 @@ def run_evaluate(scripts, dataset, tmp_path, *options):
     return scripts.run("evaluate.py", "--run-dir", run_dir, *options, cwd=tmp_path), run_dir
 
 
+@pytest.mark.slow
 def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_scores(scripts, dataset, classifier,
                                                                                       tmp_path):
     result, run_dir = run_evaluate(scripts, dataset, tmp_path)
@@ -201,6 +202,7 @@ def test_a_missing_run_dir_is_a_usage_error(tmp_path):
         evaluate.main(["--run-dir", str(tmp_path / "nope")])
 
 
+@pytest.mark.slow
 def test_eval_every_logs_the_scores_to_tensorboard(dataset, classifier, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(metrics, "load_inception", lambda: (tiny_features, None))
     config, _ = from_command_line([
@@ -231,6 +233,7 @@ def truncated_jpeg(path):
         f.truncate(300)
 
 
+@pytest.mark.slow
 def test_broken_ground_truth_pairs_are_skipped_one_warning_each(scripts, tmp_path):
     """A missing truth, a truth of another size, an unreadable test image (a cut JPEG) and an
     unreadable truth: each pair is left out with one warning naming it, the rest scored."""

@@ -54,6 +54,7 @@ def test_outputs_keep_names_and_full_resolution_and_a_grid_is_drawn(trained_run,
     assert iio.imread(grid).shape == (3 * 250, 3 * 250, 3)  # 3 images x (input | translated | reconstructed)
 
 
+@pytest.mark.slow
 def test_tiny_and_unreadable_images_in_a_real_process(trained_run, scripts, tmp_path):
     """Sides of 1 to 5 px translate at their own size; a broken file is one WARNING line; progress on a
     pipe is plain lines."""
@@ -204,6 +205,7 @@ def test_not_a_model_file_is_a_one_line_error(tmp_path):
         inference.load_generator(str(tmp_path / "missing.keras"))
 
 
+@pytest.mark.slow
 def test_a_zip_of_jpegs_holds_one_per_input_at_its_resolution(trained_run, scripts, tmp_path):
     inputs = tmp_path / "in"
     write_images(str(inputs), 2, size=(37, 61), seed=1)
@@ -488,6 +490,7 @@ def test_a_rerun_says_what_it_replaced_and_another_input_or_generator_needs_over
     assert (output / "img000.png").read_bytes() != before[Path("out", "img000.png")]
 
 
+@pytest.mark.slow
 def test_temporaries_a_killed_generate_left_are_removed_and_others_kept(trained_run, tmp_path, caplog):
     """Of write_atomically's NAME.tmpPID.EXT beside the output: those of a dead process for a file that
     generate.py writes go, in one INFO line; a live process's, and a user's file that only looks like

@@ -18,6 +18,7 @@ import main
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_through_the_same_code(tmp_path, capsys, monkeypatch):
     """main.py's steps, the demo's network and all: build the dataset, train, translate testA/ with a grid,
     score against testA_gt/. On a smaller demo dataset (the same build, fewer crops: faster to make,

@@ -265,7 +265,7 @@ def stepped_gan():
     return gan, images, first
 
 
-@pytest.mark.parametrize("netg, size", [("resnet", 32), ("unet", 256)])
+@pytest.mark.parametrize("netg, size", [("resnet", 32), pytest.param("unet", 256, marks=pytest.mark.slow)])
 def test_freezing_really_works_in_keras_3(request, netg, size):
     """Each discriminator's step moves only itself; the combined step moves both generators only: on the
     first call of each, which traces its train function (discriminator A before the combined model, B
@@ -448,6 +448,7 @@ def test_combined_train_function_makes_no_variables_when_traced(stepped_gan):
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_without_its_own_loss_trackers_the_combined_train_function_makes_variables_when_traced(monkeypatch):
     """The check above can fail: with build_loss_trackers a no-op, Keras makes the trackers while the
     train function is traced. The logged losses are the step's own here too."""

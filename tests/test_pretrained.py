@@ -275,6 +275,7 @@ def test_a_file_of_another_kind_given_as_the_generator_is_one_whole_line(scripts
         assert inference.brief(text) == expected
 
 
+@pytest.mark.slow
 def test_a_fresh_run_starts_from_a_pth_and_a_keras_file(dataset, tmp_path):
     """With --lr 0 the one training step changes nothing: the run's final generators are the files'."""
     source_ab = FIXTURES / "reference_zip.pth"

@@ -5,7 +5,7 @@ The training runs are real train.py processes on a tiny dataset; the checks that
 process call main() in this one (each process start costs seconds of imports). The processes run
 beside those checks: the run to be killed starts with the module (and a copy resumed with a
 diverging --lr once it is killed), and the checks of them come after the ones that need no killed
-run; the copy to be stopped by SIGTERM starts with the first of them."""
+run; the copy to be stopped by SIGTERM starts with the first of them, and is checked last."""
 import json
 import logging
 import os
@@ -30,7 +30,7 @@ import generate
 import runs
 import train
 
-from conftest import TINY, make_dataset
+from conftest import TINY, make_dataset, runs_slow_tests
 
 REPO = Path(__file__).resolve().parent.parent
 PATIENCE = 300  # seconds a train.py process may take to reach a checkpoint on a slow, shared CPU
@@ -92,11 +92,14 @@ def cli_error(main_function, argv, program="train.py"):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def run_to_kill(dataset, tmp_path_factory):
+def run_to_kill(request, dataset, tmp_path_factory):
     """Started with the module, by a thread, so that its processes run beside the tests that need no
     killed run (a train.py process takes seconds to reach its first checkpoint): a run SIGKILLed right
     after its first checkpoint, then two copies of it, one resumed at once with a diverging --lr (it
     ends by itself). killed_run waits for the thread and resumes the other copy."""
+    if not runs_slow_tests(request, __name__):  # the quick tier: no test here needs it
+        yield None
+        return
     root = tmp_path_factory.mktemp("killed")
     folders = {name: tmp_path_factory.mktemp(name) for name in ("killed_logs", "resumed", "resumed_logs",
                                                                  "diverging", "diverging_logs")}
@@ -137,8 +140,8 @@ def run_to_kill(dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def killed_run(run_to_kill):
     """run_to_kill's run, once its thread is done, and its other copy resumed now at another --image-size
-    (to be stopped with SIGTERM): the first tests of the killed run run beside its start, and only then
-    the tests that need it (it trains until it is stopped)."""
+    (to be stopped with SIGTERM): the tests of the killed run and of bad input run beside its start, and
+    only then the tests that need it (it trains until it is stopped)."""
     killed, thread = run_to_kill
     thread.join()
     if killed.error:
@@ -178,6 +181,7 @@ def test_the_first_sigint_or_sigterm_is_a_stop_request_and_the_second_acts_as_us
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow
 def test_without_test_folders_the_training_folders_are_read_and_a_failing_evaluation_or_grid_is_a_warning(
         tmp_path, monkeypatch, caplog):
     """No test folders (testA/ gone, testB/ empty): sample grids and --eval-every read the training
@@ -246,6 +250,7 @@ def test_out_of_memory_while_building_or_training_is_one_line(dataset, tmp_path,
 
 # ---- a killed run ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_leaves_a_complete_checkpoint_that_resume_restores_exactly(killed_run, tmp_path, caplog, capsys):
     assert killed_run.process.returncode == -signal.SIGKILL
     assert re.search(r"skipping \S+broken\.png: not a readable image", output(killed_run.process)[1])
@@ -280,6 +285,7 @@ def test_sigkill_leaves_a_complete_checkpoint_that_resume_restores_exactly(kille
             np.testing.assert_array_equal(arrays[key], value, err_msg=key)
 
 
+@pytest.mark.slow
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(killed_run, tmp_path, caplog):
     root, run_dir, previous = copy_run(killed_run, tmp_path)
     corrupt = previous.parent / f"step-{killed_run.step + 4:09d}.npz"
@@ -294,6 +300,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(killed_run, 
     assert not corrupt.exists() and Path(f"{corrupt}.corrupt").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_when_no_checkpoint_is_loadable(killed_run, tmp_path):
     root, run_dir, _ = copy_run(killed_run, tmp_path)
     for path in checkpoints.checkpoint_paths(run_dir):
@@ -308,6 +315,7 @@ def test_resume_refuses_when_no_checkpoint_is_loadable(killed_run, tmp_path):
     (dict(ngf=8), "(weight shape (7, 7, 3, 4), expected (7, 7, 3, 8))"),
     (dict(n_res_blocks=2), "(30 weight arrays, expected 38)"),
 ])
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_other_network_sizes(killed_run, tmp_path, change, difference):
     """As if the checkpoint came from another run: config.json says one size, the weights another."""
     root, run_dir, latest = copy_run(killed_run, tmp_path)
@@ -317,85 +325,6 @@ def test_resume_refuses_a_checkpoint_of_other_network_sizes(killed_run, tmp_path
     message = cli_error(train.main, ["--runs-root", str(root), "--name", "run", "--resume"])
     assert f"{latest}: its generator_ab does not fit the configured network {difference}" in message
     assert file_bytes(run_dir / "checkpoints") == before
-
-
-# ---- the copies resumed from the killed run, while they train --------------------------------
-
-def test_a_second_writer_of_a_run_in_progress_gets_one_line_and_writes_nothing(killed_run, dataset):
-    """While the resumed copy trains, a second --resume and a fresh run of the same name both end at once.
-    They are train.main calls of this process: another process than the writer, as a second train.py is."""
-    writer, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
-    wait_for(lambda: (run_dir / ".lock").read_text().strip() == str(writer.pid), writer)
-    for args in (["--resume"], ["--dataroot", str(dataset), *TINY]):
-        assert cli_error(train.main, ["--runs-root", str(killed_run.resumed_root), "--name", "run", *args,
-                                      "--lr", "0.001"]) == (
-            f"train.py: error: {run_dir} is in use by another train.py (PID {writer.pid}); wait for it to end, "
-            "or give another --name")
-    assert writer.poll() is None
-    # what write_atomically would have left of this process: NAME.tmpPID.EXT
-    written_by_others = [p for p in run_dir.rglob("*") if re.search(rf"\.tmp{os.getpid()}(\.|$)", p.name)]
-    assert not written_by_others
-    assert json.loads((run_dir / "config.json").read_text())["lr"] == Config.lr
-
-
-@pytest.fixture(scope="module")
-def stopped_resume(killed_run):
-    """The resumed copy, sent SIGTERM once it has written a checkpoint of its own: its exit status,
-    stdout and stderr."""
-    process, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
-    wait_for(lambda: newest_step(run_dir) > killed_run.step, process)
-    process.send_signal(signal.SIGTERM)
-    return (process.wait(timeout=PATIENCE), *output(process))
-
-
-def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(killed_run, stopped_resume):
-    run_dir = killed_run.resumed_root / "run"
-    latest = run_dir / "checkpoints" / f"step-{killed_run.step:09d}.npz"
-    returncode, stdout, stderr = stopped_resume
-    assert returncode == 0
-
-    assert f"resumed {latest} at step {killed_run.step}" in stderr
-    stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+); continue with: .* --resume", stdout).group(1))
-    assert stopped_at > killed_run.step
-    checkpoint = checkpoints.checkpoint_paths(run_dir)[-1]
-    assert checkpoint.endswith(f"step-{stopped_at:09d}.npz") and f"checkpoint:   {checkpoint}" in stdout
-    with np.load(checkpoint) as arrays:
-        assert int(arrays["step"]) == stopped_at
-        assert np.isfinite(arrays["weights/generator_ab/0"]).all()
-    assert "Traceback" not in stderr
-
-
-def test_resume_with_another_image_size_empties_the_history_pools(killed_run, stopped_resume, dataset):
-    """The resumed copy runs at --image-size 48, the killed run at 32: the pools hold fakes of the old
-    size, so they start again (one WARNING), and config.json says the new size once the resumed run has
-    trained."""
-    with np.load(checkpoints.checkpoint_paths(killed_run.root / "run")[-1]) as arrays:
-        assert arrays["pool/A"].shape[1:] == (32, 32, 3)
-    stderr, run_dir = stopped_resume[2], killed_run.resumed_root / "run"
-    # besides the broken image (named once a process) and SIGTERM's line when it came between two steps
-    assert [line for line in stderr.splitlines() if line.startswith("WARNING: ") and "SIGTERM" not in line] == [
-        f"WARNING: skipping {dataset / 'trainA' / 'broken.png'}: not a readable image",
-        "WARNING: --image-size 48: emptied the history pools of 32-px fakes from before the change"]
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["image_size"] == 48
-    with np.load(checkpoints.checkpoint_paths(run_dir)[-1]) as arrays:
-        trained = int(arrays["step"]) - killed_run.step  # each step adds one fake of the new size
-        assert trained > 0 and arrays["pool/A"].shape == (min(trained, config["pool_size"]), 48, 48, 3)
-
-
-def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(killed_run):
-    process = killed_run.diverging
-    assert process.wait(timeout=PATIENCE) == 1
-    stderr = output(process)[1]
-    last_line = stderr.strip().splitlines()[-1]
-    match = re.fullmatch(r"train\.py: error: step (\d+): non-finite loss \((.*nan.*)\); stopped without saving, "
-                         r"last good checkpoint: (\S+) \(try a lower --lr\)", last_line)
-    assert match, last_line
-    assert int(match.group(1)) > killed_run.step
-    assert match.group(3) == checkpoints.checkpoint_paths(killed_run.diverging_root / "run")[-1]
-    assert file_bytes(killed_run.diverging_root / "run" / "checkpoints") == killed_run.diverging_checkpoints
-    assert not list((killed_run.diverging_root / "run").glob("*.keras"))
-    assert "Traceback" not in stderr
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -429,6 +358,8 @@ TRAIN_ERRORS = [
     (["--dataroot", "{tmp}/a_file", "--runs-root", "{runs}"], "{tmp}/a_file/trainA: is a file, expected a folder of images"),
     (["--dataroot", "{tmp}/empty", "--runs-root", "{runs}"], "{tmp}/empty/trainB: no readable images"),
     (["--dataroot", "{data}", "--epochs", "0", "--epochs-decay", "0", "--runs-root", "{runs}"], "both 0: nothing to train"),
+    (["--dataroot", "{data}", "--runs-root", "{runs}", "--seed", "0", "--jit"],
+     "--jit with --seed: the op determinism --seed turns on keeps Keras from compiling with XLA under TensorFlow"),
     (["--dataroot", "{data}", "--runs-root", "{file}"], "{file}: is a file, expected a folder for the runs"),
     (["--dataroot", "{data}", "--runs-root", "{runs}", "--name", "old"],
      "{runs}/old already holds a run (checkpoints, config.json): continue it with --resume, or give another --name"),
@@ -494,6 +425,7 @@ def test_generate_unknown_direction_is_refused_by_the_parser(capsys):
     assert "argument --direction: invalid choice: 'AtoC'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_real_processes_end_bad_input_without_a_traceback(places, model_files):
     """Two processes at once (they mostly wait on imports): exit 1, one line, no traceback; train.py's
     resume of a hand-edited config.json has nothing else on stderr either."""
@@ -515,3 +447,86 @@ def test_real_processes_end_bad_input_without_a_traceback(places, model_files):
     assert output(processes["train.py"])[1].strip().splitlines() == [
         f"train.py: error: {places['runs'] / 'null' / 'config.json'}: the key 'n_res_blocks': null"]
     assert os.listdir(places["runs"] / "null") == ["config.json"] and not (places["tmp"] / "out").exists()
+
+
+# ---- the copies resumed from the killed run, while they train --------------------------------
+
+@pytest.mark.slow
+def test_a_second_writer_of_a_run_in_progress_gets_one_line_and_writes_nothing(killed_run, dataset):
+    """While the resumed copy trains, a second --resume and a fresh run of the same name both end at once.
+    They are train.main calls of this process: another process than the writer, as a second train.py is."""
+    writer, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
+    wait_for(lambda: (run_dir / ".lock").read_text().strip() == str(writer.pid), writer)
+    for args in (["--resume"], ["--dataroot", str(dataset), *TINY]):
+        assert cli_error(train.main, ["--runs-root", str(killed_run.resumed_root), "--name", "run", *args,
+                                      "--lr", "0.001"]) == (
+            f"train.py: error: {run_dir} is in use by another train.py (PID {writer.pid}); wait for it to end, "
+            "or give another --name")
+    assert writer.poll() is None
+    # what write_atomically would have left of this process: NAME.tmpPID.EXT
+    written_by_others = [p for p in run_dir.rglob("*") if re.search(rf"\.tmp{os.getpid()}(\.|$)", p.name)]
+    assert not written_by_others
+    assert json.loads((run_dir / "config.json").read_text())["lr"] == Config.lr
+
+
+@pytest.fixture(scope="module")
+def stopped_resume(killed_run):
+    """The resumed copy, sent SIGTERM once it has written a checkpoint of its own: its exit status,
+    stdout and stderr."""
+    process, run_dir = killed_run.resumed, killed_run.resumed_root / "run"
+    wait_for(lambda: newest_step(run_dir) > killed_run.step, process)
+    process.send_signal(signal.SIGTERM)
+    return (process.wait(timeout=PATIENCE), *output(process))
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(killed_run, stopped_resume):
+    run_dir = killed_run.resumed_root / "run"
+    latest = run_dir / "checkpoints" / f"step-{killed_run.step:09d}.npz"
+    returncode, stdout, stderr = stopped_resume
+    assert returncode == 0
+
+    assert f"resumed {latest} at step {killed_run.step}" in stderr
+    stopped_at = int(re.search(r"stopped by SIGTERM at step (\d+); continue with: .* --resume", stdout).group(1))
+    assert stopped_at > killed_run.step
+    checkpoint = checkpoints.checkpoint_paths(run_dir)[-1]
+    assert checkpoint.endswith(f"step-{stopped_at:09d}.npz") and f"checkpoint:   {checkpoint}" in stdout
+    with np.load(checkpoint) as arrays:
+        assert int(arrays["step"]) == stopped_at
+        assert np.isfinite(arrays["weights/generator_ab/0"]).all()
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_resume_with_another_image_size_empties_the_history_pools(killed_run, stopped_resume, dataset):
+    """The resumed copy runs at --image-size 48, the killed run at 32: the pools hold fakes of the old
+    size, so they start again (one WARNING), and config.json says the new size once the resumed run has
+    trained."""
+    with np.load(checkpoints.checkpoint_paths(killed_run.root / "run")[-1]) as arrays:
+        assert arrays["pool/A"].shape[1:] == (32, 32, 3)
+    stderr, run_dir = stopped_resume[2], killed_run.resumed_root / "run"
+    # besides the broken image (named once a process) and SIGTERM's line when it came between two steps
+    assert [line for line in stderr.splitlines() if line.startswith("WARNING: ") and "SIGTERM" not in line] == [
+        f"WARNING: skipping {dataset / 'trainA' / 'broken.png'}: not a readable image",
+        "WARNING: --image-size 48: emptied the history pools of 32-px fakes from before the change"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["image_size"] == 48
+    with np.load(checkpoints.checkpoint_paths(run_dir)[-1]) as arrays:
+        trained = int(arrays["step"]) - killed_run.step  # each step adds one fake of the new size
+        assert trained > 0 and arrays["pool/A"].shape == (min(trained, config["pool_size"]), 48, 48, 3)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(killed_run):
+    process = killed_run.diverging
+    assert process.wait(timeout=PATIENCE) == 1
+    stderr = output(process)[1]
+    last_line = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"train\.py: error: step (\d+): non-finite loss \((.*nan.*)\); stopped without saving, "
+                         r"last good checkpoint: (\S+) \(try a lower --lr\)", last_line)
+    assert match, last_line
+    assert int(match.group(1)) > killed_run.step
+    assert match.group(3) == checkpoints.checkpoint_paths(killed_run.diverging_root / "run")[-1]
+    assert file_bytes(killed_run.diverging_root / "run" / "checkpoints") == killed_run.diverging_checkpoints
+    assert not list((killed_run.diverging_root / "run").glob("*.keras"))
+    assert "Traceback" not in stderr

@@ -27,7 +27,7 @@ import runs
 import train
 from config import Config
 
-from conftest import TINY, make_dataset
+from conftest import TINY, make_dataset, runs_slow_tests
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,11 +52,14 @@ def warnings(caplog):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def processes(dataset, tmp_path_factory):
+def processes(request, dataset, tmp_path_factory):
     """This module's train.py processes, started with it so that they run beside the tests in this one:
     a run started with relative paths from the working directory first/, which the test of a run's
     paths resumes from second/ (each folder holds its own ds/: other images, other names); and a step
     at --image-size 2048 under `ulimit -v`, whose end the last test reads."""
+    if not runs_slow_tests(request, __name__):  # the quick tier: no test here needs it
+        yield None
+        return
     root = tmp_path_factory.mktemp("processes")
     first, second = root / "first", root / "second"
     make_dataset(first / "ds", counts=(3, 3, 2, 2), size=(36, 36))
@@ -122,6 +125,7 @@ def test_a_folder_of_other_files_is_not_offered_for_resume(dataset, tmp_path):
     assert sorted(os.listdir(tmp_path / "runs" / "mine")) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_a_run_refused_warned_stopped_early_or_out_of_disk_leaves_what_it_can_go_on_from(
         tmp_path, monkeypatch, caplog):
     """One run, and everything that can end it before it has a checkpoint to show:
@@ -195,6 +199,7 @@ def test_a_run_refused_warned_stopped_early_or_out_of_disk_leaves_what_it_can_go
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [first.name]  # no half-written temporary
 
 
+@pytest.mark.slow
 def test_a_run_resumes_anywhere_on_its_absolute_paths_or_a_moved_dataset_and_writes_only_what_it_trains(
         processes, monkeypatch, caplog, capsys):
     """One run, five processes of it: train.py started in first/ with relative paths, then train.main calls
@@ -270,6 +275,7 @@ def test_a_step_too_large_for_the_memory_is_one_line_before_anything_is_written(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_under_ulimit_v_the_step_is_refused_in_one_line_not_by_a_signal(processes):
     """The issue's case: --image-size 2048 under `ulimit -v` ended with std::bad_alloc (SIGABRT)."""
     stderr_path = processes.root / "ulimit_stderr"

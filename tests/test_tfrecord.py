@@ -21,7 +21,7 @@ import generate
 import train
 from config import Config
 
-from conftest import TINY, smooth_image, write_images
+from conftest import TINY, runs_slow_tests, smooth_image, write_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNDECODABLE, NO_IMAGE = "undecodable", "no image"
@@ -155,10 +155,13 @@ def kaggle_domains(root):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def two_folder_process(tmp_path_factory):
+def two_folder_process(request, tmp_path_factory):
     """train.py on Kaggle's two folders, no --dataroot, in its own process: with no InceptionV3 weights to
     be had (an empty Keras cache, no network), which only a process started so can be sure of. Started
     with the module, it trains beside the tests in this process."""
+    if not runs_slow_tests(request, __name__):  # the quick tier: no test here needs it
+        yield None
+        return
     tmp_path = tmp_path_factory.mktemp("kaggle")
     monet, photo = kaggle_domains(tmp_path / "input")
     (tmp_path / "keras_home").mkdir()
@@ -175,6 +178,7 @@ def two_folder_process(tmp_path_factory):
         process.wait()
 
 
+@pytest.mark.slow
 def test_train_in_the_cyclegan_layout_from_shards(tmp_path, capsys, caplog):
     """trainA/ trainB/ testA/ testB/ all shards: an epoch is the larger domain's good records (3 here).
     In this process (no evaluation here); the two-folder run's process trains meanwhile."""
@@ -212,6 +216,7 @@ def two_folder_run(two_folder_process):
     return result, str(tmp_path / "runs" / "run"), monet, photo
 
 
+@pytest.mark.slow
 def test_train_from_two_shard_folders_samples_and_evaluates_them(two_folder_run):
     result, run_dir, monet, photo = two_folder_run
     assert [line.split("  ")[:2] for line in result.stdout.splitlines() if line.startswith("step 3/")] == \
@@ -238,6 +243,7 @@ def tiny_features(images):
     return tf.image.resize(images, (4, 4), method="area").numpy().reshape(len(images), -1)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_two_folder_run_on_its_shards(two_folder_run, tmp_path):
     _, run_dir, monet, photo = two_folder_run
     test_b = write_shards(tmp_path / "monet_test", smooth_images(2, seed=5), (2,))
@@ -250,6 +256,7 @@ def test_evaluate_scores_a_two_folder_run_on_its_shards(two_folder_run, tmp_path
     assert (report["test_a"], report["test_b"]) == (photo, test_b)
 
 
+@pytest.mark.slow
 def test_generate_defaults_to_the_runs_test_folder_and_refuses_shards_in_one_line(two_folder_run):
     _, run_dir, monet, photo = two_folder_run
     assert generate.run_files(run_dir, "AtoB")["input"] == photo

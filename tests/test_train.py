@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from config import from_command_line
 import cyclegan
 import train
 
-from conftest import TINY
+from conftest import TINY, runs_slow_tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_TAGS = ["loss/D_A", "loss/D_B", "loss/adversarial_a", "loss/adversarial_b", "loss/cycle_a",
@@ -23,10 +24,13 @@ LOSS_TAGS = ["loss/D_A", "loss/D_B", "loss/adversarial_a", "loss/adversarial_b",
 
 
 @pytest.fixture(scope="session", autouse=True)
-def on_a_terminal(dataset, tmp_path_factory):
+def on_a_terminal(request, dataset, tmp_path_factory):
     """train.py with its stdout on a terminal (a pty, drained by a thread), started before this module's
-    first test (autouse, and this scope: before the session's trained_run), so that it runs beside the
-    tests in this process; the test of progress lines waits for it."""
+    first test (autouse, and this scope: before any module fixture), so that it runs beside logged_run's
+    train.main in this process; the test of progress lines waits for it."""
+    if not runs_slow_tests(request, __name__):  # the quick tier: no test here needs it
+        yield None
+        return
     folder = tmp_path_factory.mktemp("terminal")
     master, slave = os.openpty()
     process = subprocess.Popen([sys.executable, "train.py", "--dataroot", dataset, "--runs-root", str(folder), *TINY,
@@ -54,6 +58,17 @@ def on_a_terminal(dataset, tmp_path_factory):
         process.wait()
 
 
+@pytest.fixture(scope="module")
+def logged_run(dataset, tmp_path_factory):
+    """A 6-step run of train.main with its stdout to a log file (nohup, a job scheduler: sys.stdout is a
+    file, not a terminal): its run folder and its log."""
+    folder = tmp_path_factory.mktemp("logged")
+    with open(folder / "log.txt", "w") as log, contextlib.redirect_stdout(log):
+        train.main(["--dataroot", dataset, "--runs-root", str(folder), *TINY, "--max-steps", "6", "--print-every",
+                    "2", "--name", "logged"])
+    return str(folder / "logged"), (folder / "log.txt").read_text()
+
+
 def events(run_dir):
     accumulator = EventAccumulator(run_dir, size_guidance={"tensors": 0})
     accumulator.Reload()
@@ -64,30 +79,33 @@ def scalar_steps(accumulator, tag):
     return [e.step for e in accumulator.Tensors(tag)]
 
 
-def test_two_step_run_writes_tags_checkpoint_generators_and_config(trained_run, dataset):
-    accumulator = events(trained_run)
+@pytest.mark.slow
+def test_a_run_writes_tags_checkpoint_generators_and_config(logged_run, dataset):
+    run_dir = logged_run[0]
+    accumulator = events(run_dir)
     tags = accumulator.Tags()["tensors"]
     for tag in LOSS_TAGS + ["learning_rate", "samples/AtoB", "samples/BtoA"]:
         assert tag in tags
-    assert scalar_steps(accumulator, "loss/D_A") == [1, 2]
+    assert scalar_steps(accumulator, "loss/D_A") == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(tf.make_ndarray(e.tensor_proto)) for e in accumulator.Tensors("loss/G_total"))
     grid = tf.make_ndarray(accumulator.Tensors("samples/AtoB")[-1].tensor_proto)
     assert (int(grid[0]), int(grid[1])) == (3 * 250, 3 * 250)  # 3 test images x (real, translated, reconstructed)
-    assert checkpoints.checkpoint_paths(trained_run)[-1].endswith("step-000000002.npz")
+    assert checkpoints.checkpoint_paths(run_dir)[-1].endswith("step-000000006.npz")
     for name in ("generator_ab.keras", "generator_ba.keras", "config.json"):
-        assert os.path.isfile(os.path.join(trained_run, name))
-    config = json.load(open(os.path.join(trained_run, "config.json")))
+        assert os.path.isfile(os.path.join(run_dir, name))
+    config = json.load(open(os.path.join(run_dir, "config.json")))
     assert config["dataroot"] == dataset and config["ngf"] == 4 and config["lambda_cycle"] == 10.0
-    samples = set(os.listdir(os.path.join(trained_run, "samples")))
-    assert {"AtoB_step0000002.png", "BtoA_step0000002.png"} <= samples
+    samples = set(os.listdir(os.path.join(run_dir, "samples")))
+    assert {"AtoB_step0000006.png", "BtoA_step0000006.png"} <= samples
 
 
-def test_a_checkpoint_restores_identical_weights_optimizer_steps_and_pools(trained_run, tmp_path):
+@pytest.mark.slow
+def test_a_checkpoint_restores_identical_weights_optimizer_steps_and_pools(logged_run, tmp_path):
     """What --resume starts from; the resumed loop's step count (each step once in the events, the
     summary of the steps a process trained) is test_run_safety.py's test of a run resumed anywhere."""
     import shutil
     run_dir = str(tmp_path / "tiny")
-    shutil.copytree(trained_run, run_dir)
+    shutil.copytree(logged_run[0], run_dir)
     checkpoint = checkpoints.checkpoint_paths(run_dir)[-1]
 
     config, resume = from_command_line(["--resume", "--runs-root", str(tmp_path), "--name", "tiny"])
@@ -95,23 +113,21 @@ def test_a_checkpoint_restores_identical_weights_optimizer_steps_and_pools(train
     gan = cyclegan.CycleGAN(config)
     rng = np.random.default_rng(9)
     pools = {"A": cyclegan.HistoryPool(50, rng), "B": cyclegan.HistoryPool(50, rng)}
-    assert checkpoints.load_checkpoint(checkpoint, gan, pools, rng) == (2, 0)
+    assert checkpoints.load_checkpoint(checkpoint, gan, pools, rng) == (6, 1)  # 6 steps, the first epoch's
     saved = np.load(checkpoint)
     for name, model in gan.models.items():
         for index, weight in enumerate(model.get_weights()):
             np.testing.assert_array_equal(weight, saved[f"weights/{name}/{index}"])
-    assert int(gan.combined.optimizer.iterations) == 2
-    assert len(pools["A"].images) == 2
+    assert int(gan.combined.optimizer.iterations) == 6
+    assert len(pools["A"].images) == 6
 
 
-def test_a_log_file_gets_plain_progress_lines_and_a_terminal_the_bar(on_a_terminal, dataset, tmp_path, capfd):
+@pytest.mark.slow
+def test_a_log_file_gets_plain_progress_lines_and_a_terminal_the_bar(logged_run, on_a_terminal):
     """stdout to a file (nohup, a job scheduler): one plain line every --print-every steps, none of the
     bar's carriage returns, backspaces or colour codes; on a terminal Keras' live bar. The file is
-    capfd's (file descriptor 1 and sys.stdout both to a file) of train.main in this process; the
-    terminal is a pty of a train.py process."""
-    train.main(["--dataroot", dataset, "--runs-root", str(tmp_path), *TINY, "--max-steps", "6", "--print-every", "2",
-                "--name", "logged"])
-    text = capfd.readouterr().out
+    logged_run's (train.main in this process); the terminal is a pty of a train.py process."""
+    text = logged_run[1]
     terminal, reader, shown = on_a_terminal
     assert terminal.wait(timeout=300) == 0
     reader.join(timeout=60)
