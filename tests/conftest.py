@@ -37,11 +37,11 @@ def plain_networks():
 def no_op_determinism():
     """Every test starts without TensorFlow's op determinism, which train.py --seed turns on for its whole
     process (in-process runs, conftest's trained_run among them, would leave it on: Keras then quietly
-    compiles nothing with XLA). Turned off after each test; TensorFlow's public API only turns it on."""
+    compiles nothing with XLA). Turned off after each test, as bench.py --deterministic turns it off."""
     yield
-    from tensorflow.python.framework import config as framework_config
+    from benchmark.tensorflow_extras import set_op_determinism
 
-    framework_config.disable_op_determinism()
+    set_op_determinism(False)
 
 
 def runs_slow_tests(request, module_name):
