@@ -109,7 +109,7 @@ class Config:
     print_every: int = option(100, "steps between plain progress lines when stdout is not a terminal",
                               cli.positive_int, added=True)
     seed: Optional[int] = option(None, "random seed for weights, shuffling and augmentation", seed)
-    jit: bool = option(False, "XLA-compile the train functions", flag=True)
+    jit: bool = option(False, "XLA-compile the train functions (under TensorFlow, not with --seed)", flag=True)
     eval_every: int = option(0, "epochs between evaluate.py's scores on the test split, logged as eval/* "
                                 "(0: never)", cli.non_negative_int)
     distribute: Optional[str] = option(
