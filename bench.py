@@ -74,7 +74,7 @@ def build_parser():
                         "CycleGAN of its own): what each kernel saves of a whole step (TensorFlow on a CPU)")
     p.add_argument("--deterministic", action="store_true",
                    help="also time the project loop with TensorFlow's op determinism on (what train.py --seed "
-                        "turns on), in turn with the loop in every round (TensorFlow only)")
+                        "turns on), in turn with the loop in every round (TensorFlow only; not with --jit)")
     p.add_argument("--generator-only", action="store_true",
                    help="time only generate.py's generator images/s and the machine's matmul and conv peaks, in "
                         "TensorFlow's default threads, and print them as JSON: bench.py runs this in a process "
@@ -99,6 +99,9 @@ def parse_config(argv=None):
         if asked:
             raise UsageError(f"{', '.join(asked)}: TensorFlow's figures, and Keras runs on {quiet.backend()}; "
                              "run with KERAS_BACKEND=tensorflow")
+    if args.deterministic and getattr(args, "jit", False) and quiet.backend() == "tensorflow":  # as train.py --seed
+        raise UsageError("--deterministic with --jit: op determinism keeps Keras from compiling with XLA under "
+                         "TensorFlow; drop one of them")
     if args.torch and shutil.which(args.torch) is None:
         raise UsageError(f"--torch {args.torch}: no such interpreter")
     return args, BENCH[args.config].replace(**given)

@@ -1,6 +1,10 @@
 """Shared fixtures: tiny image folders made on the fly, and one tiny training run reused by tests."""
 import os
+from pathlib import Path
+import re
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 TINY_NETWORK = dict(image_size=32, ngf=4, ndf=8, n_res_blocks=1)  # networks that train in milliseconds
 TINY = [arg for name, value in TINY_NETWORK.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+REPO = Path(__file__).resolve().parent.parent
+PATIENCE = 300  # seconds a train.py process may take to reach a checkpoint on a slow, shared CPU
 
 
 def pytest_configure(config):
@@ -96,3 +102,62 @@ def trained_run(dataset, tmp_path_factory):
     train.main(["--dataroot", dataset, "--runs-root", runs_root, "--name", "tiny",
                 "--max-steps", "2", "--sample-every", "1", *TINY, "--seed", "0"])
     return os.path.join(runs_root, "tiny")
+
+
+# ---- scripts in real processes, and the one line they end with on bad input ----------------------
+
+def start(script, args, log_dir):
+    """A script in its own process, stdout and stderr to files (a full pipe would block it)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "stdout", "w") as stdout, open(log_dir / "stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, script, *map(str, args)], cwd=REPO,
+                                   stdout=stdout, stderr=stderr)
+    process.log_dir = log_dir
+    return process
+
+
+def output(process):
+    return (process.log_dir / "stdout").read_text(), (process.log_dir / "stderr").read_text()
+
+
+def wait_for(condition, process):
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        assert process.poll() is None, f"train.py ended early:\n{output(process)[1][-3000:]}"
+        assert time.monotonic() < deadline, "train.py did not get there in time"
+        time.sleep(0.2)
+
+
+def newest_step(run_dir):
+    import checkpoints
+
+    paths = checkpoints.checkpoint_paths(run_dir)
+    return int(re.search(r"step-(\d+)", paths[-1]).group(1)) if paths else -1
+
+
+def cli_error(main_function, argv):
+    """The one line a script (train.main: train.py) ends with on bad input, as run_cli ends its process:
+    SystemExit with the message, checked to be one line."""
+    import cli
+
+    program = f"{main_function.__module__}.py"
+    with pytest.raises(SystemExit) as ended:
+        cli.run_cli(lambda: main_function(argv), program)
+    message = str(ended.value.code)
+    assert message.startswith(f"{program}: error: ") and "\n" not in message, message
+    return message
+
+
+@pytest.fixture
+def scripts(request):
+    """Runs the scripts' command lines, each as its own `python SCRIPT` would: script_runner's one process
+    a session, which starts TensorFlow once."""
+    from script_runner import session_scripts
+
+    return session_scripts(request)
+
+
+def model_options(run_dir):
+    """generate.py's options for the two generators of a run folder."""
+    return ["--generator", os.path.join(run_dir, "generator_ab.keras"),
+            "--reverse-generator", os.path.join(run_dir, "generator_ba.keras")]

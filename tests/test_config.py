@@ -144,7 +144,7 @@ def test_a_missing_key_or_a_config_that_is_not_an_object_is_named(tmp_path):
 
 def test_train_resume_with_a_null_in_config_json_exits_with_one_line(tmp_path, capsys):
     """train.py's main as its process runs it (run_cli): the one line and nothing else; the same in a real
-    process, stderr included: test_reliability.py's test_real_processes_end_bad_input_without_a_traceback."""
+    process, stderr included: test_bad_input.py's test_real_processes_end_bad_input_without_a_traceback."""
     import train
 
     path = saved_run(tmp_path, n_res_blocks=None)

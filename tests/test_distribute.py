@@ -32,9 +32,12 @@ TINY_ARGS = ["--image-size", "32", "--ngf", "4", "--ndf", "8", "--n-res-blocks",
              "--seed", "0", "--sample-count", "2", "--sample-every", "1000"]
 # Mirrored replicas each reduce half the batch and the all-reduce adds the halves: the same sums in
 # another order, so float32 rounding differs. Losses agree to 1e-5 relative; after Adam's first step
-# (about lr = 2e-4 per weight) weights agree to a tenth of a step.
+# (about lr = 2e-4 per weight, g / (|g| + epsilon) of it) weights agree to a tenth of a step, but for
+# the few whose gradient is near rounding (one in 1e5 with AVX2's kernels), which differ by at most a
+# flipped step: a replica that trained on the wrong images, or applied its own gradient, moves most.
 LOSS_TOLERANCE = 1e-5
 WEIGHT_TOLERANCE = 2e-5
+OFF_FRACTION = 1e-4
 SUBPROCESS_TIMEOUT = 300
 # The loss scale starts at 2**15: the first steps overflow float16, are skipped and halve it.
 MIXED_PRECISION_STEPS = 8
@@ -282,7 +285,8 @@ def test_mirrored_splits_the_global_batch_and_matches_one_device(children):
     for name in single:
         assert abs(single[name] - mirrored[name]) <= LOSS_TOLERANCE * max(1.0, abs(single[name])), name
     assert report["weight_change"] > 5 * WEIGHT_TOLERANCE, "the first step must move every weight"
-    assert report["weight_difference"] <= WEIGHT_TOLERANCE
+    assert report["weights_off"] <= OFF_FRACTION * report["weight_count"], report["weights_off"]
+    assert report["weight_difference"] <= 2 * report["learning_rate"]
     assert len(report["free_biases"]) == 2 * 7 + 2 * 3
     assert report["free_bias_difference"] <= 2 * report["learning_rate"]
     assert report["predicted"]["shape"] == [3, 32, 32, 3], "an odd batch predicts its own rows"
@@ -356,6 +360,7 @@ def mirrored_child(out):
             refusals.append(str(error))
     differences = {name: float(np.abs(w - first["weights"][name]).max()) for name, w in single_weights.items()}
     free = sorted(biases_normalised_away(single))
+    apart = [np.abs(w - first["weights"][name]) for name, w in single_weights.items() if name not in free]
 
     # The run's checkpoint of step 2 into its CycleGAN of step 3: both replicas take the file's weights.
     earlier = checkpoints.checkpoint_paths(trained["run_dir"])[0]
@@ -379,6 +384,8 @@ def mirrored_child(out):
         weight_change=min(float(np.abs(w - single_initial[name]).max())
                           for name, w in single_weights.items() if name not in free),
         weight_difference=max(d for name, d in differences.items() if name not in free),
+        weights_off=sum(int((difference > WEIGHT_TOLERANCE).sum()) for difference in apart),
+        weight_count=sum(difference.size for difference in apart),
         free_biases=free,
         free_bias_difference=max(differences[name] for name in free),
         cli={"step": trained["step"], "checkpoint": trained["checkpoint"]},

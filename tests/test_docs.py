@@ -161,3 +161,27 @@ def test_the_readme_gives_the_test_command_that_ci_runs():
     for path in ("README.md", ".ci/run"):
         lines = [line.strip() for line in read(path).splitlines()]
         assert TEST_COMMAND in lines, f"{path} must give the line {TEST_COMMAND}"
+
+
+def defined_tests():
+    """{file name: the tests and the tables of cases (TRAIN_ERRORS) it defines} for each file of tests/."""
+    pattern = re.compile(r"^(?:def (test_\w+)|([A-Z_]+_ERRORS) = )", re.M)
+    return {name: {a or b for a, b in pattern.findall(read(f"tests/{name}"))}
+            for name in os.listdir(os.path.join(REPO, "tests")) if name.endswith(".py")}
+
+
+def test_every_test_the_docs_name_exists_in_the_file_they_name():
+    """The docs' evidence (`test_x.py::test_name`, a bare `test_name`, or a name's start and an ellipsis)
+    names tests that are there: a test renamed or moved to another file shows here."""
+    tests = defined_tests()
+    everywhere = set().union(*tests.values())
+    named = re.compile(r"`(?:(?:tests/)?(test_\w+\.py)::)?((?:test_\w+|[A-Z_]+_ERRORS)…?)`")
+    pages = ["README.md"] + [f"docs/{name}" for name in os.listdir(os.path.join(REPO, "docs")) if name.endswith(".md")]
+    count = 0
+    for page in pages:
+        for file, name in named.findall(read(page)):
+            found = tests.get(file, set()) if file else everywhere
+            assert any(test == name or name.endswith("…") and test.startswith(name[:-1]) for test in found), (
+                f"{page} names {file + '::' if file else ''}{name}, which is not a test there")
+            count += 1
+    assert count > 40  # the pattern reads the docs' names (docs/reliability.md holds most)

@@ -14,7 +14,6 @@ import data
 import evaluate
 import metrics
 import train
-from script_runner import session_scripts
 
 SIZE = 32
 
@@ -70,13 +69,6 @@ def folders(dataroot):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return write_two_domains(tmp_path_factory.mktemp("two_domains") / "data")
-
-
-@pytest.fixture
-def scripts(request):
-    """Runs evaluate.py's command lines, each as its own `python evaluate.py` would, with an empty Keras
-    cache and no network (test_generate.ScriptRunner: one process for them all)."""
-    return session_scripts(request)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 
 import convert
 import cpu_kernels
+import export
 import inference
 import networks
 import pretrained
@@ -52,7 +53,7 @@ for name, path, format in jobs:
             translate = Interpreter(model_path=path).get_signature_runner()
             out = translate(image=batch)["translated"]
         results[f"{name}/{size}"] = out
-project = {"convert", "networks", "convolutions", "inference", "pretrained", "distribute", "cli"} & set(sys.modules)
+project = set(sys.argv[3:]) & set(sys.modules)  # this project's modules
 assert not project, project
 np.savez(sys.argv[2], **results)
 os._exit(0)  # without TensorFlow's clean-up at the end: seconds that prove nothing
@@ -98,9 +99,10 @@ def exports(tmp_path_factory):
     isolated = folder / "isolated"
     isolated.mkdir()
     with open(folder / "runtime.err", "w+") as stderr:
+        modules = sorted(path.stem for path in ROOT.glob("*.py"))
         runtime = subprocess.Popen([sys.executable, "-I", "-c", RUNTIME_ONLY, str(folder / "images.npz"),
-                                    str(folder / "outputs.npz")], cwd=isolated, text=True, stdin=subprocess.PIPE,
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+                                    str(folder / "outputs.npz"), *modules], cwd=isolated, text=True,
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
             run_dir = folder / "run"
             run_dir.mkdir()
@@ -206,14 +208,14 @@ def test_a_failed_export_leaves_nothing_and_an_overwritten_one_is_replaced_whole
 
     for target, writer, fake in (("g.onnx", "write_onnx", half_file), ("sm", "write_saved_model", half_folder)):
         with monkeypatch.context() as patch:
-            patch.setattr(convert, writer, fake)
+            patch.setattr(export, writer, fake)
             with pytest.raises(OSError):
                 convert.main([str(source), str(tmp_path / target)])
         assert sorted(os.listdir(tmp_path)) == ["g.keras"]
     shutil.copytree(exports.folder / "keras" / "saved_model", tmp_path / "sm")  # an earlier export (another generator)
     before = (tmp_path / "sm" / "saved_model.pb").read_bytes()
     with monkeypatch.context() as patch:
-        patch.setattr(convert, "write_saved_model", half_folder)
+        patch.setattr(export, "write_saved_model", half_folder)
         with pytest.raises(OSError):
             convert.main([str(source), str(tmp_path / "sm"), "--overwrite"])
     assert (tmp_path / "sm" / "saved_model.pb").read_bytes() == before

@@ -12,9 +12,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 import tensorflow as tf
 
-from test_reliability import newest_step, output, start, wait_for
-
-from conftest import TINY, make_dataset
+from conftest import TINY, make_dataset, newest_step, output, start, wait_for
 
 pytestmark = pytest.mark.slow  # real processes: the full suite, not the quick tier
 

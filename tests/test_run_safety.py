@@ -27,18 +27,9 @@ import runs
 import train
 from config import Config
 
-from conftest import TINY, make_dataset, runs_slow_tests
+from conftest import TINY, cli_error, make_dataset, runs_slow_tests
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cli_error(argv):
-    """train.py's one line on bad input (run_cli's SystemExit)."""
-    with pytest.raises(SystemExit) as ended:
-        cli.run_cli(lambda: train.main(argv), "train.py")
-    message = str(ended.value.code)
-    assert message.startswith("train.py: error: ") and "\n" not in message, message
-    return message
 
 
 def snapshot(folder):
@@ -92,7 +83,7 @@ def test_a_relative_dataset_path_in_config_json_is_never_looked_up_from_here(tmp
     (run_dir / "config.json").write_text(json.dumps(config.as_json(Config(dataroot="ds", ngf=4))))
     make_dataset(tmp_path / "ds", counts=(2, 2, 1, 1))
     monkeypatch.chdir(tmp_path)  # where a ds/ is: it must not be taken
-    assert cli_error(["--runs-root", "runs", "--name", "run", "--resume"]) == (
+    assert cli_error(train.main, ["--runs-root", "runs", "--name", "run", "--resume"]) == (
         f"train.py: error: {run_dir / 'config.json'}: the key 'dataroot' holds the relative path 'ds', which names "
         "a different folder from each working directory; resume with --dataroot and the folder's full path")
     with pytest.raises(cli.UsageError, match="the key 'dataroot' holds the relative path 'ds'.*; give --input and --output"):
@@ -110,7 +101,7 @@ def test_one_folder_as_both_domains_is_refused(tmp_path, same):
         argv = ["--dataroot", str(tmp_path / "ds")]
     else:
         argv = ["--train-a", str(tmp_path / "ds" / "trainA"), "--train-b", f"{tmp_path}/ds/./trainA/"]
-    message = cli_error(argv + ["--runs-root", str(runs), "--name", "run", *TINY, "--max-steps", "1"])
+    message = cli_error(train.main, argv + ["--runs-root", str(runs), "--name", "run", *TINY, "--max-steps", "1"])
     assert message.endswith(f"domains A and B are the same folder ({tmp_path / 'ds' / 'trainA'}); a CycleGAN "
                             "translates between two different sets of images")
     assert not runs.exists()
@@ -119,7 +110,7 @@ def test_one_folder_as_both_domains_is_refused(tmp_path, same):
 def test_a_folder_of_other_files_is_not_offered_for_resume(dataset, tmp_path):
     (tmp_path / "runs" / "mine").mkdir(parents=True)
     (tmp_path / "runs" / "mine" / "notes.txt").write_text("the user's")
-    assert cli_error(["--dataroot", dataset, "--runs-root", str(tmp_path / "runs"), "--name", "mine", *TINY]) == (
+    assert cli_error(train.main, ["--dataroot", dataset, "--runs-root", str(tmp_path / "runs"), "--name", "mine", *TINY]) == (
         f"train.py: error: {tmp_path / 'runs' / 'mine'} holds files that are not a run of train.py (notes.txt); "
         "give another --name or --runs-root, or move them away")
     assert sorted(os.listdir(tmp_path / "runs" / "mine")) == ["notes.txt"]
@@ -148,7 +139,7 @@ def test_a_run_refused_warned_stopped_early_or_out_of_disk_leaves_what_it_can_go
     # one step an epoch (2 images, batch 4): a checkpoint every second epoch, so none after the first step
     argv = ["--train-a", str(tmp_path / "ds" / "trainA"), "--train-b", str(tmp_path / "copy"), "--runs-root", runs,
             "--name", "run", *TINY, "--batch-size", "4", "--epochs", "4", "--epochs-decay", "0", "--save-every", "2"]
-    assert "--start-ab" in cli_error(argv + ["--start-ab", str(wider)])
+    assert "--start-ab" in cli_error(train.main, argv + ["--start-ab", str(wider)])
     assert not Path(runs).exists()
 
     steps = []
@@ -172,7 +163,7 @@ def test_a_run_refused_warned_stopped_early_or_out_of_disk_leaves_what_it_can_go
     assert (run_dir / "config.json").exists() and not checkpoints.checkpoint_paths(run_dir)
     monkeypatch.setattr(cyclegan.CycleGAN, "train_step", original)
 
-    message = cli_error(argv)
+    message = cli_error(train.main, argv)
     assert f"{run_dir} already holds a run (config.json, dataset.json, events.out.tfevents." in message
     assert message.endswith("): continue it with --resume, or give another --name")
 
@@ -189,7 +180,7 @@ def test_a_run_refused_warned_stopped_early_or_out_of_disk_leaves_what_it_can_go
 
     monkeypatch.setattr(checkpoints.np, "savez", disk_full_at_the_second_save)
     caplog.set_level(logging.INFO, logger="cyclegan")
-    message = cli_error(["--runs-root", runs, "--name", "run", "--resume"])
+    message = cli_error(train.main, ["--runs-root", runs, "--name", "run", "--resume"])
     assert f"{run_dir} stopped before its first checkpoint: starting it again from step 0" in caplog.text
     first = run_dir / "checkpoints" / "step-000000002.npz"
     assert message == (f"train.py: error: {run_dir / 'checkpoints' / 'step-000000004.npz'}: could not write it at "
@@ -229,10 +220,10 @@ def test_a_run_resumes_anywhere_on_its_absolute_paths_or_a_moved_dataset_and_wri
     assert generate.run_files(str(run_dir))["input"] == str(first / "ds" / "testA")
 
     (first / "ds").rename(first / "moved")
-    assert cli_error(resume + ["--max-steps", "3"]) == (
+    assert cli_error(train.main, resume + ["--max-steps", "3"]) == (
         f"train.py: error: {first / 'ds'}: the dataset folder of {run_dir} is gone (config.json's dataroot); if it "
         "moved, resume with --dataroot NEW_FOLDER (it must hold the images the run was trained on)")
-    assert cli_error(resume + ["--max-steps", "3", "--dataroot", str(second / "ds")]) == (
+    assert cli_error(train.main, resume + ["--max-steps", "3", "--dataroot", str(second / "ds")]) == (
         f"train.py: error: --dataroot {second / 'ds'}: domain A's training images differ from those the run was "
         "trained on (3 of its 3 missing, e.g. img000.png; 2 it never saw, e.g. other_img000.png); resume with "
         "the folder the run was trained on")
@@ -268,7 +259,7 @@ def test_the_activation_estimate_reads_the_networks_and_scales_with_the_step(tmp
 
 def test_a_step_too_large_for_the_memory_is_one_line_before_anything_is_written(dataset, tmp_path):
     # 1024 px, not more: train.py loads its sample images at --image-size before this check
-    message = cli_error(["--dataroot", dataset, "--runs-root", str(tmp_path / "runs"), "--name", "run",
+    message = cli_error(train.main, ["--dataroot", dataset, "--runs-root", str(tmp_path / "runs"), "--name", "run",
                          "--image-size", "1024", "--batch-size", "4096", "--ngf", "4", "--n-res-blocks", "1"])
     assert message.startswith("train.py: error: --image-size 1024 --batch-size 4096: a training step needs at least ")
     assert message.endswith("make --image-size, --batch-size, --ngf, --ndf or --n-res-blocks smaller")
