@@ -78,3 +78,13 @@ def test_docs_code_md_shows_the_import_graph_of_the_code():
     expected = picture(graph())
     assert shown, "docs/code.md lacks the import graph block"
     assert shown.group(1) == expected, "docs/code.md's import graph is stale; the code's is:\n" + expected
+
+
+def test_the_module_tables_of_readme_and_docs_code_md_name_every_top_level_file():
+    """README's and docs/code.md's tables of library modules and scripts (rows "| `name.py` | ...") list
+    the top-level files there are, no more and no fewer."""
+    files = {f"{module}.py" for module in project_modules() if "." not in module}
+    for page in ("README.md", os.path.join("docs", "code.md")):
+        with open(os.path.join(REPO, page), encoding="utf-8") as f:
+            rows = set(re.findall(r"^\| `(\w+\.py)` \|", f.read(), re.M))
+        assert rows == files, f"{page}: missing {sorted(files - rows)}, not there {sorted(rows - files)}"
