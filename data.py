@@ -9,12 +9,9 @@ independently, and an epoch is max(len A, len B) images as in the reference.
 
 download.py fetches the official datasets; demo_data.py makes the offline one main.py uses.
 """
-import contextlib
 import dataclasses
 import logging
 import os
-import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
@@ -23,7 +20,7 @@ import numpy as np
 
 from cli import UsageError
 from config import Config
-from quiet import tensorflow
+from quiet import stderr_silenced, tensorflow
 
 tf = tensorflow()
 
@@ -72,27 +69,6 @@ def read_bytes(path):
         return f.read()
 
 
-_stderr_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _stderr_silenced():
-    """File descriptor 2 goes to /dev/null meanwhile: TensorFlow's JPEG decoder lets libjpeg print its
-    complaint about a broken file ("Improper call to JPEG library in state 201") straight there, and
-    the file is named in a warning instead."""
-    with _stderr_lock:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        os.close(null)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def _decodes_bytes(data):
     try:
         decode_image(data)
@@ -118,8 +94,9 @@ def warn_skipped(what, reason="not a readable image"):
 
 
 def usable_images(paths):
-    """The paths that decode; each one that does not is skipped with a warning naming it."""
-    with _stderr_silenced(), ThreadPoolExecutor(max_workers=8) as pool:
+    """The paths that decode; each one that does not is skipped with a warning naming it (libjpeg's own
+    complaint, "Improper call to JPEG library in state 201", kept off the terminal)."""
+    with stderr_silenced(), ThreadPoolExecutor(max_workers=8) as pool:
         ok = list(pool.map(_decodes, paths))
     for path, good in zip(paths, ok):
         if not good:
@@ -189,7 +166,7 @@ def count_records(shards, key, folder):
     """The Records of `shards`: one pass decodes every image, each one that does not decode is skipped
     with a warning naming its shard and index, and a log line says how many are left."""
     checked_before = len(_checked_shards)
-    with _stderr_silenced(), ThreadPoolExecutor(max_workers=8) as pool:
+    with stderr_silenced(), ThreadPoolExecutor(max_workers=8) as pool:
         checked = list(pool.map(lambda shard: _check_shard(shard, key), shards))
     for shard, (length, problems, damaged) in zip(shards, checked):
         for index, reason in problems:

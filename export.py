@@ -126,22 +126,10 @@ def litert_bytes(model, quantize=None):
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if quantize == "float16":
             converter.target_spec.supported_types = [tf.float16]
-        with quiet_stderr():
+        from quiet import stderr_silenced
+
+        with stderr_silenced():
             return converter.convert()
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """TensorFlow's converter writes notes from C++ straight to file descriptor 2; they are kept off the
-    terminal (an error still comes back as a Python exception)."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def describe(found):
@@ -284,9 +272,10 @@ def runtime(target, format, content=None):
     Interpreter, name = litert_interpreter()
     source = dict(model_content=content) if content is not None else dict(model_path=target)
     runner = Interpreter(**source, num_threads=cores).get_signature_runner()
+    from quiet import stderr_silenced
 
     def translate(batch):
-        with quiet_stderr():  # its note on the XNNPACK delegate, when it resizes
+        with stderr_silenced():  # its note on the XNNPACK delegate, when it resizes
             return runner(**{INPUT_NAME: batch})[OUTPUT_NAME]
 
     return translate, f"{name}, {cores} threads"

@@ -8,24 +8,39 @@ the terminal: they are written to file descriptor 2 before any log level applies
 Under the JAX or PyTorch backend, importing keras here imports no TensorFlow; tensorflow() does, for the
 modules that need it whatever the backend (tf.data, tf.summary), as Keras' own guides use it.
 """
+import contextlib
 import functools
 import importlib
 import logging
 import os
+import sys
+import threading
+
+_stderr_lock = threading.RLock()  # the threads of a process share file descriptor 2
+
+
+@contextlib.contextmanager
+def stderr_silenced():
+    """File descriptor 2 pointed at /dev/null meanwhile: C++ code writes its notes straight there, past
+    any log level (TensorFlow's start-up, libjpeg on a broken file, LiteRT's converter and runtime).
+    Errors still surface as Python exceptions."""
+    with _stderr_lock:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _without_stderr(name):
-    """Imports module `name` with file descriptor 2 pointed at /dev/null meanwhile. Errors still
-    surface as Python exceptions."""
+    """Imports module `name` with stderr_silenced."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
+    with stderr_silenced():
         return importlib.import_module(name)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # JAX's probing for TPUs it lacks
