@@ -99,9 +99,8 @@ def parse_config(argv=None):
         if asked:
             raise UsageError(f"{', '.join(asked)}: TensorFlow's figures, and Keras runs on {quiet.backend()}; "
                              "run with KERAS_BACKEND=tensorflow")
-    if args.deterministic and getattr(args, "jit", False) and quiet.backend() == "tensorflow":  # as train.py --seed
-        raise UsageError("--deterministic with --jit: op determinism keeps Keras from compiling with XLA under "
-                         "TensorFlow; drop one of them")
+    if args.deterministic:
+        distribute.check_jit_with_determinism(getattr(args, "jit", False), "--deterministic")
     if args.torch and shutil.which(args.torch) is None:
         raise UsageError(f"--torch {args.torch}: no such interpreter")
     return args, BENCH[args.config].replace(**given)

@@ -171,6 +171,14 @@ def make_deterministic(seed):
         tensorflow().config.experimental.enable_op_determinism()
 
 
+def check_jit_with_determinism(jit, option):
+    """UsageError for --jit with an option that turns on op determinism under TensorFlow (train.py --seed,
+    bench.py --deterministic): Keras then compiles nothing with XLA, with a Python warning only."""
+    if jit and backend() == "tensorflow":
+        raise UsageError(f"--jit with {option}: the op determinism {option} turns on keeps Keras from compiling "
+                         "with XLA under TensorFlow; drop one of them")
+
+
 def precision_policy(mixed_precision):
     """The Keras dtype policy for --mixed-precision: off, float16, bfloat16 or auto (True in the
     config.json of runs made before the option took a value)."""

@@ -32,7 +32,7 @@ import runs
 import samples
 from cli import UsageError
 from config import as_json, from_command_line
-from quiet import backend, tensorflow
+from quiet import tensorflow
 
 tf = tensorflow()  # the input pipeline and TensorBoard's writer, whatever Keras' backend
 
@@ -261,9 +261,7 @@ def train(config, resume=False, verbose=1, stop=None):
     runs.check_run_dir(config, resume, chief)
     saved = runs.check_run_dataset(config) if resume else None
     if config.seed is not None:
-        if config.jit and backend() == "tensorflow":  # Keras would quietly compile nothing
-            raise UsageError("--jit with --seed: the op determinism --seed turns on keeps Keras from compiling "
-                             "with XLA under TensorFlow; drop one of them")
+        distribute.check_jit_with_determinism(config.jit, "--seed")
         distribute.make_deterministic(config.seed)
     folders = data.with_test_fallback(data.domain_folders(config))
     train_paths = data.train_images(folders)

@@ -187,7 +187,7 @@ def test_the_network_options_come_from_config_and_default_to_the_bench_configs()
 @pytest.mark.parametrize("argv, message", [
     (["--torch", "/nonexistent/python"], "--torch /nonexistent/python: no such interpreter"),
     (["--layers", "--jit"], "--layers times float32 layers alone: drop --jit"),
-    (["--deterministic", "--jit"], "--deterministic with --jit: op determinism keeps Keras from compiling with XLA"),
+    (["--deterministic", "--jit"], "--jit with --deterministic: the op determinism --deterministic turns on keeps"),
     (["--cpu-kernels", "sometimes"], "--cpu-kernels: invalid choice: 'sometimes'"),
     (["--image-size", "30"], "--image-size: expected a multiple of 4"),
     (["--config", "M"], "--config: invalid choice: 'M'"),

@@ -358,9 +358,9 @@ def mirrored_child(out):
             cyclegan.build_gan(config.replace(**bad), strategy)
         except cli.UsageError as error:
             refusals.append(str(error))
-    differences = {name: float(np.abs(w - first["weights"][name]).max()) for name, w in single_weights.items()}
+    apart = {name: np.abs(w - first["weights"][name]) for name, w in single_weights.items()}
+    differences = {name: float(difference.max()) for name, difference in apart.items()}
     free = sorted(biases_normalised_away(single))
-    apart = [np.abs(w - first["weights"][name]) for name, w in single_weights.items() if name not in free]
 
     # The run's checkpoint of step 2 into its CycleGAN of step 3: both replicas take the file's weights.
     earlier = checkpoints.checkpoint_paths(trained["run_dir"])[0]
@@ -384,8 +384,8 @@ def mirrored_child(out):
         weight_change=min(float(np.abs(w - single_initial[name]).max())
                           for name, w in single_weights.items() if name not in free),
         weight_difference=max(d for name, d in differences.items() if name not in free),
-        weights_off=sum(int((difference > WEIGHT_TOLERANCE).sum()) for difference in apart),
-        weight_count=sum(difference.size for difference in apart),
+        weights_off=sum(int((apart[name] > WEIGHT_TOLERANCE).sum()) for name in apart if name not in free),
+        weight_count=sum(apart[name].size for name in apart if name not in free),
         free_biases=free,
         free_bias_difference=max(differences[name] for name in free),
         cli={"step": trained["step"], "checkpoint": trained["checkpoint"]},
