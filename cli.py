@@ -37,32 +37,39 @@ def run_cli(main_function, program, interrupted="interrupted"):
         sys.exit(f"{program}: {interrupted}")
 
 
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+def number(kind, text, expected, valid):
+    """`text` as an int or float (`kind`) for which `valid(value)` holds, else argparse's one-line error
+    "expected ..., got TEXT" (for text that is no number too: argparse would name this function)."""
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not valid(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
     return value
+
+
+def positive_int(text):
+    return number(int, text, "a positive integer", lambda value: value > 0)
 
 
 def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+    return number(int, text, "an integer >= 0", lambda value: value >= 0)
 
 
 def non_negative_float(text):
-    value = float(text)
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
+    return number(float, text, "a finite number >= 0", lambda value: 0 <= value < math.inf)
 
 
 def image_size(text):
-    value = positive_int(text)
-    if value % 4 or value < 32:
-        raise argparse.ArgumentTypeError(f"expected a multiple of 4 that is at least 32, got {text}")
-    return value
+    return number(int, text, "a multiple of 4 that is at least 32", lambda value: value >= 32 and value % 4 == 0)
+
+
+def path(text):
+    """A file or folder path: an empty one would mean the working directory, and a run must not."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got an empty one")
+    return text
 
 
 PRECISIONS = ("float16", "bfloat16")

@@ -28,17 +28,11 @@ def option(default, help, type=None, choices=None, flag=False, fixed=False, **ex
 
 
 def seed(text):
-    value = int(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text}")
-    return value
+    return cli.number(int, text, f"an integer from 0 to {MAX_SEED}", lambda value: 0 <= value <= MAX_SEED)
 
 
 def beta(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 up to (not including) 1, got {text}")
-    return value
+    return cli.number(float, text, "a number from 0 up to (not including) 1", lambda value: 0 <= value < 1)
 
 
 DATASET_FIELDS = ("dataroot", "train_a", "train_b", "test_a", "test_b")
@@ -62,16 +56,16 @@ class Config:
     # Defaults: the reference implementation's (the paper's 256x256 network). On a CPU try the book's
     # size, --image-size 128 --ngf 32 --n-res-blocks 6, about 15x cheaper per step (BENCH["S"]).
     dataroot: Optional[str] = option(None, "dataset folder in the standard layout: trainA/ trainB/ testA/ testB/ "
-                                           "(required unless --train-a and --train-b, or --resume)")
+                                           "(required unless --train-a and --train-b, or --resume)", cli.path)
     train_a: Optional[str] = option(None, "domain A's training folder, instead of DATAROOT/trainA/ (image files "
-                                          "or TFRecord shards)", old=None)
-    train_b: Optional[str] = option(None, "domain B's training folder, instead of DATAROOT/trainB/", old=None)
+                                          "or TFRecord shards)", cli.path, old=None)
+    train_b: Optional[str] = option(None, "domain B's training folder, instead of DATAROOT/trainB/", cli.path, old=None)
     test_a: Optional[str] = option(None, "domain A's test folder, instead of DATAROOT/testA/ (default without "
-                                         "--dataroot: samples from the training folder)", old=None)
-    test_b: Optional[str] = option(None, "domain B's test folder, instead of DATAROOT/testB/", old=None)
+                                         "--dataroot: samples from the training folder)", cli.path, old=None)
+    test_b: Optional[str] = option(None, "domain B's test folder, instead of DATAROOT/testB/", cli.path, old=None)
     tfrecord_key: str = option("image", "feature of a TFRecord example that holds the encoded image", old="image")
     name: str = option("cyclegan", "run name: everything is written to RUNS_ROOT/NAME/", run_name)
-    runs_root: str = option("runs", "folder that holds the runs")
+    runs_root: str = option("runs", "folder that holds the runs", cli.path)
     image_size: int = option(256, "training crop size (multiple of 4, >= 32)", cli.image_size)
     batch_size: int = option(1, "images of each domain per step (the global batch: split across replicas)",
                              cli.positive_int)
@@ -95,8 +89,8 @@ class Config:
                                     "(0: Keras' Glorot uniform, runs made before this option)",
                               cli.non_negative_float, fixed=True, old=0.0)
     start_ab: Optional[str] = option(None, "start generator_ab from this file to fine-tune: a run's .keras, or a "
-                                           "PyTorch CycleGAN generator (.pth)", old=None)
-    start_ba: Optional[str] = option(None, "start generator_ba from this file (.keras or .pth)", old=None)
+                                           "PyTorch CycleGAN generator (.pth)", cli.path, old=None)
+    start_ba: Optional[str] = option(None, "start generator_ba from this file (.keras or .pth)", cli.path, old=None)
     lambda_cycle: float = option(10.0, "weight of the cycle-consistency loss", cli.non_negative_float)
     lambda_identity: float = option(0.5, "identity loss weight, relative to --lambda-cycle", cli.non_negative_float)
     pool_size: int = option(50, "history pool of past fakes (0: none)", cli.non_negative_int)
@@ -269,8 +263,6 @@ def check_saved(path, name, value):
             problem = None if (meta["type"] or str)(str(value)) == value else f"{value!r} is not a whole number"
         except argparse.ArgumentTypeError as error:
             problem = str(error)
-        except ValueError:
-            problem = f"{value!r} is not a whole number"
     if problem:
         raise UsageError(f"{path}: the key {name!r}: {problem}")
     return value

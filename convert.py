@@ -36,10 +36,11 @@ def build_parser():
         description="Save a CycleGAN generator (a run's .keras, or a PyTorch .pth state_dict of the reference's "
                     "ResnetGenerator) as a Keras .keras model, a TensorFlow SavedModel, an ONNX model or a LiteRT "
                     "(.tflite) model.", formatter_class=cli.HelpFormatter)
-    p.add_argument("source", nargs="?", help="the generator to export: a .keras file or a PyTorch .pth (or give "
-                                             "--run-dir)")
-    p.add_argument("target", help="the file to write (a folder for a SavedModel)")
-    p.add_argument("--run-dir", help="export this run's generator (train.py's run folder) instead of SOURCE")
+    p.add_argument("source", nargs="?", type=cli.path,
+                   help="the generator to export: a .keras file or a PyTorch .pth (or give --run-dir)")
+    p.add_argument("target", type=cli.path, help="the file to write (a folder for a SavedModel)")
+    p.add_argument("--run-dir", type=cli.path,
+                   help="export this run's generator (train.py's run folder) instead of SOURCE")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default=DIRECTION,
                    help="with --run-dir: which of the run's generators (AtoB: generator_ab.keras)")
     p.add_argument("--format", choices=sorted(export.FORMATS),
@@ -55,7 +56,7 @@ def build_parser():
     p.add_argument("--time", action="store_true",
                    help=f"after exporting, time the export in its runtime beside generate.py's path on "
                         f"{export.TEST_SIZE}x{export.TEST_SIZE} images (images/s)")
-    p.add_argument("--overwrite", action="store_true", help="replace TARGET if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace TARGET, and the README beside it, if they exist")
     return p
 
 
@@ -91,7 +92,15 @@ def run_generator(run_dir, direction):
 
 
 def refuse_target(target, format, overwrite):
-    """UsageError if TARGET exists (without `overwrite`), is of the wrong kind to replace, or cannot be written."""
+    """UsageError if TARGET or the README beside it exists (without `overwrite`), is of the wrong kind to
+    replace, or cannot be written."""
+    readme = export.readme_path(target, format)
+    if format not in ("keras", "saved_model") and os.path.lexists(readme):  # a SavedModel's is inside TARGET
+        if not overwrite:
+            raise cli.UsageError(f"{readme}: already exists (the README written beside {target}); pass --overwrite "
+                                 "to replace it")
+        if os.path.isdir(readme):
+            raise cli.UsageError(f"{readme}: is a folder; expected the name of the README written beside {target}")
     if os.path.lexists(target):
         if not overwrite:
             raise cli.UsageError(f"{target}: already exists; pass --overwrite to replace it")
@@ -132,6 +141,9 @@ def convert(source, target, overwrite=False, format=None, quantize=None, run_dir
     (whole or not at all). Returns (its structure, the loaded generator, extra lines to print)."""
     if (source is None) == (run_dir is None):
         raise cli.UsageError("give the generator to export (SOURCE), or --run-dir, one of them")
+    if source and os.path.isdir(source):
+        raise cli.UsageError(f"{source}: a folder, not a generator file (for a run made by train.py give --run-dir "
+                             f"{source}, or the path of its generator_ab.keras)")
     format = target_format(target, format)
     if format == "keras" and (run_dir or not source.lower().endswith(pretrained.TORCH_SUFFIXES)):
         raise cli.UsageError(f"{source or run_dir}: expected a PyTorch generator (.pth); a .keras file needs no "
@@ -140,7 +152,7 @@ def convert(source, target, overwrite=False, format=None, quantize=None, run_dir
         raise cli.UsageError(f"--quantize {quantize}: LiteRT only (a .tflite TARGET or --format litert)")
     if cpu_tuned and format != "saved_model":
         raise cli.UsageError("--cpu-tuned: SavedModel only (other runtimes convert or run those convolutions badly)")
-    source = source or run_generator(run_dir, direction)
+    source = run_generator(run_dir, direction) if run_dir else source
     refuse_target(target, format, overwrite)
     check_packages(format)
     if format != "keras":
@@ -149,11 +161,7 @@ def convert(source, target, overwrite=False, format=None, quantize=None, run_dir
         if backend() != "tensorflow":
             raise cli.UsageError(f"--format {format}: exports through TensorFlow; run with KERAS_BACKEND=tensorflow "
                                  f"(now {backend()})")
-    generator = pretrained.load_generator(source)
-    found = pretrained.structure(generator)
-    if not found:
-        raise cli.UsageError(f"{source}: holds no CycleGAN generator (a model {generator.name!r} without the "
-                             "layers of networks.py's generators)")
+    generator, found = pretrained.load_cyclegan_generator(source)
     if format == "keras":
         write_atomically(target, generator.save)
         return found, generator, []

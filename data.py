@@ -25,6 +25,7 @@ from quiet import stderr_silenced, tensorflow
 tf = tensorflow()
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+UNREAD_IMAGE_EXTENSIONS = (".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl")  # said, not read
 SHARD_EXTENSIONS = (".tfrec", ".tfrecord")
 CONTENT = ".jpg/.png/.bmp images or .tfrec/.tfrecord TFRecord shards"
 LAYOUT = f"expected DATAROOT/trainA/ and DATAROOT/trainB/ with {CONTENT} (plus testA/ testB/)"
@@ -43,6 +44,11 @@ def folder_files(folder, expected=LAYOUT):
         raise UsageError(f"{folder}: is a file, expected a folder of images ({expected})")
     paths = [os.path.join(folder, n) for n in sorted(os.listdir(folder))]
     paths = [p for p in paths if os.path.isfile(p)]
+    unread = [p for p in paths if p.lower().endswith(UNREAD_IMAGE_EXTENSIONS)]
+    if unread:
+        kinds = sorted({os.path.splitext(p)[1].lower() for p in unread})
+        warn_skipped(f"{len(unread)} {'/'.join(kinds)} file{'s' * (len(unread) > 1)} in {folder} (e.g. "
+                     f"{os.path.basename(unread[0])})", "only .jpg, .png and .bmp images are read")
     return ([p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS)],
             [p for p in paths if p.lower().endswith(SHARD_EXTENSIONS)])
 
@@ -246,7 +252,7 @@ def domain_images(folder, tfrecord_key, expected=LAYOUT):
         raise UsageError(f"{folder}: holds both image files and TFRecord shards, expected one kind ({expected})")
     found = count_records(shards, tfrecord_key, folder) if shards else usable_images(images)
     if not len(found):
-        raise UsageError(f"{folder}: no readable images ({expected})")
+        raise UsageError(f"{folder}: {'no readable images' if images or shards else 'holds no images'} ({expected})")
     return found
 
 
@@ -373,23 +379,6 @@ def train_dataset(train_paths, image_size, batch_size, seed=None, start_step=0):
     return pairs.prefetch(tf.data.AUTOTUNE), steps_per_epoch
 
 
-def read_image(path):
-    """A file -> float32 [-1, 1] RGB array at its own resolution."""
-    return to_unit_range(decode_image(read_bytes(path))).numpy()
-
-
-def write_image(path, image, extension=None):
-    """A [-1, 1] image -> an image file whose format follows the extension (JPEG at quality 95). `path`
-    may also be a binary file object, whose format `extension` names."""
-    import imageio.v3 as iio
-
-    pixels = to_uint8(image)
-    if (extension or path).lower().endswith((".jpg", ".jpeg")):
-        iio.imwrite(path, pixels, extension=extension, quality=95)
-    else:
-        iio.imwrite(path, pixels, extension=extension)
-
-
 def load_images(images, image_size, count=None):
     """The first `count` (default: all) of domain_images' answer (image paths or Records),
     test-preprocessed, as one float32 array in [-1, 1]."""
@@ -404,11 +393,15 @@ def with_test_fallback(folders):
     replaced = {}
     for domain in "AB":
         test, train = folders.folder("test", domain), folders.folder("train", domain)
-        given = f"test_{domain.lower()}" in folders.given
-        if test == train or not (given or (os.path.isdir(test) and any(folder_files(test)))):
-            replaced[f"test_{domain.lower()}"] = train
-            log.info("no test folder for domain %s: sample grids and evaluation read the training folder %s",
-                     domain, train)
+        if test == train:
+            why = ""
+        elif f"test_{domain.lower()}" in folders.given or (os.path.isdir(test) and any(folder_files(test))):
+            continue  # the user's own test folder (read as given), or DATAROOT's with files
+        else:
+            why = f" ({test} {'holds no images' if os.path.isdir(test) else 'is missing'})"
+        replaced[f"test_{domain.lower()}"] = train
+        log.info("no test folder for domain %s%s: sample grids and evaluation read the training folder %s",
+                 domain, why, train)
     return dataclasses.replace(folders, **replaced)
 
 

@@ -4,6 +4,7 @@ the demo can score its translations against ground truth. No network, no TensorF
 """
 import logging
 import os
+import re
 import secrets
 import shutil
 
@@ -73,23 +74,35 @@ def is_demo_dataset(root):
     return all(os.path.isdir(os.path.join(root, f)) and os.listdir(os.path.join(root, f)) for f in DEMO_FOLDERS)
 
 
+def holds_only_demo_images(path):
+    """Whether the folder holds nothing but what a build writes: demo folders of NNNN.png files."""
+    return all(entry in DEMO_FOLDERS and os.path.isdir(os.path.join(path, entry))
+               and all(re.fullmatch(r"\d{4}\.png", name) for name in os.listdir(os.path.join(path, entry)))
+               for entry in os.listdir(path))
+
+
 def remove_stale_staging(root):
-    """Removes the staging folders (ROOT.partial-PID.*) that builds killed midway left beside `root`;
-    those of a process still running (another main.py building now) stay. Returns their names."""
-    parent, prefix = os.path.split(os.path.abspath(root))
-    prefix += ".partial-"
+    """Removes the staging folders (ROOT.partial-PID.TOKEN) that builds killed midway left beside `root`:
+    those of a process still running (another main.py building now) stay, and so does a folder of that
+    name holding anything a build does not write (a user's). Returns their names."""
+    parent, name = os.path.split(os.path.abspath(root))
     stale = []
     for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
-        pid = entry[len(prefix):].split(".")[0]
+        found = re.fullmatch(re.escape(name) + r"\.partial-(\d{1,9})\.[0-9a-f]{8}", entry)
         path = os.path.join(parent, entry)
-        if entry.startswith(prefix) and pid.isdigit() and len(pid) < 10 and os.path.isdir(path) \
-                and not process_exists(int(pid)):
+        if found and os.path.isdir(path) and not process_exists(int(found.group(1))) and holds_only_demo_images(path):
             shutil.rmtree(path, ignore_errors=True)
             stale.append(entry)
     if stale:
         log.info("removed %d unfinished demo dataset(s) that killed builds left in %s: %s", len(stale), parent,
                  ", ".join(stale))
     return stale
+
+
+def check_target(root):
+    """UsageError unless `root` is a demo dataset, an empty folder or nothing yet."""
+    if os.path.exists(root) and not is_demo_dataset(root) and (not os.path.isdir(root) or os.listdir(root)):
+        raise UsageError(f"{root}: exists and is not a demo dataset; give a new or empty folder (nothing was changed)")
 
 
 def build_demo_dataset(root, train_per_domain=200, test_per_domain=20, seed=0):
@@ -108,8 +121,7 @@ def build_demo_dataset(root, train_per_domain=200, test_per_domain=20, seed=0):
 
     if is_demo_dataset(root):
         return root
-    if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
-        raise UsageError(f"{root}: exists and is not a demo dataset; give a new or empty folder (nothing was changed)")
+    check_target(root)
     rng = np.random.default_rng(seed)
     photos = _demo_photos()
     train_rows = (0, DEMO_PHOTO_HEIGHT - DEMO_TEST_ROWS)

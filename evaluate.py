@@ -15,6 +15,7 @@ Per direction it prints a small table and writes all scores to RUN_DIR/evaluatio
   features. It is not FID: it is only comparable between runs scored by the same classifier file.
 """
 import argparse
+import logging
 import os
 
 import cli
@@ -25,6 +26,8 @@ import inference
 import metrics
 from checkpoints import write_json
 from metrics import DIRECTIONS
+
+log = logging.getLogger("cyclegan")
 
 ROWS = (("fid", "FID (InceptionV3)"), ("kid", "KID (InceptionV3)"),
         ("domain", "domain score (fraction judged target)"), ("domain_fd", "domain Fréchet distance"),
@@ -50,14 +53,18 @@ def build_parser():
         description="Score a trained CycleGAN on its dataset's test split: FID/KID, ground truth, domain score.",
         formatter_class=cli.HelpFormatter)
     p.add_argument("--run-dir", required=True, help="a run made by train.py (holds config.json and the generators)")
-    p.add_argument("--dataroot", help="dataset with testA/ testB/ trainA/ trainB/ (default: the run's folders)")
+    p.add_argument("--dataroot", help="dataset with trainA/ trainB/ and testA/ testB/; a domain without a test "
+                                      "folder is scored on its training folder, as train.py does (default: the "
+                                      "run's folders)")
     p.add_argument("--test-a", help="domain A's test folder: image files or TFRecord shards (default: the run's, "
                                     "or DATAROOT/testA/)")
     p.add_argument("--test-b", help="domain B's test folder (default: the run's, or DATAROOT/testB/)")
     p.add_argument("--direction", choices=("AtoB", "BtoA", "both"), default="both", help="directions to score")
-    p.add_argument("--classifier", help=f"domain classifier file, trained and cached there if missing (default: "
-                                        f"DATAROOT/{metrics.DOMAIN_FILE}, or beside the two training folders, named "
-                                        "after them; RUN_DIR/ if that folder is read-only)")
+    p.add_argument("--classifier", help=f"domain classifier .keras file, trained on the run's domains and cached "
+                                        "there (with a .json of its facts) if missing; a file evaluate.py did not "
+                                        f"write is never replaced (default: DATAROOT/{metrics.DOMAIN_FILE}, or beside "
+                                        "the two training folders, named after them; RUN_DIR/ if that folder is "
+                                        "read-only)")
     p.add_argument("--batch-size", type=int, default=inference.TRANSLATE_BATCH, help="images per generator batch")
     return p
 
@@ -67,7 +74,20 @@ def dataset_config(run_config, args):
     and --test-b replace one test folder each."""
     if args.dataroot:
         run_config = run_config.replace(dataroot=args.dataroot, train_a=None, train_b=None, test_a=None, test_b=None)
-    return run_config.replace(test_a=args.test_a or run_config.test_a, test_b=args.test_b or run_config.test_b)
+    return run_config.replace(test_a=args.test_a or run_config.test_a,
+                              test_b=args.test_b or run_config.test_b).with_resolved_paths()
+
+
+def check_writable(folder):
+    """One line, suggesting --classifier, when the domain classifier cannot be written into `folder`
+    (train.py needs no such check: its default folder falls back to the run, which it writes)."""
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
+        why = "not writable" if os.path.isdir(existing) else f"{existing} is a file"
+        raise cli.UsageError(f"{folder}: the domain classifier cannot be written there ({why}); "
+                             "give --classifier PATH in a folder you can write")
 
 
 def evaluate(args, extract_features=None):
@@ -77,11 +97,17 @@ def evaluate(args, extract_features=None):
     if args.batch_size <= 0:
         raise cli.UsageError(f"--batch-size {args.batch_size}: expected a positive integer")
     run_config = config.load(os.path.join(args.run_dir, "config.json"))
-    folders = data.domain_folders(dataset_config(run_config, args))
     directions = ("AtoB", "BtoA") if args.direction == "both" else (args.direction,)
-    generators = {d: inference.load_generator(os.path.join(args.run_dir, f"{DIRECTIONS[d][0]}.keras"))
-                  for d in directions}
+    generator_paths = {d: os.path.join(args.run_dir, f"{DIRECTIONS[d][0]}.keras") for d in directions}
+    missing = [os.path.basename(p) for p in generator_paths.values() if not os.path.exists(p)]
+    if missing:
+        raise cli.UsageError(f"{args.run_dir}: the run has no generators yet ({', '.join(missing)}): train.py writes "
+                             "them when it stops, at its end or on Ctrl-C; evaluate the run after that")
+    folders = data.with_test_fallback(data.domain_folders(dataset_config(run_config, args)))  # as train.py reads
     classifier_path = args.classifier or metrics.default_classifier_path(folders, args.run_dir)
+    if metrics.check_classifier(classifier_path, folders) is None:  # one line now, not after the test split is read
+        check_writable(os.path.dirname(os.path.abspath(classifier_path)))
+    generators = {d: inference.load_generator(path) for d, path in generator_paths.items()}
     evaluator = metrics.Evaluator(folders, run_config.image_size, directions, classifier_path, extract_features)
     results = evaluator.score(generators, args.batch_size)
     facts = evaluator.classifier_facts
@@ -92,8 +118,13 @@ def evaluate(args, extract_features=None):
     report = dict(results, test_a=folders.test_a, test_b=folders.test_b, image_size=run_config.image_size,
                   fid_kid=evaluator.fid_skipped or "InceptionV3 ImageNet pool features",
                   classifier=dict(facts, path=classifier_path))
-    write_json(os.path.join(args.run_dir, "evaluation.json"), report)
-    print(f"written to {os.path.join(args.run_dir, 'evaluation.json')}")
+    report_path = os.path.join(args.run_dir, "evaluation.json")
+    try:
+        write_json(report_path, report)
+        print(f"written to {report_path}")
+    except OSError as error:  # a read-only run: the scores are above all the same
+        log.warning("%s not written (%s); the scores are the ones printed above", report_path,
+                    error.strerror or error)
     return results
 
 

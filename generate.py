@@ -5,13 +5,13 @@
     python generate.py --run-dir runs/monet --direction BtoA --input photo_jpg --format jpg --zip images.zip
 
 Each output keeps its input's file name (and format, unless --format) and resolution (the image is
-mirror-padded for the network and cropped back). A grid of input | translated | reconstructed is written
-beside the output folder as OUTPUT_grid.png. The input images are never written over; nor is any other
-file that generate.py did not write itself, unless --overwrite. What it wrote is listed in
-OUTPUT/.generate.json, with the input folder and generator it came from, so it can be rerun into its
-own output folder (translations of another input or generator are only replaced with --overwrite).
---zip FILE writes the translations into one zip instead (a competition's submission), whole or not at
-all; an existing FILE, or its grid FILE_grid.png, is only replaced with --overwrite.
+mirror-padded for the network and cropped back). A grid of input | translated | reconstructed goes
+beside the output folder as OUTPUT_grid.png (optional: if it fails, a WARNING and the translations
+stay). The inputs are never written over; nor, unless --overwrite, any file generate.py did not write.
+What it wrote is listed in OUTPUT/.generate.json with the input folder and generator, so it can be
+rerun into its own output (another input's or generator's are replaced only with --overwrite). --zip
+FILE writes one zip instead (a competition's submission), whole or not at all; an existing FILE, or
+FILE_grid.png, is only replaced with --overwrite.
 
 Every file is written to a temporary beside it and renamed (checkpoints.write_atomically): a stop of
 any kind (a full disk, Ctrl-C, SIGKILL) leaves whole images only, and the next run removes the
@@ -23,6 +23,7 @@ import contextlib
 import io
 import logging
 import os
+import tempfile
 import time
 import zipfile
 
@@ -31,6 +32,7 @@ import cli
 import config
 import cpu_kernels
 import data
+import image_io
 import inference
 import pretrained
 import samples
@@ -49,19 +51,24 @@ def build_parser():
     p = argparse.ArgumentParser(
         description="Translate a folder of images with a trained CycleGAN and draw a sample grid.",
         formatter_class=cli.HelpFormatter)
-    p.add_argument("--run-dir", help="a run made by train.py (holds config.json and the generators)")
+    p.add_argument("--run-dir", type=cli.path,
+                   help="a run made by train.py (holds config.json and the generators)")
     p.add_argument("--direction", choices=sorted(DIRECTIONS), default=DIRECTION, help="translation direction")
-    p.add_argument("--input", help="folder of images (default: the run's dataset testA/ or testB/)")
-    p.add_argument("--output", help="folder for the translations (default: RUN_DIR/generated/DIRECTION/)")
-    p.add_argument("--generator", help="explicit .keras file, or PyTorch CycleGAN .pth, for the forward generator")
-    p.add_argument("--reverse-generator", help="explicit .keras or .pth file for the backward generator (grids)")
-    p.add_argument("--batch-size", type=int, default=inference.TRANSLATE_BATCH, help="images per inference batch")
+    p.add_argument("--input", type=cli.path, help="folder of images (default: the run's dataset testA/ or testB/)")
+    p.add_argument("--output", type=cli.path,
+                   help="folder for the translations (default: RUN_DIR/generated/DIRECTION/)")
+    p.add_argument("--generator", type=cli.path,
+                   help="explicit .keras file, or PyTorch CycleGAN .pth, for the forward generator")
+    p.add_argument("--reverse-generator", type=cli.path,
+                   help="explicit .keras or .pth file for the backward generator (grids)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=inference.TRANSLATE_BATCH,
+                   help="images per inference batch")
     p.add_argument("--grid-count", type=cli.non_negative_int, default=GRID_COUNT,
-                   help="images in the sample grid (0: no grid)")
+                   help="images in the sample grid, 0 for none")
     p.add_argument("--format", choices=FORMATS,
                    help="write every translation in this format, its name's extension changed to match (jpg: "
                         "quality 95; default: each input's own format)")
-    p.add_argument("--zip", metavar="FILE",
+    p.add_argument("--zip", metavar="FILE", type=cli.path,
                    help="write the translations into this zip file instead of an output folder")
     p.add_argument("--overwrite", action="store_true",
                    help="write over files in --output that generate.py did not write, or wrote from another "
@@ -89,10 +96,12 @@ def run_files(run_dir, direction=DIRECTION):
 
 def resolve(args):
     """generate()'s keyword arguments from the command line; what it leaves out comes from the run."""
-    if args.batch_size <= 0:
-        raise cli.UsageError(f"--batch-size {args.batch_size}: expected a positive integer")
     if args.run_dir:
         settings = run_files(args.run_dir, args.direction)
+        if not args.generator and not os.path.exists(settings["generator"]):
+            raise cli.UsageError(f"--run-dir {args.run_dir}: no {os.path.basename(settings['generator'])} yet "
+                                 "(train.py writes a run's generators when it stops, at its end or on Ctrl-C; a run "
+                                 "in progress has none): wait for it, or give --generator")
     elif args.generator and args.input and (args.output or args.zip):
         settings = {}
     else:
@@ -124,10 +133,10 @@ def written_before(manifest):
 
 
 def write_manifest(output, manifest, source, written=(), writing=()):
-    """Adds the paths `written` to the output folder's manifest `manifest` (updated in place) and lists
-    `writing` as the files being written now, then writes it (atomically) with `source`: the input
-    folder, generator and date of this run. A file is listed in "files" once it is whole; "writing" lets
-    a rerun write over what a stopped run may have left of its last chunk."""
+    """Adds the paths `written` to the output folder's manifest `manifest` (updated in place), lists
+    `writing` as being written now, and writes it (atomically) with `source`: this run's input folder,
+    generator and date. A file is in "files" once whole; "writing" lets a rerun replace what a stopped
+    run may have left of its last chunk."""
     files = set(manifest.get("files", [])) | {os.path.relpath(path, output) for path in written}
     manifest.update(source, files=sorted(files), writing=sorted(os.path.relpath(path, output) for path in writing))
     write_whole(os.path.join(output, MANIFEST), lambda temporary: dump_json(temporary, manifest), output)
@@ -167,21 +176,31 @@ def refuse_writing_over_users_files(input, output, targets, overwrite, manifest,
         raise cli.UsageError(f"--output {output} is the input folder: the translations would replace the images")
     inputs = input_file_ids(input)
     ours = written_before(manifest)
-    foreign = []
+    foreign, folders = [], []
     for target in targets:
         if not os.path.lexists(target):
             continue
         if os.path.exists(target) and file_id(target) in inputs:
             raise cli.UsageError(f"--output {output}: {target} is an input image, it would be replaced "
                                  "(choose another output folder)")
-        if os.path.relpath(target, output) not in ours:
+        if os.path.isdir(target):
+            folders.append(target)
+        elif os.path.relpath(target, output) not in ours:
             foreign.append(target)
+    if folders:
+        raise cli.UsageError(f"--output {output}: {counted(folders, 'folder')} where generate.py writes a file "
+                             "(not replaced, even with --overwrite); choose another output folder")
     if foreign and not overwrite:
-        raise cli.UsageError(f"--output {output}: would write over {len(foreign)} files that generate.py did "
-                             f"not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
-                             "pass --overwrite to replace them, or choose another output folder")
+        raise cli.UsageError(f"--output {output}: would write over {counted(foreign, 'file')} that generate.py did "
+                             "not write; pass --overwrite to replace, or choose another output folder")
     if not overwrite:
         refuse_mixing(output, manifest, source)
+
+
+def counted(paths, noun):
+    """"1 file (a)", "4 files (a, b, c, ...)": `paths` in a one-line message."""
+    more = ", ..." if len(paths) > 3 else ""
+    return f"{len(paths)} {noun}{'' if len(paths) == 1 else 's'} ({', '.join(paths[:3])}{more})"
 
 
 def refuse_mixing(output, manifest, source):
@@ -235,7 +254,7 @@ def read_input(path):
     """An input image; one that can no longer be read (removed meanwhile) is one line, so that an
     OSError while generate.py writes always means a file it writes."""
     try:
-        return data.read_image(path)
+        return image_io.read_image(path)
     except OSError as error:
         raise cli.UsageError(f"{path}: could not read ({error.strerror or error})") from None
 
@@ -265,14 +284,13 @@ def zip_images(path, named_images):
     with zipfile.ZipFile(path, "w") as archive:
         for name, image in named_images:
             encoded = io.BytesIO()
-            data.write_image(encoded, image, os.path.splitext(name)[1])
+            image_io.write_image(encoded, image, os.path.splitext(name)[1])
             archive.writestr(name, encoded.getvalue())
 
 
 def write_zip(zip_path, chunks):
     """The translations as the zip `zip_path`, whole or not at all."""
-    folder = os.path.dirname(zip_path)
-    os.makedirs(folder or ".", exist_ok=True)
+    folder = os.path.dirname(zip_path)  # made by output_lock
     unchanged = "; the earlier one is unchanged" if os.path.exists(zip_path) else ""
     write_whole(zip_path, lambda temporary: zip_images(temporary, (pair for chunk in chunks for pair in chunk)),
                 folder, f" (no zip written{unchanged})")
@@ -288,7 +306,7 @@ def write_folder(output, chunks, manifest, source, grids):
         write_manifest(output, manifest, source, writing=[target for target, _ in chunk] + grids)
         try:
             for target, image in chunk:
-                write_whole(target, lambda temporary: data.write_image(temporary, image), output,
+                write_whole(target, lambda temporary: image_io.write_image(temporary, image), output,
                             f" ({count} images written whole so far, listed in {os.path.join(output, MANIFEST)}; "
                             "run the same command again to finish)")
                 written.append(target)
@@ -314,10 +332,18 @@ def replaced_line(output, targets, manifest):
 def output_lock(output=None, zip_path=None):
     """checkpoints.writer_lock for the output folder or zip and its grid: one generate.py per output. The
     lock is a hidden file beside it, .NAME.generate.lock (a zip's NAME without .zip: an output folder
-    `out` and `out.zip` share the grid out_grid.png), removed at the end."""
+    `out` and `out.zip` share the grid out_grid.png), removed at the end. A folder it cannot write there
+    is one line (a temporary file tries it: os.access passes root anywhere)."""
     option = "--zip" if zip_path else "--output"
     folder, name = os.path.split(os.path.abspath(os.path.splitext(zip_path)[0] if zip_path else output))
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:  # FileExistsError: makedirs found a file named like the folder
+        reason = "a file, not a folder" if isinstance(error, FileExistsError) else error.strerror or error
+        raise cli.UsageError(f"{option} {zip_path or output}: cannot write there ({folder}: {reason}); expected "
+                             "a folder it can write") from None
     return checkpoints.writer_lock(os.path.join(folder, f".{name}.generate.lock"), f"{option} {zip_path or output}",
                                    "generate.py", f"give another {option}", remove=True)
 
@@ -335,26 +361,37 @@ def remove_stale_temporaries(output, zip_path, grid):
 
 
 def write_grid(grid, forward, backward, paths, direction, batch_size, translations):
-    """The grid of input | translated | reconstructed for the image files `paths`, written whole."""
-    inputs = [read_input(path) for path in paths]
-    translated = inference.translate_images(forward, inputs, batch_size)
-    reconstructed = inference.translate_images(backward, translated, batch_size)
-    columns, titles = [inputs, translated, reconstructed], samples.direction_titles(direction)
-    write_whole(grid, lambda temporary: samples.save_grid(temporary, columns, titles), os.path.dirname(grid),
-                f" (the {translations} translations are written whole)")
+    """The grid of input | translated | reconstructed for the image files `paths`, written whole; True if it
+    was. Optional: a failure (out of memory, a full disk) is a WARNING line, the translations stay."""
+    try:
+        inputs = [read_input(path) for path in paths]
+        translated = inference.translate_images(forward, inputs, batch_size)
+        reconstructed = inference.translate_images(backward, translated, batch_size)
+        columns, titles = [inputs, translated, reconstructed], samples.direction_titles(direction)
+        write_atomically(grid, lambda temporary: samples.save_grid(temporary, columns, titles))
+        return True
+    except Exception as error:  # any failure of the optional grid; Ctrl-C still stops
+        log.warning("sample grid %s not written (%s: %s); the %d translations are written whole", grid,
+                    type(error).__name__, inference.brief(str(error)), translations)
+        return False
 
 
 def generate(generator, input, output=None, reverse_generator=None, direction=DIRECTION,
              batch_size=inference.TRANSLATE_BATCH, grid_count=GRID_COUNT, overwrite=False, image_format=None,
              zip_path=None):
-    """Translates the readable images of the folder `input` with the generator file `generator` (.keras
-    or .pth) into the folder `output`, or into the zip file `zip_path`, in the inputs' formats or
-    `image_format` ("png" or "jpg"); with `reverse_generator` also draws the first `grid_count` of them
-    as a grid beside it. Checks everything before writing anything, holding the output's lock (one
-    generate.py per output); every file is written whole, a zip whole or not at all. Returns (the
-    written paths, or the names in the zip; the grid path or None)."""
+    """Translates the readable images of the folder `input` with the generator file `generator` (.keras or
+    .pth) into the folder `output`, or the zip file `zip_path`, in the inputs' formats or `image_format`
+    ("png" or "jpg"); with `reverse_generator` also draws the first `grid_count` as a grid beside it.
+    Checks everything before writing anything, holding the output's lock (one generate.py per output);
+    each file is written whole, a zip whole or not at all. Returns (the written paths, or the names in
+    the zip; the grid path, None if none was written)."""
     if (output is None) == (zip_path is None):
         raise cli.UsageError("give an output folder (--output) or a zip file (--zip), one of them")
+    if not os.path.isdir(input):
+        state = "is a file" if os.path.exists(input) else "no such folder"
+        raise cli.UsageError(f"--input {input}: {state}, expected a folder of images (.jpg/.png/.bmp)")
+    if output is not None and os.path.exists(output) and not os.path.isdir(output):
+        raise cli.UsageError(f"--output {output}: is a file, expected a folder for the translations")
     paths = data.list_images(input)
     if not paths:
         raise cli.UsageError(f"{input}: no .jpg/.png/.bmp images to translate")
@@ -379,8 +416,8 @@ def generate(generator, input, output=None, reverse_generator=None, direction=DI
         return manifest
 
     refuse()
-    forward = pretrained.load_generator(generator)
-    backward = pretrained.load_generator(reverse_generator) if grid else None
+    forward = pretrained.load_cyclegan_generator(generator)[0]  # refused here, before anything is written
+    backward = pretrained.load_cyclegan_generator(reverse_generator)[0] if grid else None
     with output_lock(output, zip_path):
         remove_stale_temporaries(output, zip_path, grid)
         manifest = refuse()
@@ -392,10 +429,11 @@ def generate(generator, input, output=None, reverse_generator=None, direction=DI
             write_folder(output, chunks, manifest, source, grids)
             if replaced:
                 log.info(replaced)
-        if grid:
-            write_grid(grid, forward, backward, paths[:grid_count], direction, batch_size, len(targets))
+        if grid and write_grid(grid, forward, backward, paths[:grid_count], direction, batch_size, len(targets)):
             if not zip_path:
                 write_manifest(output, manifest, source, written=grids)
+        else:
+            grid = None
     return targets, grid
 
 

@@ -13,8 +13,10 @@ from keras import layers
 
 def load_generator(path):
     """A generator saved by train.py, loaded in Keras' safe mode (no code from the file runs)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: a folder, not a model file (expected a .keras file)")
     if not os.path.isfile(path):
-        raise UsageError(f"{path}: no such model file (train a run first, or pass --generator)")
+        raise UsageError(f"{path}: no such model file")
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a bad file; all mean the same here

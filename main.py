@@ -38,8 +38,8 @@ def free_run_name(runs_root, name):
 def build_parser():
     p = argparse.ArgumentParser(description="Offline CycleGAN demo: photos -> paintings, in minutes on a CPU.",
                                 formatter_class=cli.HelpFormatter)
-    p.add_argument("--dataroot", default="datasets/demo", help="where the demo dataset is built")
-    p.add_argument("--runs-root", default=DEMO.runs_root, help="folder that holds the runs")
+    p.add_argument("--dataroot", default="datasets/demo", type=cli.path, help="where the demo dataset is built")
+    p.add_argument("--runs-root", default=DEMO.runs_root, type=cli.path, help="folder that holds the runs")
     p.add_argument("--name", default="demo", type=run_name, help="run name (NAME-2, NAME-3, ... if NAME exists)")
     p.add_argument("--max-steps", type=cli.positive_int,
                    help=f"stop early (default: the full {DEMO.epochs + DEMO.epochs_decay} epochs)")
@@ -48,7 +48,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    print(f"building the demo dataset in {args.dataroot} (from scikit-image's photos, no network)")
+    demo_data.check_target(args.dataroot)
+    if not demo_data.is_demo_dataset(args.dataroot):
+        print(f"building the demo dataset in {args.dataroot} (from scikit-image's photos, no network)")
     demo_data.build_demo_dataset(args.dataroot)
     name = free_run_name(args.runs_root, args.name)
     config = DEMO.replace(dataroot=args.dataroot, runs_root=args.runs_root, name=name, max_steps=args.max_steps)
@@ -57,12 +59,14 @@ def main(argv=None):
     translated, grid = generate.generate(**generate.run_files(run_dir))
     scores = ground_truth_scores(os.path.join(run_dir, "generator_ab.keras"),
                                  os.path.join(args.dataroot, "testA"), os.path.join(args.dataroot, "testA_gt"))
-    print(f"\ntrained {written['step']} steps in {written['seconds']:.0f} s; everything is in {run_dir}/")
+    steps = written["step"]
+    print(f"\ntrained {steps} step{'s' * (steps != 1)} in {written['seconds']:.0f} s; everything is in {run_dir}/")
     print(f"  TensorBoard:   tensorboard --logdir {args.runs_root}")
     print(f"  checkpoint:    {written['checkpoint']}")
     print(f"  generators:    {', '.join(written['generators'])}")
     print(f"  translations:  {len(translated)} images in {os.path.join(run_dir, 'generated', 'AtoB')}/")
-    print(f"  sample grid:   {grid}")
+    if grid:  # None when it could not be drawn (a WARNING said why)
+        print(f"  sample grid:   {grid}")
     print("\nG_AB(testA) against the true paintings (testA_gt), mean over the test split:")
     print(f"  {'':22s} {'SSIM':>6s} {'PSNR (dB)':>10s}")
     for label, key in (("trained generator", "generator"), ("do-nothing baseline", "baseline")):

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 import data
+import image_io
 import inference
 from checkpoints import read_json, write_atomically, write_json
 from cli import UsageError
@@ -114,7 +115,7 @@ def ground_truth_pairs(paths, truth_dir):
     for path, truth_path in truth_paths.items():
         if truth_path not in readable:
             continue
-        shape, truth_shape = (data.read_image(p).shape[:2] for p in (path, truth_path))
+        shape, truth_shape = (image_io.read_image(p).shape[:2] for p in (path, truth_path))
         if shape != truth_shape:
             log.warning("skipping %s for SSIM/PSNR: its ground truth %s is %dx%d, the image %dx%d",
                         path, truth_path, *truth_shape[::-1], *shape[::-1])
@@ -138,8 +139,8 @@ def ground_truth_scores(generator, test_dir, truth_dir, batch_size=inference.TRA
 
 def pair_scores(generator, pairs, batch_size=inference.TRANSLATE_BATCH):
     """ground_truth_scores for (test image, truth) path pairs from ground_truth_pairs."""
-    inputs = [data.read_image(path) for path, _ in pairs]
-    truths = [data.to_uint8(data.read_image(truth_path)) for _, truth_path in pairs]
+    inputs = [image_io.read_image(path) for path, _ in pairs]
+    truths = [data.to_uint8(image_io.read_image(truth_path)) for _, truth_path in pairs]
     translated = inference.translate_images(generator, inputs, batch_size)
     return {"generator": image_scores(truths, [data.to_uint8(i) for i in translated]),
             "baseline": image_scores(truths, [data.to_uint8(i) for i in inputs])}
@@ -237,22 +238,84 @@ def domain_accuracy(model, images_a, images_b):
     return float((np.sum(~judged_b[0]) + np.sum(judged_b[1])) / (len(images_a) + len(images_b)))
 
 
+CLASSIFIER_FACTS = ("train", "test", "held_out_accuracy", "size")  # what the .json beside a classifier holds
+ELSEWHERE = "give --classifier another .keras path"
+
+
+def facts_path_of(path):
+    """The .json beside a classifier's .keras file; one line for a path that cannot be one."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder, expected a .keras file for the domain classifier")
+    if not path.endswith(".keras"):
+        raise UsageError(f"{path}: expected a .keras file for the domain classifier (Keras saves models as .keras)")
+    return os.path.splitext(path)[0] + ".json"
+
+
+def cached_facts(path):
+    """The facts of a classifier that domain_classifier wrote at `path`, None when it may write there (nothing
+    there, or facts without their model: its own write cut short); anything else is the user's: one line."""
+    facts_path = facts_path_of(path)
+    if not os.path.exists(facts_path):
+        if os.path.exists(path):
+            raise UsageError(f"{path}: not a domain classifier that evaluate.py wrote (no "
+                             f"{os.path.basename(facts_path)} beside it); kept as it is: {ELSEWHERE}, or remove "
+                             "the file")
+        return None
+    try:
+        facts = read_json(facts_path)
+    except UsageError:
+        facts = None
+    if not (isinstance(facts, dict) and set(CLASSIFIER_FACTS) <= set(facts)):
+        raise UsageError(f"{facts_path}: not the facts of a domain classifier that evaluate.py wrote; kept as it "
+                         f"is: {ELSEWHERE}, or remove the file")
+    return facts if os.path.exists(path) else None
+
+
+def check_classifier(path, folders):
+    """The facts of the classifier cached at `path` if trained on the training folders of `folders` (the same
+    folders, or the same files, names and sizes, in a dataset that moved); None when one is to be trained
+    there. One line otherwise, before any work."""
+    facts = cached_facts(path)
+    if facts is None:
+        return None
+    trained_on, domains = facts["train"], [folders.train_a, folders.train_b]
+    if [os.path.realpath(f) for f in trained_on] == [os.path.realpath(f) for f in domains]:
+        return facts
+    files = facts.get("images")
+    if files and all(files.get(d) == image_files(folders.images("train", d)) for d in "AB"):
+        return facts  # the dataset moved
+    raise UsageError(f"{path}: this domain classifier was trained on {trained_on[0]} and {trained_on[1]}, not on "
+                     f"this run's domains {domains[0]} and {domains[1]}; {ELSEWHERE} (a new one is trained there)")
+
+
+def image_files(images):
+    """[file name, size] of each image file or shard in domain_images' answer: the training images as the facts
+    record them, to know them in a dataset that moved (names alone would take another dataset's 000.png)."""
+    paths = images.shards if isinstance(images, data.Records) else images
+    return sorted([os.path.basename(path), os.path.getsize(path)] for path in paths)
+
+
 def domain_classifier(folders, path, log=print):
-    """The cached classifier at `path` and its facts, or a new one trained on the training folders of
-    `folders` (a data.Folders), scored on its test folders, and cached."""
-    facts_path = os.path.splitext(path)[0] + ".json"
-    if os.path.isfile(path) and os.path.isfile(facts_path):
-        return inference.load_generator(path), read_json(facts_path)
+    """The classifier cached at `path` and its facts (see check_classifier), or a new one trained on the
+    training folders of `folders` (a data.Folders), scored on its test folders, and cached there."""
+    facts = check_classifier(path, folders)
+    if facts is not None:
+        model = inference.load_generator(path)
+        if model.name != "domain_classifier" or "features" not in [layer.name for layer in model.layers]:
+            raise UsageError(f"{path}: not a domain classifier (a Keras model named {model.name!r}, without its "
+                             f"'features' layer); {ELSEWHERE}")
+        return model, facts
     started = time.time()
-    load = lambda split, d: classifier_input(  # noqa: E731
-        data.load_images(folders.images(split, d), DOMAIN_LOAD_SIZE))
-    model = train_domain_classifier(load("train", "A"), load("train", "B"))
+    train = {d: folders.images("train", d) for d in "AB"}
+    load = lambda images: classifier_input(data.load_images(images, DOMAIN_LOAD_SIZE))  # noqa: E731
+    model = train_domain_classifier(load(train["A"]), load(train["B"]))
     facts = {"train": [folders.train_a, folders.train_b], "test": [folders.test_a, folders.test_b],
-             "held_out_accuracy": domain_accuracy(model, load("test", "A"), load("test", "B")),
+             "images": {d: image_files(images) for d, images in train.items()},
+             "held_out_accuracy": domain_accuracy(model, *(load(folders.images("test", d)) for d in "AB")),
              "epochs": DOMAIN_EPOCHS, "size": DOMAIN_SIZE, "seconds": time.time() - started}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json(facts_path_of(path), facts)  # first: facts without their model are a write of ours cut short
     write_atomically(path, model.save)
-    write_json(facts_path, facts)
     log(f"trained the domain classifier in {facts['seconds']:.0f} s; cached in {path}")
     return model, facts
 
@@ -272,6 +335,15 @@ def default_classifier_path(folders, run_dir):
 
 # ---- scoring ---------------------------------------------------------------------------------
 
+_said = set()  # train.py --eval-every may make an Evaluator more than once; its notes come once
+
+
+def say_once(level, message):
+    if message not in _said:
+        _said.add(message)
+        log.log(level, "%s", message)
+
+
 def as_saved(images):
     """[-1, 1] images rounded to 8 bits, as they would be written to image files."""
     return data.to_unit_range(data.to_uint8(images)).numpy()
@@ -289,10 +361,7 @@ class Evaluator:
 
     def __init__(self, folders, image_size, directions, classifier_path, extract_features=None, log=print):
         self.directions = directions
-        tests = {d: folders.images("test", d) for d in "AB"}  # image paths or data.Records
-        for d in "AB":
-            if folders.folder("test", d) == folders.folder("train", d):
-                log(f"no test folder for domain {d}: scoring on the training folder {folders.folder('train', d)}")
+        tests = {d: folders.images("test", d) for d in "AB"}  # image paths or data.Records (with_test_fallback's)
         self.tests = {d: as_saved(data.load_images(tests[d], image_size)) for d in "AB"}
         self.fid_skipped = None
         self.with_distances = min(len(t) for t in tests.values()) >= MIN_SET_SIZE
@@ -304,8 +373,8 @@ class Evaluator:
             extract_features = None
         elif extract_features is None:
             extract_features, self.fid_skipped = load_inception()
-        if self.fid_skipped:
-            log(self.fid_skipped)
+        if self.fid_skipped:  # INFO for a split too small, WARNING for weights that could be had
+            say_once(logging.WARNING if self.with_distances else logging.INFO, self.fid_skipped)
         self.extract_features = extract_features
         self.truth_pairs = {}
         for direction in directions:

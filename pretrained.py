@@ -333,14 +333,23 @@ def structure(generator):
     return {}
 
 
+def load_cyclegan_generator(path, named=None):
+    """load_generator(path) and its structure; a model that is none of networks.py's generators (a
+    discriminator, evaluate.py's domain classifier) is one UsageError naming `named` (default: the path),
+    before it is run on anything."""
+    generator = load_generator(path)
+    found = structure(generator)
+    if not found:
+        raise UsageError(f"{named or path}: holds no CycleGAN generator (a model {generator.name!r} without the "
+                         "layers of networks.py's generators)")
+    return generator, found
+
+
 def start_from(path, generator, option):
     """Sets `generator` (a run's, built from its options) to the weights of the generator file `path`;
     one UsageError naming the run option that does not match the file's network."""
-    source = load_generator(path)
-    have, want = structure(source), structure(generator)
-    if not have:
-        raise UsageError(f"{option} {path}: holds no CycleGAN generator (a model {source.name!r} without "
-                         "the layers of networks.py's generators)")
+    source, have = load_cyclegan_generator(path, f"{option} {path}")
+    want = structure(generator)
     for key, value in want.items():
         if key in have and have[key] != value:
             flag = "--" + key.replace("_", "-")

@@ -43,8 +43,27 @@ def _without_stderr(name):
         return importlib.import_module(name)
 
 
+BACKENDS = ("tensorflow", "jax", "torch")  # the Keras backends this project trains on
+
+
+def _import_keras():
+    """Keras, or one line and exit status 1 where its backend (KERAS_BACKEND, or ~/.keras/keras.json) is
+    not one of BACKENDS or is not installed: Keras raises that while it is imported, before any script's
+    own error handling runs."""
+    try:
+        module = _without_stderr("keras")
+        name = module.backend.backend()
+        problem = None if name in BACKENDS else f"{name!r} cannot train"
+    except (ImportError, ValueError) as error:
+        problem = str(error)
+    if problem:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: error: KERAS_BACKEND (or ~/.keras/keras.json): {problem}; "
+                 f"expected one of {', '.join(BACKENDS)}, installed")
+    return module
+
+
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # JAX's probing for TPUs it lacks
-keras = _without_stderr("keras")  # under the TensorFlow backend, this imports TensorFlow too
+keras = _import_keras()  # under the TensorFlow backend, this imports TensorFlow too
 
 
 @functools.cache

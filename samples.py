@@ -2,7 +2,9 @@
 sample, drawn by keras-cv's plot_image_gallery with a title over each column. The same picture comes
 as a uint8 array (train.py logs it to TensorBoard) or as a PNG file (generate.py).
 
-Images of different sizes each fit one square cell, scaled with their aspect ratio kept, on white.
+Images of different sizes each fit one square cell, scaled with their aspect ratio kept, on white. A
+cell is at most CELL_PIXELS on a side, whatever the images' sizes: a grid of large images (a 5000x5000
+photo) takes the memory of small ones.
 """
 import numpy as np
 
@@ -13,6 +15,7 @@ tf = tensorflow()
 VALUE_RANGE = (-1.0, 1.0)  # the networks' pixel range
 INCHES_PER_CELL = 2.5
 DPI = 100  # with INCHES_PER_CELL: 250 pixels a cell, titles included
+CELL_PIXELS = 256  # the largest cell side kept: a cell is drawn in 250 pixels, more would be scaled away
 
 
 def fit_to_cell(image, side):
@@ -42,7 +45,7 @@ def grid_image(columns, titles=None):
     import matplotlib.pyplot as plt
 
     rows = list(zip(*columns, strict=True))
-    side = max(max(image.shape[:2]) for row in rows for image in row)
+    side = min(CELL_PIXELS, max(max(image.shape[:2]) for row in rows for image in row))
     cells = np.stack([fit_to_cell(np.asarray(image, np.float32), side) for row in rows for image in row])
     figure = plot_image_gallery(cells, VALUE_RANGE, scale=INCHES_PER_CELL, rows=len(rows), cols=len(columns))
     try:

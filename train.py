@@ -263,9 +263,10 @@ def train(config, resume=False, verbose=1, stop=None):
     if config.seed is not None:
         distribute.check_jit_with_determinism(config.jit, "--seed")
         distribute.make_deterministic(config.seed)
-    folders = data.with_test_fallback(data.domain_folders(config))
-    train_paths = data.train_images(folders)
+    folders = data.domain_folders(config)
+    train_paths = data.train_images(folders)  # first: a bad training folder is the one line said
     data.check_distinct_domains(folders, train_paths)
+    folders = data.with_test_fallback(folders)
     if resume:
         runs.check_same_images(config, saved, train_paths)
     warn_batch_larger_than_a_domain(config, train_paths)

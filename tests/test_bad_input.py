@@ -55,7 +55,7 @@ TRAIN_ERRORS = [
     (["--dataroot", "{tmp}/missing", "--runs-root", "{runs}"], "--dataroot {tmp}/missing: not a folder"),
     (["--dataroot", "{file}", "--runs-root", "{runs}"], "--dataroot {file}: not a folder"),
     (["--dataroot", "{tmp}/a_file", "--runs-root", "{runs}"], "{tmp}/a_file/trainA: is a file, expected a folder of images"),
-    (["--dataroot", "{tmp}/empty", "--runs-root", "{runs}"], "{tmp}/empty/trainB: no readable images"),
+    (["--dataroot", "{tmp}/empty", "--runs-root", "{runs}"], "{tmp}/empty/trainB: holds no images"),
     (["--dataroot", "{data}", "--epochs", "0", "--epochs-decay", "0", "--runs-root", "{runs}"], "both 0: nothing to train"),
     (["--dataroot", "{data}", "--runs-root", "{runs}", "--seed", "0", "--jit"],
      "--jit with --seed: the op determinism --seed turns on keeps Keras from compiling with XLA under TensorFlow"),
@@ -89,22 +89,39 @@ def model_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     networks.build_generator(4, 1, "transpose", 0.02, name="generator_ab").save(folder / "generator.keras")
     (folder / "text.keras").write_text("not a model")
+    networks.build_discriminator(4, "patch70", False, 0.02).save(folder / "discriminator.keras")
     keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)]).save(folder / "lambda.keras")
     return folder
 
 
 GENERATE_ERRORS = [
-    (["--run-dir", "{runs}/empty"], "{runs}/empty/generator_ab.keras: no such model file"),
+    (["--run-dir", "{runs}/empty"], "--run-dir {runs}/empty: no generator_ab.keras yet (train.py writes a run's "
+     "generators when it stops, at its end or on Ctrl-C; a run in progress has none): wait for it, or give "
+     "--generator"),
     (["--run-dir", "{tmp}/missing"], "--run-dir {tmp}/missing: no such folder"),
     (["--generator", "{models}/text.keras", "--input", "{data}/testA", "--output", "{tmp}/out"],
      "{models}/text.keras: not a Keras model file"),
     (["--generator", "{models}/lambda.keras", "--input", "{data}/testA", "--output", "{tmp}/out"],
      "{models}/lambda.keras: not a Keras model file (Requested the deserialization of a `Lambda` layer"),
+    (["--generator", "{models}/discriminator.keras", "--input", "{data}/testA", "--output", "{tmp}/out"],
+     "{models}/discriminator.keras: holds no CycleGAN generator (a model 'discriminator' without the layers of "
+     "networks.py's generators)"),
+    (["--generator", "{runs}/old", "--input", "{data}/testA", "--output", "{tmp}/out"],
+     "{runs}/old: a folder, not a model file"),
     (["--generator", "{models}/generator.keras", "--input", "{file}", "--output", "{tmp}/out"],
-     "{file}: is a file, expected a folder of images"),
+     "--input {file}: is a file, expected a folder of images (.jpg/.png/.bmp)"),
+    (["--run-dir", "{runs}/old", "--generator", "{models}/generator.keras", "--input", "{data}/testA/img000.png"],
+     "--input {data}/testA/img000.png: is a file, expected a folder of images (.jpg/.png/.bmp)"),
+    (["--generator", "{models}/generator.keras", "--input", "{tmp}/missing", "--output", "{tmp}/out"],
+     "--input {tmp}/missing: no such folder, expected a folder of images (.jpg/.png/.bmp)"),
     (["--generator", "{models}/generator.keras", "--input", "{data}/testA", "--output", "{file}"],
-     "File exists: '{file}'"),
-    (["--run-dir", "{runs}/old", "--batch-size", "0"], "--batch-size 0: expected a positive integer"),
+     "--output {file}: is a file, expected a folder for the translations"),
+    (["--run-dir", "{runs}/old", "--generator", "{models}/generator.keras", "--output", "{file}", "--overwrite"],
+     "--output {file}: is a file, expected a folder for the translations"),
+    (["--generator", "{models}/generator.keras", "--input", "{data}/testA", "--output", "{file}/out"],
+     "--output {file}/out: cannot write there ({file}: a file, not a folder); expected a folder it can write"),
+    (["--generator", "{models}/generator.keras", "--input", "{data}/testA", "--zip", "{file}/sub/out.zip"],
+     "--zip {file}/sub/out.zip: cannot write there ({file}/sub: Not a directory); expected a folder it can write"),
 ]
 
 
@@ -117,11 +134,17 @@ def test_generate_bad_input_is_one_line_and_writes_nothing(places, model_files, 
     assert sorted(p for p in places["tmp"].rglob("*")) == before
 
 
-def test_generate_unknown_direction_is_refused_by_the_parser(capsys):
+@pytest.mark.parametrize("argv, expected", [
+    (["--direction", "AtoC"], "argument --direction: invalid choice: 'AtoC' (choose from 'AtoB', 'BtoA')"),
+    (["--run-dir", "r", "--batch-size", "0"], "argument --batch-size: expected a positive integer, got 0"),
+    (["--run-dir", "r", "--input", ""], "argument --input: expected a path, got an empty one"),
+    (["--run-dir", "r", "--output", ""], "argument --output: expected a path, got an empty one"),
+    (["--generator", "", "--input", "i", "--zip", "z.zip"], "argument --generator: expected a path, got an empty one")])
+def test_generate_options_the_parser_refuses(capsys, argv, expected):
     with pytest.raises(SystemExit) as ended:
-        generate.main(["--direction", "AtoC"])
+        generate.main(argv)
     assert ended.value.code == 2
-    assert "argument --direction: invalid choice: 'AtoC'" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f": error: {expected}")  # PROG: error: ...
 
 
 @pytest.mark.slow

@@ -63,6 +63,17 @@ def test_named_variants_change_only_what_they_name():
     (["--name", ""], "argument --name: expected a plain folder name, got ''"),
     (["--name", "a/b"], "argument --name: expected a plain folder name, got 'a/b'"),
     (["--name", ".."], "argument --name: expected a plain folder name, got '..'"),
+    # Text that is no number gets the same words (argparse alone would name the parsing function).
+    (["--ngf", "4.5"], "argument --ngf: expected a positive integer, got 4.5"),
+    (["--image-size", "1e9"], "argument --image-size: expected a multiple of 4 that is at least 32, got 1e9"),
+    (["--seed", "1.5"], "argument --seed: expected an integer from 0 to 4294967295, got 1.5"),
+    (["--beta1", "half"], "argument --beta1: expected a number from 0 up to (not including) 1, got half"),
+    (["--lr", "fast"], "argument --lr: expected a finite number >= 0, got fast"),
+    (["--epochs", "ten"], "argument --epochs: expected an integer >= 0, got ten"),
+    # An empty path would mean the working directory: a run written into the folder one happens to be in.
+    (["--runs-root", ""], "argument --runs-root: expected a path, got an empty one"),
+    (["--test-a", ""], "argument --test-a: expected a path, got an empty one"),
+    (["--start-ab", ""], "argument --start-ab: expected a path, got an empty one"),
 ])
 def test_out_of_range_options_are_refused_in_one_line(argv, expected, capsys):
     with pytest.raises(SystemExit) as ended:
@@ -115,7 +126,8 @@ def test_runs_made_before_a_default_changed_resume_as_they_were_made(tmp_path):
     (dict(ngf=None), "the key 'ngf': null"),
     (dict(ngf="many"), "the key 'ngf': 'many' is not a number"),
     (dict(ngf=0), "the key 'ngf': expected a positive integer, got 0"),
-    (dict(ngf=4.5), "the key 'ngf': 4.5 is not a whole number"),
+    (dict(ngf=4.5), "the key 'ngf': expected a positive integer, got 4.5"),
+    (dict(runs_root=""), "the key 'runs_root': expected a path, got an empty one"),
     (dict(seed=-2), "the key 'seed': expected an integer from 0 to 4294967295, got -2"),
     (dict(lr=True), "the key 'lr': True is not a number"),
     (dict(upsample="bicubic"), "the key 'upsample': 'bicubic' is not one of transpose, resize"),

@@ -1,5 +1,6 @@
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import cli
 import data
 import demo_data
+import image_io
 from config import Config
 
 from conftest import make_dataset, write_images
@@ -52,7 +54,8 @@ def test_unreadable_image_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
 @pytest.mark.parametrize("layout, message", [
     ("missing_root", "not a folder"),
     ("no_trainB", "trainB: no such folder"),
-    ("empty_trainA", "trainA: no readable images"),
+    ("empty_trainA", "trainA: holds no images"),
+    ("unreadable_trainA", "trainA: no readable images"),
     ("file_for_trainA", "trainA: is a file"),
 ])
 def test_bad_dataroot_gives_one_line_naming_the_path_and_layout(tmp_path, layout, message):
@@ -63,9 +66,11 @@ def test_bad_dataroot_gives_one_line_naming_the_path_and_layout(tmp_path, layout
         for f in (root / "trainB").iterdir():
             f.unlink()
         (root / "trainB").rmdir()
-    if layout == "empty_trainA":
+    if layout in ("empty_trainA", "unreadable_trainA"):
         for f in (root / "trainA").iterdir():
             f.unlink()
+    if layout == "unreadable_trainA":
+        (root / "trainA" / "broken.png").write_bytes(b"not a png")
     if layout == "file_for_trainA":
         for f in (root / "trainA").iterdir():
             f.unlink()
@@ -75,6 +80,53 @@ def test_bad_dataroot_gives_one_line_naming_the_path_and_layout(tmp_path, layout
         data.train_dataset(data.train_images(str(root)), 32, 1)
     text = str(error.value)
     assert message in text and "expected DATAROOT/trainA/" in text and "\n" not in text
+
+
+def test_images_of_kinds_not_read_are_named_once_and_a_folder_of_only_those_says_so(tmp_path, caplog):
+    """.webp, .gif, .tif ... are skipped in one WARNING per folder (not in silence), and a folder of
+    nothing else is not called unreadable: what is read is named."""
+    root = make_dataset(tmp_path / "set", counts=(2, 2, 1, 1), size=(36, 36))
+    for name in ("b.webp", "a.WEBP", "c.gif"):
+        (tmp_path / "set" / "trainA" / name).write_bytes(b"an image of a kind not read")
+    with caplog.at_level(logging.WARNING, logger="cyclegan"):
+        for _ in range(2):  # a script looks at a folder more than once: said once
+            assert len(data.train_images(root)[0]) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping 3 .gif/.webp files in {root}/trainA (e.g. a.WEBP): only .jpg, .png and .bmp images are read"]
+    for path in data.list_images(f"{root}/trainA"):
+        os.remove(path)
+    with pytest.raises(cli.UsageError, match=f"^{root}/trainA: holds no images"):
+        data.train_images(root)
+
+
+def test_a_test_folder_that_is_missing_or_holds_no_images_gives_way_to_the_training_folder(tmp_path, caplog):
+    root = make_dataset(tmp_path / "set", counts=(2, 2, 0, 1), size=(36, 36))
+    shutil.rmtree(tmp_path / "set" / "testB")
+    with caplog.at_level(logging.INFO, logger="cyclegan"):
+        folders = data.with_test_fallback(data.domain_folders(Config(dataroot=root)))
+    assert (folders.test_a, folders.test_b) == (f"{root}/trainA", f"{root}/trainB")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no test folder for domain {d} ({root}/test{d} {why}): sample grids and evaluation read the training "
+        f"folder {root}/train{d}" for d, why in (("A", "holds no images"), ("B", "is missing"))]
+
+
+def test_a_photo_is_read_the_way_up_its_exif_orientation_says(tmp_path):
+    """As viewers (and Pillow's exif_transpose) show it: a phone stores a portrait photo sideways with
+    orientation 6, and generate.py's translation, written without EXIF, must be seen the same way up."""
+    from PIL import Image, ImageOps
+
+    stored = np.random.default_rng(0).integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        path = tmp_path / f"photo{orientation}.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(stored).save(path, exif=exif.tobytes())
+        decoded = Image.fromarray(data.decode_image(data.read_bytes(path)).numpy())  # as stored, decoded as read
+        decoded.info["exif"] = exif.tobytes()
+        shown = data.to_unit_range(np.asarray(ImageOps.exif_transpose(decoded))).numpy()
+        read = image_io.read_image(str(path))
+        assert read.shape == shown.shape == ((40, 20, 3) if orientation >= 5 else (20, 40, 3)), orientation
+        assert np.array_equal(read, shown), orientation
 
 
 def test_load_size_follows_the_reference():
@@ -170,7 +222,7 @@ def test_a_file_name_that_is_not_utf8_is_read_everywhere(tmp_path):
     assert data.list_images(str(tmp_path / "testA")) == [cafe, str(tmp_path / "testA" / "img000.png")]
     assert len(data.domain_images(str(tmp_path / "trainA"), "image")) == 3
     assert data.usable_images([cafe]) == [cafe]
-    np.testing.assert_allclose(data.read_image(cafe), pixels / 127.5 - 1.0, atol=1e-6)
+    np.testing.assert_allclose(image_io.read_image(cafe), pixels / 127.5 - 1.0, atol=1e-6)
     np.testing.assert_allclose(data.load_images([cafe], 32), np.full((1, 32, 32, 3), 200 / 127.5 - 1.0), atol=1e-4)
     assert data.test_images(data.domain_folders(Config(dataroot=str(tmp_path))), "A", 32, 2).shape == (2, 32, 32, 3)
 

@@ -1,5 +1,6 @@
 import glob
 import json
+import logging
 import os
 import shutil
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 
 import cli
 from config import Config, as_json, from_command_line
+from conftest import cli_error
 import data
 import evaluate
 import metrics
@@ -162,15 +164,20 @@ def test_scores_end_to_end_with_an_injected_feature_extractor(dataset, classifie
     assert "ssim" not in good["BtoA"]  # no testB_gt/
 
 
+def make_run(run_dir, dataset, generators=True):
+    """A run folder on `dataset` whose generators (unless not yet written) swap the channels."""
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(as_json(Config(dataroot=dataset, image_size=SIZE))))
+    for name in ("generator_ab", "generator_ba") if generators else ():
+        channel_mixer(SWAP, name).save(str(run_dir / f"{name}.keras"))
+    return str(run_dir)
+
+
 def run_evaluate(scripts, dataset, tmp_path, *options):
     """`python evaluate.py` on a run of two channel-swapping generators, without InceptionV3 weights
     (scripts: an empty Keras cache, no network); returns the finished process and the run directory."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps(as_json(Config(dataroot=dataset, image_size=SIZE))))
-    for name in ("generator_ab", "generator_ba"):
-        channel_mixer(SWAP, name).save(str(run_dir / f"{name}.keras"))
-    return scripts.run("evaluate.py", "--run-dir", run_dir, *options, cwd=tmp_path), run_dir
+    run_dir = make_run(tmp_path / "run", dataset)
+    return scripts.run("evaluate.py", "--run-dir", run_dir, *options, cwd=tmp_path), tmp_path / "run"
 
 
 @pytest.mark.slow
@@ -179,9 +186,10 @@ def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_s
     result, run_dir = run_evaluate(scripts, dataset, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    skip_lines = [line for line in result.stdout.splitlines() if "FID" in line or "KID" in line]
+    assert not [line for line in result.stdout.splitlines() if "FID" in line or "KID" in line]
+    skip_lines = [line for line in result.stderr.splitlines() if "FID" in line or "KID" in line]
     assert len(skip_lines) == 1
-    assert "skipped" in skip_lines[0] and metrics.INCEPTION_WEIGHTS in skip_lines[0]
+    assert skip_lines[0].startswith("WARNING: FID/KID skipped") and metrics.INCEPTION_WEIGHTS in skip_lines[0]
     assert str(scripts.keras_home) in skip_lines[0]
     assert "domain score" in result.stdout and "SSIM vs ground truth" in result.stdout
     report = json.loads((run_dir / "evaluation.json").read_text())
@@ -243,7 +251,8 @@ def test_broken_ground_truth_pairs_are_skipped_one_warning_each(scripts, tmp_pat
     result, run_dir = run_evaluate(scripts, root, tmp_path)  # the domain classifier too reads testA/ here
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "JPEG" not in result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING: ")]
+    warnings = [line for line in result.stderr.splitlines()  # the weights' line comes once a process
+                if line.startswith("WARNING: ") and not line.startswith("WARNING: FID/KID skipped")]
     expected = {"testA/000.png": "no ground truth", "testA/001.png": f"is {SIZE}x{SIZE + 8}, the image {SIZE}x{SIZE}",
                 "testA/002.png": "not a readable image", "testA_gt/003.png": "not a readable image"}
     assert len(warnings) == len(expected), warnings
@@ -261,10 +270,10 @@ def test_one_test_image_per_domain_leaves_out_the_distances_with_one_line(script
 
     result, run_dir = run_evaluate(scripts, root, tmp_path, "--classifier", classifier[1])
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    skipped = [line for line in result.stdout.splitlines() if "skipped" in line]
+    skipped = [line for line in (result.stderr + result.stdout).splitlines() if "skipped" in line]
     assert skipped == [
-        f"FID, KID and the domain Fréchet distance skipped: they need at least {metrics.MIN_SET_SIZE} images per "
-        "set, and testA/ has 1, testB/ 1",
+        f"INFO: FID, KID and the domain Fréchet distance skipped: they need at least {metrics.MIN_SET_SIZE} images "
+        "per set, and testA/ has 1, testB/ 1",
         f"SSIM/PSNR skipped: {os.path.join(root, 'testA_gt')}: no test image has a readable ground truth of the "
         "same name and size"]
     assert "domain score" in result.stdout
@@ -273,16 +282,165 @@ def test_one_test_image_per_domain_leaves_out_the_distances_with_one_line(script
         assert report[direction]["images"] == report[direction]["target_images"] == 1
         assert report[direction]["domain"] == 1.0 and report[direction]["domain_baseline"] == 0.0
         assert not {"fid", "kid", "domain_fd", "domain_fd_baseline", "ssim"} & set(report[direction])
-    assert report["fid_kid"] == skipped[0]
+    assert report["fid_kid"] == skipped[0].removeprefix("INFO: ")
 
 
-def test_the_evaluator_of_train_eval_every_scores_one_image_per_domain(classifier, tmp_path):
-    """train.py's path: an injected feature extractor is not called on sets too small for FID."""
+def test_the_evaluator_of_train_eval_every_scores_one_image_per_domain(classifier, tmp_path, monkeypatch, caplog):
+    """train.py's path: an injected feature extractor is not called on sets too small for FID, and the
+    line saying so is an INFO line, once a process however many Evaluators train.py makes."""
     root = write_two_domains(tmp_path / "data", test_count=1)
     shutil.rmtree(os.path.join(root, "testA_gt"))
-    lines = []
-    evaluator = metrics.Evaluator(folders(root), SIZE, ("AtoB", "BtoA"), classifier[1], pytest.fail, log=lines.append)
-    results = evaluator.score({d: channel_mixer(SWAP, "swap") for d in ("AtoB", "BtoA")})
-    assert lines == [evaluator.fid_skipped] and "at least 2 images per set" in lines[0]
+    monkeypatch.setattr(metrics, "_said", set())
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    evaluators = [metrics.Evaluator(folders(root), SIZE, ("AtoB", "BtoA"), classifier[1], pytest.fail, log=pytest.fail)
+                  for _ in range(2)]
+    results = evaluators[1].score({d: channel_mixer(SWAP, "swap") for d in ("AtoB", "BtoA")})
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("INFO", evaluators[0].fid_skipped)]
+    assert "at least 2 images per set" in evaluators[1].fid_skipped
     assert set(results["AtoB"]) == set(results["BtoA"]) == {
         "images", "target_images", "domain", "domain_baseline"}
+
+
+def test_the_weights_line_is_a_warning_said_once_a_process(dataset, classifier, monkeypatch, caplog):
+    """train.py --eval-every may make an Evaluator more than once (one that failed is made again)."""
+    reason = "FID/KID skipped: the InceptionV3 ImageNet weights are not in the Keras cache (test)"
+    monkeypatch.setattr(metrics, "load_inception", lambda: (None, reason))
+    monkeypatch.setattr(metrics, "_said", set())
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    for _ in range(2):
+        evaluator = metrics.Evaluator(folders(dataset), SIZE, ("AtoB",), classifier[1], log=pytest.fail)
+        assert evaluator.fid_skipped == reason
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("WARNING", reason)]
+
+
+# ---- the classifier file: only evaluate.py's own, of this run's domains ----------------------------
+
+def copy_dataset(dataset, target, with_classifier=False):
+    """The dataset's image folders elsewhere (and its cached classifier, if asked)."""
+    skip = () if with_classifier else ("domain_classifier_*",)
+    return str(shutil.copytree(dataset, target, ignore=shutil.ignore_patterns(*skip)))
+
+
+def test_files_evaluate_did_not_write_at_the_classifier_paths_are_refused_and_kept(dataset, classifier, tmp_path):
+    run_dir = make_run(tmp_path / "run", dataset)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "userclf.keras").write_text("my precious")
+    assert cli_error(evaluate.main, ["--run-dir", run_dir, "--classifier", str(user / "userclf.keras")]) == (
+        f"evaluate.py: error: {user / 'userclf.keras'}: not a domain classifier that evaluate.py wrote (no "
+        "userclf.json beside it); kept as it is: give --classifier another .keras path, or remove the file")
+    (user / "notes.json").write_text('{"mine": 1}')  # the .json a classifier at notes.keras would write
+    assert cli_error(evaluate.main, ["--run-dir", run_dir, "--classifier", str(user / "notes.keras")]) == (
+        f"evaluate.py: error: {user / 'notes.json'}: not the facts of a domain classifier that evaluate.py wrote; "
+        "kept as it is: give --classifier another .keras path, or remove the file")
+    assert sorted(os.listdir(user)) == ["notes.json", "userclf.keras"]
+    assert (user / "userclf.keras").read_text() == "my precious" and (user / "notes.json").read_text() == '{"mine": 1}'
+
+    other = copy_dataset(dataset, tmp_path / "other")  # the default path, DATAROOT/domain_classifier_64px.keras
+    (tmp_path / "other" / metrics.DOMAIN_FILE).write_text("junk")
+    message = cli_error(evaluate.main, ["--run-dir", run_dir, "--dataroot", other])
+    assert message.startswith(f"evaluate.py: error: {os.path.join(other, metrics.DOMAIN_FILE)}: not a domain "
+                              "classifier that evaluate.py wrote")
+    assert (tmp_path / "other" / metrics.DOMAIN_FILE).read_text() == "junk"
+    assert not (tmp_path / "other" / "domain_classifier_64px.json").exists()
+
+
+def test_a_write_of_its_own_cut_short_is_done_again(dataset, classifier, tmp_path):
+    """The facts go first: facts without their model are a classifier write that a kill cut short."""
+    path = str(tmp_path / "clf.keras")
+    shutil.copy(os.path.splitext(classifier[1])[0] + ".json", tmp_path / "clf.json")
+    lines = []
+    model, facts = metrics.domain_classifier(folders(dataset), path, log=lines.append)
+    assert lines == [f"trained the domain classifier in {facts['seconds']:.0f} s; cached in {path}"]
+    assert model.name == "domain_classifier" and os.path.isfile(path)
+    assert json.load(open(tmp_path / "clf.json")) == facts
+    assert [[name for name, _ in facts["images"][d]] for d in "AB"] == [[f"{i:03d}.png" for i in range(24)]] * 2
+
+
+def test_a_classifier_of_other_domains_is_refused_and_one_of_the_same_images_moved_is_used(
+        dataset, classifier, tmp_path):
+    other = write_two_domains(tmp_path / "other", seed=1)  # the same file names, other images
+    run_dir = make_run(tmp_path / "run", other)
+    assert cli_error(evaluate.main, ["--run-dir", run_dir, "--classifier", classifier[1]]) == (
+        f"evaluate.py: error: {classifier[1]}: this domain classifier was trained on {dataset}/trainA and "
+        f"{dataset}/trainB, not on this run's domains {other}/trainA and {other}/trainB; give --classifier another "
+        ".keras path (a new one is trained there)")
+
+    moved = copy_dataset(dataset, tmp_path / "moved", with_classifier=True)
+    path = os.path.join(moved, metrics.DOMAIN_FILE)
+    model, facts = metrics.domain_classifier(folders(moved), path, log=pytest.fail)  # used, not trained again
+    assert facts["train"] == [f"{dataset}/trainA", f"{dataset}/trainB"] and model.name == "domain_classifier"
+    os.rename(os.path.join(moved, "trainB", "000.png"), os.path.join(moved, "trainB", "999.png"))
+    with pytest.raises(cli.UsageError, match="this domain classifier was trained on"):
+        metrics.domain_classifier(folders(moved), path, log=pytest.fail)
+
+
+def test_a_classifier_path_that_is_no_keras_file_or_holds_no_classifier_is_one_line(dataset, classifier, tmp_path):
+    run_dir = make_run(tmp_path / "run", dataset)
+    for path, expected in ((tmp_path / "mynotes.png", "expected a .keras file for the domain classifier (Keras "
+                                                      "saves models as .keras)"),
+                           (tmp_path / "run", "is a folder, expected a .keras file for the domain classifier")):
+        assert cli_error(evaluate.main, ["--run-dir", run_dir, "--classifier", str(path)]) == \
+            f"evaluate.py: error: {path}: {expected}"
+    assert not (tmp_path / "mynotes.png").exists()
+    shutil.copy(os.path.join(run_dir, "generator_ab.keras"), tmp_path / "gen.keras")  # and a classifier's facts
+    shutil.copy(os.path.splitext(classifier[1])[0] + ".json", tmp_path / "gen.json")
+    assert cli_error(evaluate.main, ["--run-dir", run_dir, "--classifier", str(tmp_path / "gen.keras")]) == (
+        f"evaluate.py: error: {tmp_path / 'gen.keras'}: not a domain classifier (a Keras model named "
+        "'generator_ab', without its 'features' layer); give --classifier another .keras path")
+
+
+def test_a_classifier_that_cannot_be_written_is_one_line_naming_the_folder(dataset, tmp_path, monkeypatch):
+    """Before any work: a folder under a file; a read-only dataset and run (Kaggle's input, a copied
+    run), which os.access reports (root writes anywhere, so the test denies it as a read-only mount does)."""
+    root = copy_dataset(dataset, tmp_path / "data")
+    run_dir = make_run(tmp_path / "run", root)
+    (tmp_path / "afile").write_text("")
+    assert cli_error(evaluate.main, ["--run-dir", run_dir, "--classifier", str(tmp_path / "afile" / "c.keras")]) == (
+        f"evaluate.py: error: {tmp_path / 'afile'}: the domain classifier cannot be written there "
+        f"({tmp_path / 'afile'} is a file); give --classifier PATH in a folder you can write")
+    access = os.access
+    read_only = (root, run_dir)
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: access(path, mode, **kw) and not (
+        mode & os.W_OK and os.path.abspath(path) in read_only))
+    assert cli_error(evaluate.main, ["--run-dir", run_dir]) == (
+        f"evaluate.py: error: {run_dir}: the domain classifier cannot be written there (not writable); "
+        "give --classifier PATH in a folder you can write")
+    assert sorted(os.listdir(run_dir)) == ["config.json", "generator_ab.keras", "generator_ba.keras"]
+
+
+def test_an_evaluation_json_that_cannot_be_written_is_a_warning_after_the_scores(
+        dataset, classifier, tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.setattr(metrics, "load_inception", lambda: (tiny_features, None))
+    run_dir = make_run(tmp_path / "run", dataset)
+    os.mkdir(os.path.join(run_dir, "evaluation.json"))  # a rename over it fails, as on a read-only run
+    results = evaluate.main(["--run-dir", run_dir, "--direction", "AtoB", "--classifier", classifier[1]])
+    assert results["AtoB"]["domain"] >= 0.9 and "AtoB: 12 testA images translated" in capsys.readouterr().out
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{run_dir}/evaluation.json not written (Is a directory); the scores are the ones printed above"]
+    assert not glob.glob(os.path.join(run_dir, "evaluation.tmp*"))
+
+
+def test_a_run_without_generators_yet_is_one_line_saying_when_they_come(dataset, tmp_path):
+    run_dir = make_run(tmp_path / "run", dataset, generators=False)
+    assert cli_error(evaluate.main, ["--run-dir", run_dir, "--direction", "BtoA"]) == (
+        f"evaluate.py: error: {run_dir}: the run has no generators yet (generator_ba.keras): train.py writes them "
+        "when it stops, at its end or on Ctrl-C; evaluate the run after that")
+
+
+def test_a_dataroot_without_test_folders_is_scored_on_its_training_folders_as_train_does(
+        dataset, classifier, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(metrics, "load_inception", lambda: (tiny_features, None))
+    root = copy_dataset(dataset, tmp_path / "data")
+    for folder in ("testA", "testB", "testA_gt"):
+        shutil.rmtree(os.path.join(root, folder))
+    run_dir = make_run(tmp_path / "run", dataset)
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    results = evaluate.main(["--run-dir", run_dir, "--dataroot", root, "--classifier", classifier[1]])
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("no test folder")]  # data.py's line
+    assert len(said) == 2 and all(line.startswith(f"no test folder for domain {d}")
+                                  and line.endswith(f"read the training folder {root}/train{d}")
+                                  for d, line in zip("AB", said))
+    assert results["AtoB"]["images"] == results["AtoB"]["target_images"] == 24
+    report = json.load(open(os.path.join(run_dir, "evaluation.json")))
+    assert (report["test_a"], report["test_b"]) == (f"{root}/trainA", f"{root}/trainB")

@@ -253,7 +253,10 @@ def test_bad_input_is_one_line_and_writes_nothing(request, tmp_path):
     (tmp_path / "taken.onnx").write_bytes(b"the user's")
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.png").write_bytes(b"an image")
+    (tmp_path / "n.tflite.README.txt").write_text("the user's readme")
+    (tmp_path / "d.onnx.README.txt").mkdir()
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    names = sorted(tmp_path.iterdir())
     cases = [(["discriminator.keras", "out.onnx"], "discriminator.keras: holds no CycleGAN generator (a model "
               "'discriminator' without the layers of networks.py's generators)"),
              (["photos/a.png", "out.tflite"], "photos/a.png: not a generator file (expected a .keras model or a "
@@ -270,11 +273,22 @@ def test_bad_input_is_one_line_and_writes_nothing(request, tmp_path):
              (["g.keras", "out.onnx", "--quantize", "int8"], "--quantize int8: LiteRT only (a .tflite TARGET or "
               "--format litert)"),
              (["--run-dir", "photos", "out.onnx"], "--run-dir photos: no generator_ab.keras there (not a run of "
-              "train.py, or one that has not saved its generators yet)")]
+              "train.py, or one that has not saved its generators yet)"),
+             (["g.keras", "n.tflite"], "n.tflite.README.txt: already exists (the README written beside n.tflite); "
+              "pass --overwrite to replace it"),
+             (["g.keras", "d.onnx", "--overwrite"], "d.onnx.README.txt: is a folder; expected the name of the README "
+              "written beside d.onnx"),
+             (["photos", "out.tflite"], "photos: a folder, not a generator file (for a run made by train.py give "
+              "--run-dir photos, or the path of its generator_ab.keras)")]
     scripts = session_scripts(request)
     for args, message in cases:
         assert one_line_error(scripts.run("convert.py", *args, cwd=tmp_path)) == message, args
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    for args in (["", "out.tflite"], ["g.keras", ""], ["--run-dir", "", "out.onnx"]):  # the parser's refusal
+        result = scripts.run("convert.py", *args, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith(": expected a path, got an empty one"), args
+    assert sorted(tmp_path.iterdir()) == names  # no TARGET, no temporary
 
 
 def test_help_explains_every_option():

@@ -179,3 +179,53 @@ def test_links_to_nothing_in_the_input_folder_are_skipped(trained_run, tmp_path)
     written, _ = generate.generate(os.path.join(trained_run, "generator_ab.keras"), str(photos), str(tmp_path / "out"))
     assert written == [str(tmp_path / "out" / "img000.png"), str(tmp_path / "out" / "img001.png")]
     assert sorted(os.listdir(tmp_path / "out")) == [generate.MANIFEST, "img000.png", "img001.png"]
+
+
+def test_grid_cells_are_bounded_whatever_the_image_sizes(trained_run, tmp_path, capsys):
+    """A 4000-pixel-long image is drawn in a cell of samples.CELL_PIXELS, not padded to a 4000x4000 square
+    (192 MB a cell: a grid of large photos ran out of memory); numpy's allocations are what tracemalloc sees."""
+    import tracemalloc
+
+    import samples
+
+    long = np.zeros((12, 4000, 3), np.float32)
+    tracemalloc.start()
+    try:
+        grid = samples.grid_image([[long, long[:, :8]], [long, long[:, :8]]])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert grid.shape == (2 * 250, 2 * 250, 3)
+    assert peak < 40 * 2 ** 20, peak
+    assert samples.fit_to_cell(long, samples.CELL_PIXELS).shape == (256, 256, 3)
+
+    photos = tmp_path / "photos"
+    write_images(str(photos), 1, size=(8, 1200))
+    generate.main([*model_options(trained_run), "--input", str(photos), "--output", str(tmp_path / "out")])
+    assert iio.imread(tmp_path / "out_grid.png").shape == (250, 3 * 250, 3)
+    assert capsys.readouterr().out.splitlines()[-1] == f"sample grid: {tmp_path / 'out'}_grid.png"
+
+
+def test_a_grid_that_fails_is_a_warning_and_the_translations_stay(trained_run, tmp_path, monkeypatch, caplog, capsys):
+    """The grid is optional: running out of memory there (numpy's MemoryError, as a 3000x3000 and a
+    5000x20 image did before cells were bounded) is one WARNING line, exit 0, the translations kept."""
+    photos = tmp_path / "photos"
+    write_images(str(photos), 2, size=(24, 24))
+
+    def out_of_memory(*args):
+        raise MemoryError("Unable to allocate 286. MiB for an array with shape (5000, 5000, 3) and data type float32")
+    monkeypatch.setattr(generate.samples, "grid_image", out_of_memory)
+    generate.main([*model_options(trained_run), "--input", str(photos), "--output", str(tmp_path / "out")])
+    assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
+        f"sample grid {tmp_path / 'out'}_grid.png not written (MemoryError: Unable to allocate 286. MiB for an array "
+        "with shape (5000, 5000, 3) and data type float32); the 2 translations are written whole"]
+    assert capsys.readouterr().out.splitlines()[-1] == f"translated 2 images into {tmp_path / 'out'}"  # no grid line
+    assert sorted(os.listdir(tmp_path)) == ["out", "photos"]  # no grid, no temporary, no lock
+    assert sorted(os.listdir(tmp_path / "out")) == [generate.MANIFEST, "img000.png", "img001.png"]
+    assert iio.imread(tmp_path / "out" / "img001.png").shape == (24, 24, 3)
+
+
+def test_help_says_each_default_once():
+    text = generate.build_parser().format_help()
+    assert "images in the sample grid, 0 for none (default: 6)" in " ".join(text.split())
+    assert "(0: no grid)" not in text

@@ -88,3 +88,20 @@ def test_the_module_tables_of_readme_and_docs_code_md_name_every_top_level_file(
         with open(os.path.join(REPO, page), encoding="utf-8") as f:
             rows = set(re.findall(r"^\| `(\w+\.py)` \|", f.read(), re.M))
         assert rows == files, f"{page}: missing {sorted(files - rows)}, not there {sorted(rows - files)}"
+
+
+def test_a_keras_backend_the_project_cannot_train_on_is_one_line_from_every_script():
+    """Keras raises while it is imported (before any script's error handling) for a backend it does not
+    know or that is not installed; NumPy's it imports, but it cannot train. Each is one line, exit 1."""
+    import subprocess
+    import sys
+
+    every_script = ("train.py", "generate.py", "evaluate.py", "bench.py", "main.py")
+    for backend, problem, scripts in (("bogus", "Unable to import backend : bogus", every_script),
+                                      ("numpy", "'numpy' cannot train", ("train.py",))):  # seconds to import
+        for script in scripts:
+            ended = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True,
+                                   env=dict(os.environ, KERAS_BACKEND=backend))
+            assert (ended.returncode, ended.stdout) == (1, ""), script
+            assert ended.stderr == (f"{script}: error: KERAS_BACKEND (or ~/.keras/keras.json): {problem}; "
+                                    "expected one of tensorflow, jax, torch, installed\n"), script

@@ -33,6 +33,7 @@ def test_demo_runs_end_to_end_through_the_same_code(tmp_path, capsys, monkeypatc
     for path in ("generator_ab.keras", "checkpoints/step-000000002.npz", "generated/AtoB_grid.png", "config.json"):
         assert (run_dir / path).exists() and str(run_dir) in out
     assert len(data.list_images(run_dir / "generated" / "AtoB")) == len(os.listdir(tmp_path / "demo" / "testA"))
+    assert "trained 2 steps in" in out and "building the demo dataset" in out
     assert "do-nothing baseline" in out and f"{scores['baseline']['ssim']:6.3f}" in out
     assert 0 < scores["baseline"]["ssim"] < 0.8 and 5 < scores["baseline"]["psnr"] < 30
 
@@ -49,6 +50,19 @@ def test_a_second_demo_run_gets_its_own_name(tmp_path):
         main.free_run_name(str(tmp_path / "runs"), "demo")
     with pytest.raises(SystemExit):
         main.build_parser().parse_args(["--name", "../elsewhere"])
+
+
+def test_a_dataroot_that_is_no_demo_dataset_is_refused_before_anything_is_said_or_built(tmp_path, capsys):
+    notes = tmp_path / "notes.png"
+    notes.write_text("mine")
+    with pytest.raises(cli.UsageError, match=f"^{notes}: exists and is not a demo dataset"):
+        main.main(["--dataroot", str(notes), "--runs-root", str(tmp_path / "runs")])
+    assert capsys.readouterr().out == "" and notes.read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["notes.png"]
+    for option in ("--dataroot", "--runs-root"):  # empty: the working directory, not a folder of the demo's
+        with pytest.raises(SystemExit):
+            main.build_parser().parse_args([option, ""])
+    assert capsys.readouterr().err.strip().endswith("argument --runs-root: expected a path, got an empty one")
 
 
 def test_demo_runs_started_at_once_never_pick_the_same_name(tmp_path):
@@ -107,19 +121,23 @@ def test_two_processes_building_the_demo_dataset_at_once_both_use_one_complete_d
     assert sorted(os.listdir(tmp_path)) == ["demo", "reference"]  # no staging folder left
 
 
-def test_a_staging_folder_left_by_a_killed_build_is_removed_and_does_not_break_the_build(tmp_path, caplog):
+def test_a_staging_folder_left_by_a_killed_build_is_removed_and_a_users_folder_of_that_name_kept(tmp_path, caplog):
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     killed = tmp_path / f"demo.partial-{int(ended.stdout)}.0123abcd"
     (killed / "trainA").mkdir(parents=True)
     (killed / "trainA" / "0005.png").write_bytes(b"half an image")
-    (killed / "trainB").write_text("a file where a folder goes")
+    (killed / "trainB").mkdir()
     running = tmp_path / f"demo.partial-{os.getppid()}.4567cdef"  # a build of a process still running
     running.mkdir()
+    users = tmp_path / f"demo.partial-{int(ended.stdout)}.89abcdef"  # a staging name, but a user's file in it
+    (users / "trainA").mkdir(parents=True)
+    (users / "trainA" / "thesis.txt").write_text("my work")
     with caplog.at_level(logging.INFO, logger="cyclegan"):
         root = demo_data.build_demo_dataset(str(tmp_path / "demo"), train_per_domain=4, test_per_domain=2)
     assert [record.getMessage() for record in caplog.records] == [
         f"removed 1 unfinished demo dataset(s) that killed builds left in {tmp_path}: {killed.name}"]
-    assert sorted(os.listdir(tmp_path)) == ["demo", running.name]
+    assert sorted(os.listdir(tmp_path)) == ["demo", running.name, users.name]
+    assert (users / "trainA" / "thesis.txt").read_text() == "my work"
     assert {folder: sorted(os.listdir(os.path.join(root, folder))) for folder in demo_data.DEMO_FOLDERS} == {
         "trainA": ["0000.png", "0001.png", "0002.png", "0003.png"],
         "trainB": ["0000.png", "0001.png", "0002.png", "0003.png"],

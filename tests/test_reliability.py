@@ -175,8 +175,9 @@ def test_without_test_folders_the_training_folders_are_read_and_a_failing_evalua
                 "2", "--epochs-decay", "0", "--save-every", "1", "--eval-every", "1", "--sample-every", "1"])
 
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("no test folder")] == [
-        f"no test folder for domain {d}: sample grids and evaluation read the training folder "
-        f"{tmp_path / 'data' / ('train' + d)}" for d in "AB"]
+        f"no test folder for domain {d} ({tmp_path / 'data' / ('test' + d)} {why}): sample grids and evaluation "
+        f"read the training folder {tmp_path / 'data' / ('train' + d)}" for d, why in (("A", "is missing"),
+                                                                                      ("B", "holds no images"))]
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         "step 1: sample grids not written (OSError: [Errno 28] No space left on device)",
         "step 2: evaluation skipped (LinAlgError: Singular matrix)"]

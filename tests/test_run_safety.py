@@ -107,6 +107,29 @@ def test_one_folder_as_both_domains_is_refused(tmp_path, same):
     assert not runs.exists()
 
 
+def test_a_runs_root_that_cannot_be_made_is_named_with_the_option(dataset, tmp_path):
+    """A folder above the run that cannot hold it (a file, a read-only disk) is named with the option that
+    places the run, before anything is written."""
+    (tmp_path / "notes.txt").write_text("mine")
+    runs = tmp_path / "notes.txt" / "runs"
+    assert cli_error(train.main, ["--dataroot", dataset, "--runs-root", str(runs), "--name", "run", *TINY]) == (
+        f"train.py: error: {runs / 'run'}: cannot write the run there ({tmp_path / 'notes.txt'} is a file); give "
+        "a --runs-root this user can write")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_training_folder_that_is_a_file_is_the_one_line_said(dataset, tmp_path, caplog):
+    """Checked before the test folders, whose INFO lines (samples from the training folder) would name
+    the file as if it served."""
+    image = os.path.join(dataset, "trainA", sorted(os.listdir(os.path.join(dataset, "trainA")))[0])
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    message = cli_error(train.main, ["--train-a", image, "--train-b", os.path.join(dataset, "trainB"), "--runs-root",
+                                     str(tmp_path / "runs"), *TINY])
+    assert message.startswith(f"train.py: error: {image}: is a file, expected a folder of images (--train-a: ")
+    assert not [r.getMessage() for r in caplog.records if image in r.getMessage()]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_folder_of_other_files_is_not_offered_for_resume(dataset, tmp_path):
     (tmp_path / "runs" / "mine").mkdir(parents=True)
     (tmp_path / "runs" / "mine" / "notes.txt").write_text("the user's")
