@@ -45,6 +45,17 @@ def write_atomically(path, write):
 TEMPORARY_NAME = re.compile(r"(?P<name>.+)\.tmp(?P<pid>\d+)(?P<ext>\.[^.]*)?")  # write_atomically's NAME.tmpPID.EXT
 
 
+def unwritable(folder):
+    """Why files cannot be written into `folder` (made where missing), or None: the nearest folder at or
+    above it that is there is a file, or not writable (a read-only disk, no permission)."""
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is a file"
+    return None if os.access(existing, os.W_OK) else f"{existing} is not writable"
+
+
 def stale_temporaries(folder, names=None):
     """The temporaries that write_atomically left in `folder` when its process was killed (NAME.tmpPID.EXT
     whose PID runs no more: a temporary of a process still running stays); only those of the files

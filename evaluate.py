@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 
+import checkpoints
 import cli
 import config
 import cpu_kernels
@@ -81,12 +82,9 @@ def dataset_config(run_config, args):
 def check_writable(folder):
     """One line, suggesting --classifier, when the domain classifier cannot be written into `folder`
     (train.py needs no such check: its default folder falls back to the run, which it writes)."""
-    existing = folder
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
-        why = "not writable" if os.path.isdir(existing) else f"{existing} is a file"
-        raise cli.UsageError(f"{folder}: the domain classifier cannot be written there ({why}); "
+    problem = checkpoints.unwritable(folder)
+    if problem:
+        raise cli.UsageError(f"{folder}: the domain classifier cannot be written there ({problem}); "
                              "give --classifier PATH in a folder you can write")
 
 

@@ -47,13 +47,10 @@ def check_run_dir(config, resume, chief=True):
     for folder in (config.runs_root, config.run_dir):
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise UsageError(f"{folder}: is a file, expected a folder for the runs")
-    existing = config.run_dir  # the run folder, or the nearest folder above it that is there
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if chief and not (os.path.isdir(existing) and os.access(existing, os.W_OK)):
-        raise UsageError(f"{config.run_dir}: cannot write the run there ({existing} is "
-                         f"{'not writable' if os.path.isdir(existing) else 'a file'}); give a --runs-root "
-                         "this user can write")
+    problem = checkpoints.unwritable(config.run_dir) if chief else None
+    if problem:
+        raise UsageError(f"{config.run_dir}: cannot write the run there ({problem}); give a --runs-root this user "
+                         "can write")
     if chief:
         check_not_in_use(config.run_dir)
     check_run_contents(config, resume, chief)

@@ -404,7 +404,7 @@ def test_a_classifier_that_cannot_be_written_is_one_line_naming_the_folder(datas
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: access(path, mode, **kw) and not (
         mode & os.W_OK and os.path.abspath(path) in read_only))
     assert cli_error(evaluate.main, ["--run-dir", run_dir]) == (
-        f"evaluate.py: error: {run_dir}: the domain classifier cannot be written there (not writable); "
+        f"evaluate.py: error: {run_dir}: the domain classifier cannot be written there ({run_dir} is not writable); "
         "give --classifier PATH in a folder you can write")
     assert sorted(os.listdir(run_dir)) == ["config.json", "generator_ab.keras", "generator_ba.keras"]
 
