@@ -35,6 +35,12 @@ def beta(text):
     return cli.number(float, text, "a number from 0 up to (not including) 1", lambda value: 0 <= value < 1)
 
 
+def feature_name(text):
+    if not text:
+        raise argparse.ArgumentTypeError("expected a feature name, got an empty one")
+    return text
+
+
 DATASET_FIELDS = ("dataroot", "train_a", "train_b", "test_a", "test_b")
 PATH_FIELDS = DATASET_FIELDS + ("start_ab", "start_ba", "runs_root")
 
@@ -63,7 +69,8 @@ class Config:
     test_a: Optional[str] = option(None, "domain A's test folder, instead of DATAROOT/testA/ (default without "
                                          "--dataroot: samples from the training folder)", cli.path, old=None)
     test_b: Optional[str] = option(None, "domain B's test folder, instead of DATAROOT/testB/", cli.path, old=None)
-    tfrecord_key: str = option("image", "feature of a TFRecord example that holds the encoded image", old="image")
+    tfrecord_key: str = option("image", "feature of a TFRecord example that holds the encoded image", feature_name,
+                               old="image")
     name: str = option("cyclegan", "run name: everything is written to RUNS_ROOT/NAME/", run_name)
     runs_root: str = option("runs", "folder that holds the runs", cli.path)
     image_size: int = option(256, "training crop size (multiple of 4, >= 32)", cli.image_size)

@@ -74,6 +74,7 @@ def test_named_variants_change_only_what_they_name():
     (["--runs-root", ""], "argument --runs-root: expected a path, got an empty one"),
     (["--test-a", ""], "argument --test-a: expected a path, got an empty one"),
     (["--start-ab", ""], "argument --start-ab: expected a path, got an empty one"),
+    (["--tfrecord-key", ""], "argument --tfrecord-key: expected a feature name, got an empty one"),
 ])
 def test_out_of_range_options_are_refused_in_one_line(argv, expected, capsys):
     with pytest.raises(SystemExit) as ended:
