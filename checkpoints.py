@@ -37,6 +37,10 @@ def write_atomically(path, write):
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        if error.filename is None and error.errno:  # raised deep in a library (a full disk): name the file
+            raise OSError(error.errno, error.strerror, path) from error
+        raise
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)

@@ -95,8 +95,8 @@ def refuse_target(target, format, overwrite):
     """UsageError if TARGET or the README beside it exists (without `overwrite`), is of the wrong kind to
     replace, or cannot be written."""
     readme = export.readme_path(target, format)
-    if format not in ("keras", "saved_model") and os.path.lexists(readme):  # a SavedModel's is inside TARGET
-        if not overwrite:
+    if format not in ("keras", "saved_model") and os.path.lexists(readme) and not export.cut_short(target, readme):
+        if not overwrite:  # (a SavedModel's README is inside TARGET)
             raise cli.UsageError(f"{readme}: already exists (the README written beside {target}); pass --overwrite "
                                  "to replace it")
         if os.path.isdir(readme):
@@ -153,7 +153,14 @@ def convert(source, target, overwrite=False, format=None, quantize=None, run_dir
     if cpu_tuned and format != "saved_model":
         raise cli.UsageError("--cpu-tuned: SavedModel only (other runtimes convert or run those convolutions badly)")
     source = run_generator(run_dir, direction) if run_dir else source
-    refuse_target(target, format, overwrite)
+    with export.target_lock(target):
+        export.remove_stale_temporaries(target, format)  # first: a SavedModel set aside is put back
+        refuse_target(target, format, overwrite)
+        return write_target(source, target, format, quantize, cpu_tuned)
+
+
+def write_target(source, target, format, quantize, cpu_tuned):
+    """convert's writing, once TARGET is checked and this process holds its lock."""
     check_packages(format)
     if format != "keras":
         from quiet import backend
@@ -168,7 +175,6 @@ def convert(source, target, overwrite=False, format=None, quantize=None, run_dir
     import inference
 
     readme = export.readme_text(target, format, source, found, inference.size_rule(generator), quantize)
-    export.remove_stale_temporaries(target, format)
     float32 = export.write_export(generator, target, format, readme, quantize, cpu_tuned)
     lines = [f"input: NHWC float32 RGB in [-1, 1], height and width multiples of {inference.size_rule(generator)[0]} "
              f"({export.readme_path(target, format)})"]

@@ -88,6 +88,15 @@ def check_writable(folder):
                              "give --classifier PATH in a folder you can write")
 
 
+def remove_stale_temporaries(run_dir, classifier_path):
+    """Removes the temporaries of evaluation.json and of the classifier's two files that a killed
+    evaluate.py (or train.py --eval-every) left, in one INFO line; those of processes still running stay."""
+    stale = checkpoints.stale_temporaries(run_dir, {"evaluation.json"})
+    folder, name = os.path.split(os.path.splitext(classifier_path)[0])
+    stale += checkpoints.stale_temporaries(folder, {f"{name}.keras", f"{name}.json"})
+    checkpoints.remove_temporaries(sorted(set(stale)), "a killed evaluate.py")
+
+
 def evaluate(args, extract_features=None):
     """Scores the run; returns {direction: scores} and writes it to RUN_DIR/evaluation.json."""
     if not os.path.isdir(args.run_dir):
@@ -102,7 +111,8 @@ def evaluate(args, extract_features=None):
         raise cli.UsageError(f"{args.run_dir}: the run has no generators yet ({', '.join(missing)}): train.py writes "
                              "them when it stops, at its end or on Ctrl-C; evaluate the run after that")
     folders = data.with_test_fallback(data.domain_folders(dataset_config(run_config, args)))  # as train.py reads
-    classifier_path = args.classifier or metrics.default_classifier_path(folders, args.run_dir)
+    classifier_path = os.path.abspath(args.classifier or metrics.default_classifier_path(folders, args.run_dir))
+    remove_stale_temporaries(args.run_dir, classifier_path)
     if metrics.check_classifier(classifier_path, folders) is None:  # one line now, not after the test split is read
         check_writable(os.path.dirname(os.path.abspath(classifier_path)))
     generators = {d: inference.load_generator(path) for d, path in generator_paths.items()}

@@ -182,7 +182,11 @@ def write_export(generator, target, format, readme, quantize=None, cpu_tuned=Fal
         if format == "saved_model":
             temporary = f"{target.rstrip(os.sep)}.tmp{os.getpid()}"
             try:
-                write_saved_model(model, temporary)
+                try:
+                    write_saved_model(model, temporary)
+                except tensorflow().errors.OpError as error:  # TensorFlow's own, for a full disk too
+                    raise OSError(f"{target}: could not write the SavedModel "
+                                  f"({error.message.rsplit('; ', 1)[-1]})") from None
                 write_file(os.path.join(temporary, "README.txt"), readme)
                 replace_folder(temporary, target)
             finally:
@@ -226,19 +230,47 @@ def replace_folder(temporary, target):
         shutil.rmtree(aside) if os.path.isdir(aside) and not os.path.islink(aside) else os.remove(aside)
 
 
+@contextlib.contextmanager
+def target_lock(target):
+    """One convert.py per TARGET while the block runs (checkpoints.writer_lock on .NAME.convert.lock beside
+    it, removed at the end); where the folder cannot be written, convert.refuse_target says why."""
+    folder, name = os.path.split(os.path.abspath(target.rstrip(os.sep)))
+    if checkpoints.unwritable(folder):
+        yield
+        return
+    os.makedirs(folder, exist_ok=True)
+    with checkpoints.writer_lock(os.path.join(folder, f".{name}.convert.lock"), target, "convert.py",
+                                 "give another TARGET", remove=True):
+        yield
+
+
+def cut_short(target, readme):
+    """Whether `readme` is what a convert.py killed between its two renames left (write_export puts the
+    README in place first): its first line names TARGET, which is not there. A rerun may replace it."""
+    if os.path.lexists(target) or not os.path.isfile(readme):
+        return False
+    with open(readme, errors="replace") as f:
+        first = f.readline()
+    return first.startswith(f"{os.path.basename(target)}: ") and "exported by convert.py" in first
+
+
 def remove_stale_temporaries(target, format):
     """Removes what a killed convert.py left beside TARGET: its temporaries (write_atomically's NAME.tmpPID.EXT,
     a SavedModel's NAME.tmpPID folder, and its NAME.oldPID once a whole TARGET is back) whose process runs no
-    more."""
+    more. A NAME.oldPID where TARGET is missing is the user's earlier export, set aside: it is put back."""
     folder, name = os.path.split(os.path.abspath(target.rstrip(os.sep)))
     stale = checkpoints.stale_temporaries(folder, {name, os.path.basename(readme_path(target, format))})
     checkpoints.remove_temporaries(stale, "a killed convert.py")
     if format == "saved_model":
         pattern = re.compile(re.escape(name) + r"\.(tmp|old)(\d+)")
-        for entry in os.scandir(folder):
+        for entry in os.scandir(folder) if os.path.isdir(folder) else []:
             match = pattern.fullmatch(entry.name)
-            if match and entry.is_dir(follow_symlinks=False) and not checkpoints.process_exists(int(match[2])) \
-                    and (match[1] == "tmp" or os.path.isdir(target)):
+            if not (match and entry.is_dir(follow_symlinks=False) and not checkpoints.process_exists(int(match[2]))):
+                continue
+            if match[1] == "old" and not os.path.lexists(target):  # killed between its two renames
+                os.rename(entry.path, target)
+                log.info("put back %s, which a killed convert.py had set aside as %s", target, entry.name)
+            elif match[1] == "tmp" or os.path.isdir(target):
                 shutil.rmtree(entry.path, ignore_errors=True)
                 log.info("removed %s, left by a killed convert.py", entry.path)
 

@@ -40,7 +40,10 @@ def _without_stderr(name):
     """Imports module `name` with stderr_silenced."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with stderr_silenced():
-        return importlib.import_module(name)
+        try:
+            return importlib.import_module(name)
+        except KeyboardInterrupt:  # Ctrl-C in the seconds of the import, before a script's run_cli is there
+            sys.exit(f"{os.path.basename(sys.argv[0])}: interrupted")
 
 
 BACKENDS = ("tensorflow", "jax", "torch")  # the Keras backends this project trains on

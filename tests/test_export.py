@@ -298,3 +298,41 @@ def test_help_explains_every_option():
                    "--overwrite"):
         assert (option.lower() if option.isupper() else option) in result.stdout
     assert "(default: AtoB)" in result.stdout and "{keras,litert,onnx,saved_model}" in result.stdout
+
+
+def test_a_convert_killed_between_its_renames_or_beside_another_is_finished_or_refused(exports, tmp_path, caplog):
+    """One convert.py per TARGET (a lock beside it); the README a killed one put in place before its model is
+    replaced by the rerun, without --overwrite; a SavedModel it had set aside (NAME.oldPID) is put back; and
+    TensorFlow's own error for a full disk is one line naming TARGET."""
+    import logging
+
+    import tensorflow as tf
+
+    source = tmp_path / "g.keras"
+    trained_like(3).save(source)
+    with export.target_lock(str(tmp_path / "busy.onnx")):
+        with pytest.raises(convert.cli.UsageError, match=f"^{tmp_path / 'busy.onnx'} is in use by another convert.py"):
+            convert.convert(str(source), str(tmp_path / "busy.onnx"))
+    readme = tmp_path / "m.onnx.README.txt"
+    readme.write_text("m.onnx: ONNX model of a CycleGAN residual generator, exported by convert.py from g.keras.\n")
+    convert.convert(str(source), str(tmp_path / "m.onnx"))
+    assert (tmp_path / "m.onnx").is_file() and "exported by convert.py" in readme.read_text()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    shutil.copytree(exports.folder / "keras" / "saved_model", tmp_path / f"sm.old{dead}")
+    with caplog.at_level(logging.INFO, logger="cyclegan"):
+        export.remove_stale_temporaries(str(tmp_path / "sm"), "saved_model")
+    assert (tmp_path / "sm" / "saved_model.pb").read_bytes() == (
+        exports.folder / "keras" / "saved_model" / "saved_model.pb").read_bytes()
+    assert f"put back {tmp_path / 'sm'}, which a killed convert.py had set aside as sm.old{dead}" in caplog.text
+
+    def full_disk(model, folder):
+        raise tf.errors.ResourceExhaustedError(None, None, f"{folder}/saved_model.pb.tmp1; No space left on device")
+
+    export_saved_model, export.write_saved_model = export.write_saved_model, full_disk
+    try:
+        with pytest.raises(OSError, match=f"^{tmp_path / 'full'}: could not write the SavedModel \\(No space left"):
+            convert.convert(str(source), str(tmp_path / "full"))
+    finally:
+        export.write_saved_model = export_saved_model
+    assert not any(name.startswith("full") for name in os.listdir(tmp_path))

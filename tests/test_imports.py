@@ -105,3 +105,19 @@ def test_a_keras_backend_the_project_cannot_train_on_is_one_line_from_every_scri
             assert (ended.returncode, ended.stdout) == (1, ""), script
             assert ended.stderr == (f"{script}: error: KERAS_BACKEND (or ~/.keras/keras.json): {problem}; "
                                     "expected one of tensorflow, jax, torch, installed\n"), script
+
+
+def test_ctrl_c_while_keras_and_tensorflow_are_imported_is_one_line():
+    """The seconds of the import come before a script's run_cli: quiet.py turns Ctrl-C there into the
+    same line run_cli gives later (exit 1), not a traceback through the import machinery."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "generate.py", "--help"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # past Python's start, inside TensorFlow's import (seconds on any CPU here)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert (process.returncode, out, err) == (1, "", "generate.py: interrupted\n")

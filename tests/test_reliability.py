@@ -352,3 +352,37 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     assert file_bytes(killed_run.diverging_root / "run" / "checkpoints") == killed_run.diverging_checkpoints
     assert not list((killed_run.diverging_root / "run").glob("*.keras"))
     assert "Traceback" not in stderr
+
+
+def test_a_write_that_fails_deep_in_a_library_names_its_file_and_leaves_no_temporary(tmp_path):
+    """A full disk inside Keras' or a converter's writer raises an OSError naming no file: the one line
+    run_cli prints must name it."""
+    def full_disk(temporary):
+        Path(temporary).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as error:
+        checkpoints.write_atomically(str(tmp_path / "c.keras"), full_disk)
+    assert (error.value.errno, error.value.filename) == (28, str(tmp_path / "c.keras"))
+    assert str(error.value) == f"[Errno 28] No space left on device: '{tmp_path / 'c.keras'}'"
+    assert os.listdir(tmp_path) == []
+
+
+def test_temporaries_a_killed_evaluate_left_are_removed_and_others_kept(tmp_path, caplog):
+    import subprocess
+    import sys
+
+    import evaluate
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    left = [run_dir / f"evaluation.tmp{dead}.json", data_dir / f"c.tmp{dead}.keras", data_dir / f"c.tmp{dead}.json"]
+    kept = [run_dir / f"evaluation.tmp{os.getpid()}.json", data_dir / f"notes.tmp{dead}.keras"]  # running; a user's
+    for path in left + kept:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("")
+    with caplog.at_level(logging.INFO, logger="cyclegan"):
+        evaluate.remove_stale_temporaries(str(run_dir), str(data_dir / "c.keras"))
+    assert [path.exists() for path in left + kept] == [False] * 3 + [True] * 2
+    assert "removed 3 temporary file(s) left by a killed evaluate.py" in caplog.text
