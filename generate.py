@@ -372,7 +372,7 @@ def write_grid(grid, forward, backward, paths, direction, batch_size, translatio
         return True
     except Exception as error:  # any failure of the optional grid; Ctrl-C still stops
         log.warning("sample grid %s not written (%s: %s); the %d translations are written whole", grid,
-                    type(error).__name__, inference.brief(str(error)), translations)
+                    type(error).__name__, inference.brief(getattr(error, "strerror", None) or str(error)), translations)
         return False
 
 

@@ -116,7 +116,8 @@ def test_ctrl_c_while_keras_and_tensorflow_are_imported_is_one_line():
     import time
 
     process = subprocess.Popen([sys.executable, "generate.py", "--help"], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,  # SIGINT as a terminal's (xdist's workers ignore it)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.0)  # past Python's start, inside TensorFlow's import (seconds on any CPU here)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
