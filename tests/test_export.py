@@ -136,6 +136,7 @@ def exports(tmp_path_factory):
                                  folder=folder)
 
 
+@pytest.mark.slow  # every export run by its runtime in a process of its own (the exports fixture)
 @pytest.mark.parametrize("source, format", EXPORTS)
 def test_each_export_runs_in_its_own_runtime_as_generate_translates(exports, source, format):
     for size, images in sample_images().items():
@@ -145,6 +146,7 @@ def test_each_export_runs_in_its_own_runtime_as_generate_translates(exports, sou
         assert np.abs(expected).mean() > 0.2 and np.abs(expected).max() > 0.9  # translations that say something
 
 
+@pytest.mark.slow
 def test_each_export_says_what_it_takes_beside_it(exports):
     import onnx
 
@@ -166,6 +168,7 @@ def test_each_export_says_what_it_takes_beside_it(exports):
     assert dims == [["batch", "height", "width", 3]] * 2
 
 
+@pytest.mark.slow
 def test_quantized_litert_is_smaller_prints_its_difference_and_runs(tmp_path, capsys):
     """Differences in 8-bit levels from generate.py's translation: float16 weights round, int8 ones move
     a translation by a few levels (measured 7-11 at most, 1.3-1.6 on average over three seeds). Sizes
@@ -193,6 +196,7 @@ def test_quantized_litert_is_smaller_prints_its_difference_and_runs(tmp_path, ca
             quantize
 
 
+@pytest.mark.slow
 def test_a_failed_export_leaves_nothing_and_an_overwritten_one_is_replaced_whole(exports, tmp_path, monkeypatch):
     source = tmp_path / "g.keras"
     trained_like(3).save(source)
@@ -225,6 +229,7 @@ def test_a_failed_export_leaves_nothing_and_an_overwritten_one_is_replaced_whole
     assert sorted(os.listdir(tmp_path)) == ["g.keras", "sm"] and "README.txt" in os.listdir(tmp_path / "sm")
 
 
+@pytest.mark.slow
 def test_a_cpu_tuned_saved_model_keeps_the_cpu_convolutions_and_translates_the_same(exports, tmp_path):
     from quiet import tensorflow
 
@@ -300,6 +305,7 @@ def test_help_explains_every_option():
     assert "(default: AtoB)" in result.stdout and "{keras,litert,onnx,saved_model}" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_convert_killed_between_its_renames_or_beside_another_is_finished_or_refused(exports, tmp_path, caplog):
     """One convert.py per TARGET (a lock beside it); the README a killed one put in place before its model is
     replaced by the rerun, without --overwrite; a SavedModel it had set aside (NAME.oldPID) is put back; and

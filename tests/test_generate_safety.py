@@ -27,6 +27,7 @@ def folder_bytes(folder):
     return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
+@pytest.mark.slow  # a real process
 def test_output_into_the_input_folder_is_refused_in_a_real_process(trained_run, scripts, tmp_path):
     photos = tmp_path / "photos"
     write_images(str(photos), 2, size=(24, 24))
