@@ -21,6 +21,7 @@ import importlib.util
 import os
 import tempfile
 
+import checkpoints
 import cli
 import export
 import pretrained
@@ -109,11 +110,10 @@ def refuse_target(target, format, overwrite):
         if format == "saved_model" and os.path.isdir(target) and not is_saved_model(target):
             raise cli.UsageError(f"{target}: is a folder that holds no SavedModel; it is not replaced, even with "
                                  "--overwrite (give another name)")
-    folder = existing = os.path.dirname(os.path.abspath(target))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise cli.UsageError(f"{target}: cannot write there ({existing} is a file, not a folder)")
+    folder = os.path.dirname(os.path.abspath(target))
+    problem = checkpoints.unwritable(folder)
+    if problem:
+        raise cli.UsageError(f"{target}: cannot write there ({problem})")
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):  # the sure test of writing there (os.access passes root)

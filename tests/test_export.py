@@ -267,7 +267,7 @@ def test_bad_input_is_one_line_and_writes_nothing(request, tmp_path):
              (["photos/a.png", "out.tflite"], "photos/a.png: not a generator file (expected a .keras model or a "
               "PyTorch .pth)"),
              (["g.keras", "notes.txt/out.onnx"], f"notes.txt/out.onnx: cannot write there ({tmp_path / 'notes.txt'} "
-              "is a file, not a folder)"),
+              "is a file)"),
              (["g.keras", "taken.onnx"], "taken.onnx: already exists; pass --overwrite to replace it"),
              (["g.keras", "photos", "--format", "saved_model", "--overwrite"], "photos: is a folder that holds no "
               "SavedModel; it is not replaced, even with --overwrite (give another name)"),
