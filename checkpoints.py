@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import zipfile
 
 import numpy as np
@@ -51,13 +52,20 @@ TEMPORARY_NAME = re.compile(r"(?P<name>.+)\.tmp(?P<pid>\d+)(?P<ext>\.[^.]*)?")  
 
 def unwritable(folder):
     """Why files cannot be written into `folder` (made where missing), or None: the nearest folder at or
-    above it that is there is a file, or not writable (a read-only disk, no permission)."""
+    above it that is there is a file, or not writable (a read-only disk, no permission). A temporary file
+    is the sure test (os.access passes root anywhere); nothing stays, and no folder is made."""
     existing = folder
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         return f"{existing} is a file"
-    return None if os.access(existing, os.W_OK) else f"{existing} is not writable"
+    if not os.access(existing, os.W_OK):
+        return f"{existing} is not writable"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            return None
+    except OSError as error:
+        return f"{existing} is not writable: {error.strerror or error}"
 
 
 def stale_temporaries(folder, names=None):

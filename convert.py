@@ -19,7 +19,6 @@ exports themselves (writing them, running them in their runtimes) are export.py'
 import argparse
 import importlib.util
 import os
-import tempfile
 
 import checkpoints
 import cli
@@ -110,16 +109,9 @@ def refuse_target(target, format, overwrite):
         if format == "saved_model" and os.path.isdir(target) and not is_saved_model(target):
             raise cli.UsageError(f"{target}: is a folder that holds no SavedModel; it is not replaced, even with "
                                  "--overwrite (give another name)")
-    folder = os.path.dirname(os.path.abspath(target))
-    problem = checkpoints.unwritable(folder)
+    problem = checkpoints.unwritable(os.path.dirname(os.path.abspath(target)))
     if problem:
         raise cli.UsageError(f"{target}: cannot write there ({problem})")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):  # the sure test of writing there (os.access passes root)
-            pass
-    except OSError as error:
-        raise cli.UsageError(f"{target}: cannot write there ({error.strerror or error})") from None
 
 
 def is_saved_model(folder):

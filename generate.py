@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import time
 import zipfile
 
@@ -333,17 +332,14 @@ def output_lock(output=None, zip_path=None):
     """checkpoints.writer_lock for the output folder or zip and its grid: one generate.py per output. The
     lock is a hidden file beside it, .NAME.generate.lock (a zip's NAME without .zip: an output folder
     `out` and `out.zip` share the grid out_grid.png), removed at the end. A folder it cannot write there
-    is one line (a temporary file tries it: os.access passes root anywhere)."""
+    is one line (checkpoints.unwritable)."""
     option = "--zip" if zip_path else "--output"
     folder, name = os.path.split(os.path.abspath(os.path.splitext(zip_path)[0] if zip_path else output))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:  # FileExistsError: makedirs found a file named like the folder
-        reason = "a file, not a folder" if isinstance(error, FileExistsError) else error.strerror or error
-        raise cli.UsageError(f"{option} {zip_path or output}: cannot write there ({folder}: {reason}); expected "
-                             "a folder it can write") from None
+    problem = checkpoints.unwritable(folder)
+    if problem:
+        raise cli.UsageError(f"{option} {zip_path or output}: cannot write there ({problem}); expected a folder it "
+                             "can write")
+    os.makedirs(folder, exist_ok=True)
     return checkpoints.writer_lock(os.path.join(folder, f".{name}.generate.lock"), f"{option} {zip_path or output}",
                                    "generate.py", f"give another {option}", remove=True)
 

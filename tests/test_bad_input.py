@@ -119,9 +119,9 @@ GENERATE_ERRORS = [
     (["--run-dir", "{runs}/old", "--generator", "{models}/generator.keras", "--output", "{file}", "--overwrite"],
      "--output {file}: is a file, expected a folder for the translations"),
     (["--generator", "{models}/generator.keras", "--input", "{data}/testA", "--output", "{file}/out"],
-     "--output {file}/out: cannot write there ({file}: a file, not a folder); expected a folder it can write"),
+     "--output {file}/out: cannot write there ({file} is a file); expected a folder it can write"),
     (["--generator", "{models}/generator.keras", "--input", "{data}/testA", "--zip", "{file}/sub/out.zip"],
-     "--zip {file}/sub/out.zip: cannot write there ({file}/sub: Not a directory); expected a folder it can write"),
+     "--zip {file}/sub/out.zip: cannot write there ({file} is a file); expected a folder it can write"),
 ]
 
 
