@@ -61,6 +61,10 @@ def non_negative_float(text):
     return number(float, text, "a finite number >= 0", lambda value: 0 <= value < math.inf)
 
 
+def positive_float(text):
+    return number(float, text, "a finite number > 0", lambda value: 0 < value < math.inf)
+
+
 def image_size(text):
     return number(int, text, "a multiple of 4 that is at least 32", lambda value: value >= 32 and value % 4 == 0)
 

@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 
-from cli import HelpFormatter, UsageError, non_negative_float, run_cli
+from cli import HelpFormatter, UsageError, positive_float, run_cli
 import pretrained
 
 log = logging.getLogger("cyclegan")
@@ -343,7 +343,7 @@ def build_parser():
     p.add_argument("--root", help=f"folder that receives ROOT/NAME/ (default: {ROOTS['dataset']}), or "
                                   f"ROOT/NAME.pth with --pretrained (default: {ROOTS['pretrained']})")
     p.add_argument("--url", help="file to download instead of the official address (a mirror)")
-    p.add_argument("--max-unpacked-gb", type=non_negative_float, metavar="GB",
+    p.add_argument("--max-unpacked-gb", type=positive_float, metavar="GB",
                    help=f"refuse a zip that unpacks to more (default: {MAX_EXPANSION} times the zip's size)")
     return p
 

@@ -17,6 +17,7 @@ Per direction it prints a small table and writes all scores to RUN_DIR/evaluatio
 import argparse
 import logging
 import os
+import time
 
 import checkpoints
 import cli
@@ -125,7 +126,9 @@ def evaluate(args, extract_features=None):
         print(format_table(direction, scores))
     report = dict(results, test_a=folders.test_a, test_b=folders.test_b, image_size=run_config.image_size,
                   fid_kid=evaluator.fid_skipped or "InceptionV3 ImageNet pool features",
-                  classifier=dict(facts, path=classifier_path))
+                  classifier=dict(facts, path=classifier_path),
+                  generators={path: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(path)))
+                              for path in generator_paths.values()})  # when train.py wrote what was scored
     report_path = os.path.join(args.run_dir, "evaluation.json")
     try:
         write_json(report_path, report)

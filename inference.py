@@ -14,7 +14,9 @@ from keras import layers
 def load_generator(path):
     """A generator saved by train.py, loaded in Keras' safe mode (no code from the file runs)."""
     if os.path.isdir(path):
-        raise UsageError(f"{path}: a folder, not a model file (expected a .keras file)")
+        run = os.path.isfile(os.path.join(path, "config.json"))  # train.py's run folder, given for its generator
+        raise UsageError(f"{path}: a folder, not a model file (expected a .keras file"
+                         f"{'; in this run of train.py: generator_ab.keras or generator_ba.keras' * run})")
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such model file")
     try:

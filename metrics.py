@@ -14,7 +14,7 @@ import numpy as np
 import data
 import image_io
 import inference
-from checkpoints import read_json, write_atomically, write_json
+from checkpoints import read_json, write_atomically, write_json, writer_lock
 from cli import UsageError
 from quiet import tensorflow
 
@@ -297,14 +297,24 @@ def image_files(images):
 
 def domain_classifier(folders, path, log=print):
     """The classifier cached at `path` and its facts (see check_classifier), or a new one trained on the
-    training folders of `folders` (a data.Folders), scored on its test folders, and cached there."""
+    training folders of `folders` (a data.Folders), scored on its test folders, and cached there. One process
+    trains it at a time (a lock file beside it): a second is one line, or uses what the first just wrote."""
     facts = check_classifier(path, folders)
-    if facts is not None:
-        model = inference.load_generator(path)
-        if model.name != "domain_classifier" or "features" not in [layer.name for layer in model.layers]:
-            raise UsageError(f"{path}: not a domain classifier (a Keras model named {model.name!r}, without its "
-                             f"'features' layer); {ELSEWHERE}")
-        return model, facts
+    if facts is None:
+        folder, name = os.path.split(os.path.splitext(os.path.abspath(path))[0])
+        os.makedirs(folder, exist_ok=True)
+        with writer_lock(os.path.join(folder, f".{name}.lock"), path, "evaluate.py or train.py --eval-every",
+                         ELSEWHERE, remove=True):
+            facts = check_classifier(path, folders) or train_and_cache_classifier(folders, path, log)
+    model = inference.load_generator(path)
+    if model.name != "domain_classifier" or "features" not in [layer.name for layer in model.layers]:
+        raise UsageError(f"{path}: not a domain classifier (a Keras model named {model.name!r}, without its "
+                         f"'features' layer); {ELSEWHERE}")
+    return model, facts
+
+
+def train_and_cache_classifier(folders, path, log):
+    """domain_classifier's new classifier, written to `path`; returns its facts."""
     started = time.time()
     train = {d: folders.images("train", d) for d in "AB"}
     load = lambda images: classifier_input(data.load_images(images, DOMAIN_LOAD_SIZE))  # noqa: E731
@@ -313,11 +323,10 @@ def domain_classifier(folders, path, log=print):
              "images": {d: image_files(images) for d, images in train.items()},
              "held_out_accuracy": domain_accuracy(model, *(load(folders.images("test", d)) for d in "AB")),
              "epochs": DOMAIN_EPOCHS, "size": DOMAIN_SIZE, "seconds": time.time() - started}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_json(facts_path_of(path), facts)  # first: facts without their model are a write of ours cut short
     write_atomically(path, model.save)
     log(f"trained the domain classifier in {facts['seconds']:.0f} s; cached in {path}")
-    return model, facts
+    return facts
 
 
 def default_classifier_path(folders, run_dir):

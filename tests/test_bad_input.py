@@ -107,7 +107,10 @@ GENERATE_ERRORS = [
      "{models}/discriminator.keras: holds no CycleGAN generator (a model 'discriminator' without the layers of "
      "networks.py's generators)"),
     (["--generator", "{runs}/old", "--input", "{data}/testA", "--output", "{tmp}/out"],
-     "{runs}/old: a folder, not a model file"),
+     "{runs}/old: a folder, not a model file (expected a .keras file; in this run of train.py: generator_ab.keras "
+     "or generator_ba.keras)"),
+    (["--generator", "{data}", "--input", "{data}/testA", "--output", "{tmp}/out"],
+     "{data}: a folder, not a model file (expected a .keras file)"),
     (["--generator", "{models}/generator.keras", "--input", "{file}", "--output", "{tmp}/out"],
      "--input {file}: is a file, expected a folder of images (.jpg/.png/.bmp)"),
     (["--run-dir", "{runs}/old", "--generator", "{models}/generator.keras", "--input", "{data}/testA/img000.png"],

@@ -296,6 +296,15 @@ def test_max_unpacked_gb_sets_the_limit(server, root):
     assert os.listdir(root) == ["zeros"]
 
 
+@pytest.mark.parametrize("limit", ["0", "-1", "inf", "nan", "lots"])
+def test_max_unpacked_gb_must_be_a_positive_number(limit, capsys):
+    """A limit of 0 would refuse every zip after downloading it: refused before anything is fetched."""
+    with pytest.raises(SystemExit) as ended:
+        download.build_parser().parse_args(["horse2zebra", "--max-unpacked-gb", limit])
+    assert ended.value.code == 2
+    assert f"argument --max-unpacked-gb: expected a finite number > 0, got {limit}" in capsys.readouterr().err
+
+
 def test_what_is_written_is_bounded_whatever_the_entries_declare(server, root, tmp_path):
     with pytest.raises(cli.UsageError, match=r"lying\.zip: the entry 'mini/trainA/0\.png' is damaged"):
         download.download_dataset("lying", str(root), f"{server}/lying.zip", io.StringIO())

@@ -3,12 +3,14 @@ import json
 import logging
 import os
 import shutil
+import time
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import checkpoints
 import cli
 from config import Config, as_json, from_command_line
 from conftest import cli_error
@@ -184,8 +186,7 @@ def run_evaluate(scripts, dataset, tmp_path, *options):
 def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_scores(scripts, dataset, classifier,
                                                                                       tmp_path):
     result, run_dir = run_evaluate(scripts, dataset, tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+    assert result.returncode == 0 and "Traceback" not in result.stderr + result.stdout, result.stderr
     assert not [line for line in result.stdout.splitlines() if "FID" in line or "KID" in line]
     skip_lines = [line for line in result.stderr.splitlines() if "FID" in line or "KID" in line]
     assert len(skip_lines) == 1
@@ -195,11 +196,6 @@ def test_without_inception_weights_evaluate_prints_one_skip_line_and_the_other_s
     report = json.loads((run_dir / "evaluation.json").read_text())
     assert report["AtoB"]["ssim"] == pytest.approx(1.0) and report["BtoA"]["domain"] >= 0.9
     assert "fid" not in report["AtoB"] and "skipped" in report["fid_kid"]
-
-
-def test_a_missing_run_dir_is_a_usage_error(tmp_path):
-    with pytest.raises(cli.UsageError, match="--run-dir"):
-        evaluate.main(["--run-dir", str(tmp_path / "nope")])
 
 
 @pytest.mark.slow
@@ -323,8 +319,7 @@ def copy_dataset(dataset, target, with_classifier=False):
 
 def test_files_evaluate_did_not_write_at_the_classifier_paths_are_refused_and_kept(dataset, classifier, tmp_path):
     run_dir = make_run(tmp_path / "run", dataset)
-    user = tmp_path / "user"
-    user.mkdir()
+    (user := tmp_path / "user").mkdir()
     (user / "userclf.keras").write_text("my precious")
     assert cli_error(evaluate.main, ["--run-dir", run_dir, "--classifier", str(user / "userclf.keras")]) == (
         f"evaluate.py: error: {user / 'userclf.keras'}: not a domain classifier that evaluate.py wrote (no "
@@ -333,8 +328,7 @@ def test_files_evaluate_did_not_write_at_the_classifier_paths_are_refused_and_ke
     assert cli_error(evaluate.main, ["--run-dir", run_dir, "--classifier", str(user / "notes.keras")]) == (
         f"evaluate.py: error: {user / 'notes.json'}: not the facts of a domain classifier that evaluate.py wrote; "
         "kept as it is: give --classifier another .keras path, or remove the file")
-    assert sorted(os.listdir(user)) == ["notes.json", "userclf.keras"]
-    assert (user / "userclf.keras").read_text() == "my precious" and (user / "notes.json").read_text() == '{"mine": 1}'
+    assert {f.name: f.read_text() for f in user.iterdir()} == {"userclf.keras": "my precious", "notes.json": '{"mine": 1}'}
 
     other = copy_dataset(dataset, tmp_path / "other")  # the default path, DATAROOT/domain_classifier_64px.keras
     (tmp_path / "other" / metrics.DOMAIN_FILE).write_text("junk")
@@ -345,14 +339,19 @@ def test_files_evaluate_did_not_write_at_the_classifier_paths_are_refused_and_ke
     assert not (tmp_path / "other" / "domain_classifier_64px.json").exists()
 
 
-def test_a_write_of_its_own_cut_short_is_done_again(dataset, classifier, tmp_path):
-    """The facts go first: facts without their model are a classifier write that a kill cut short."""
+def test_a_write_of_its_own_cut_short_is_done_again_by_one_process_at_a_time(dataset, classifier, tmp_path):
+    """The facts go first: facts without their model are a classifier write that a kill cut short. While
+    another process trains the classifier (holds the lock beside it) it is one line, nothing written."""
     path = str(tmp_path / "clf.keras")
     shutil.copy(os.path.splitext(classifier[1])[0] + ".json", tmp_path / "clf.json")
+    with checkpoints.writer_lock(str(tmp_path / ".clf.lock"), path, "evaluate.py", "-", remove=True):
+        with pytest.raises(cli.UsageError, match=rf"^{path} is in use by another evaluate.py or train.py --eval-ever"
+                           rf"y \(PID {os.getpid()}\); wait for it to end, or give --classifier another \.keras"):
+            metrics.domain_classifier(folders(dataset), path, log=pytest.fail)
     lines = []
     model, facts = metrics.domain_classifier(folders(dataset), path, log=lines.append)
     assert lines == [f"trained the domain classifier in {facts['seconds']:.0f} s; cached in {path}"]
-    assert model.name == "domain_classifier" and os.path.isfile(path)
+    assert model.name == "domain_classifier" and sorted(os.listdir(tmp_path)) == ["clf.json", "clf.keras"]
     assert json.load(open(tmp_path / "clf.json")) == facts
     assert [[name for name, _ in facts["images"][d]] for d in "AB"] == [[f"{i:03d}.png" for i in range(24)]] * 2
 
@@ -422,6 +421,8 @@ def test_an_evaluation_json_that_cannot_be_written_is_a_warning_after_the_scores
 
 
 def test_a_run_without_generators_yet_is_one_line_saying_when_they_come(dataset, tmp_path):
+    assert cli_error(evaluate.main, ["--run-dir", str(tmp_path / "nope")]) == (
+        f"evaluate.py: error: --run-dir {tmp_path / 'nope'}: no such folder (a run made by train.py)")
     run_dir = make_run(tmp_path / "run", dataset, generators=False)
     assert cli_error(evaluate.main, ["--run-dir", run_dir, "--direction", "BtoA"]) == (
         f"evaluate.py: error: {run_dir}: the run has no generators yet (generator_ba.keras): train.py writes them "
@@ -444,3 +445,6 @@ def test_a_dataroot_without_test_folders_is_scored_on_its_training_folders_as_tr
     assert results["AtoB"]["images"] == results["AtoB"]["target_images"] == 24
     report = json.load(open(os.path.join(run_dir, "evaluation.json")))
     assert (report["test_a"], report["test_b"]) == (f"{root}/trainA", f"{root}/trainB")
+    written = {path: os.path.getmtime(path) for path in glob.glob(f"{run_dir}/generator_*.keras")}  # what was scored
+    assert report["generators"] == {path: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(modified))
+                                    for path, modified in written.items()} and len(written) == 2
