@@ -68,18 +68,23 @@ def unwritable(folder):
         return f"{existing} is not writable: {error.strerror or error}"
 
 
-def stale_temporaries(folder, names=None):
+def stale_temporaries(folder, names):
     """The temporaries that write_atomically left in `folder` when its process was killed (NAME.tmpPID.EXT
     whose PID runs no more: a temporary of a process still running stays); only those of the files
-    `names` (NAME.EXT) when given, so that a user's own file of such a name is never taken for one."""
+    `names` (a set of NAME.EXT, or a compiled pattern they match whole), so that a user's own file of
+    such a name is never taken for one."""
     stale = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:  # hidden ones too (.generate.json's)
         match = TEMPORARY_NAME.fullmatch(name)
         path = os.path.join(folder, name)
-        if match and (names is None or match["name"] + (match["ext"] or "") in names) and os.path.isfile(path) \
+        if match and _written_here(match["name"] + (match["ext"] or ""), names) and os.path.isfile(path) \
                 and not process_exists(int(match["pid"])):
             stale.append(path)
     return stale
+
+
+def _written_here(name, names):
+    return bool(names.fullmatch(name)) if isinstance(names, re.Pattern) else name in names
 
 
 def remove_temporaries(paths, killed, shown=lambda path: path):
@@ -185,7 +190,7 @@ def dump_json(path, value):
         json.dump(value, f, indent=2, sort_keys=True)
 
 
-CHECKPOINT_NAME = re.compile(r"step-\d+\.npz")
+CHECKPOINT_NAME = re.compile(r"step-(\d+)\.npz")
 
 
 class UnreadableCheckpoint(Exception):
@@ -244,6 +249,10 @@ def load_checkpoint(path, gan, pools, rng):
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         reason = " ".join(str(error).splitlines()[:1])
         raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({type(error).__name__}: {reason})") from None
+    named = CHECKPOINT_NAME.fullmatch(os.path.basename(path))
+    if named and int(named[1]) != step:  # copied in from another run, or renamed: not this run's state
+        raise UnreadableCheckpoint(f"{path}: holds step {step}, not the step {int(named[1])} of its name: a "
+                                   "checkpoint of another run")
     for name, model in gan.models.items():
         expected = [tuple(w.shape) for w in model.weights]
         found = [w.shape for w in stored[name]]
@@ -300,10 +309,14 @@ def resume_checkpoint(run_dir, gan, pools, rng):
     raise UsageError(f"no loadable checkpoint to resume from, nothing changed ({'; '.join(errors)})")
 
 
-def save_generators(run_dir, gan):
-    paths = []
-    for name in ("generator_ab", "generator_ba"):
-        path = os.path.join(run_dir, f"{name}.keras")
-        write_atomically(path, gan.models[name].save)
-        paths.append(path)
-    return paths
+GENERATORS = ("generator_ab", "generator_ba")  # the final generators, RUN_DIR/NAME.keras
+
+
+def generator_path(run_dir, name):
+    return os.path.join(run_dir, f"{name}.keras")
+
+
+def save_generator(run_dir, gan, name):
+    path = generator_path(run_dir, name)
+    write_atomically(path, gan.models[name].save)
+    return path

@@ -22,7 +22,8 @@ def option(default, help, type=None, choices=None, flag=False, fixed=False, **ex
     """A Config field with what its command-line option needs: `type` parses and checks a value
     (also a saved one), `flag` makes a switch, `fixed` marks what --resume may not change. Options
     added after runs were made say what those runs' config.json means without them: `added=True`, the
-    default; `old=VALUE`, what those runs did (the default has changed for new runs)."""
+    default; `old=VALUE`, what those runs did (the default has changed for new runs). `absent`: what
+    --help says for a default of None or False (what the run does without the option)."""
     return field(default=default, metadata=dict(help=help, type=type, choices=choices, flag=flag, fixed=fixed,
                                                 **extra))
 
@@ -42,7 +43,8 @@ def feature_name(text):
 
 
 DATASET_FIELDS = ("dataroot", "train_a", "train_b", "test_a", "test_b")
-PATH_FIELDS = DATASET_FIELDS + ("start_ab", "start_ba", "runs_root")
+START_FIELDS = ("start_ab", "start_ba")
+PATH_FIELDS = DATASET_FIELDS + START_FIELDS + ("runs_root",)
 
 
 def resolved(path):
@@ -75,10 +77,11 @@ class Config:
     runs_root: str = option("runs", "folder that holds the runs", cli.path)
     image_size: int = option(256, "training crop size (multiple of 4, >= 32)", cli.image_size)
     batch_size: int = option(1, "images of each domain per step (the global batch: split across replicas)",
-                             cli.positive_int)
+                             cli.positive_int, fixed=True)  # a run's steps count its batches
     epochs: int = option(100, "epochs at the initial learning rate", cli.non_negative_int)
     epochs_decay: int = option(100, "epochs of linear decay to zero", cli.non_negative_int)
-    max_steps: Optional[int] = option(None, "stop after this many steps (quick runs)", cli.positive_int)
+    max_steps: Optional[int] = option(None, "stop after this many steps (quick runs)", cli.positive_int,
+                                      absent="none: every epoch")
     netg: str = option("resnet", "generator: the paper's residual network, or pix2pix's U-Net (unet_256: image "
                                  "sides multiples of 256)", choices=("resnet", "unet"), fixed=True, old="resnet")
     netd: str = option("patch70", "discriminator: the paper's 70x70 PatchGAN (3 stride-2 convs) or the book's "
@@ -95,9 +98,11 @@ class Config:
     init_gain: float = option(0.02, "standard deviation of the N(0, gain) initial conv weights, the reference's "
                                     "(0: Keras' Glorot uniform, runs made before this option)",
                               cli.non_negative_float, fixed=True, old=0.0)
-    start_ab: Optional[str] = option(None, "start generator_ab from this file to fine-tune: a run's .keras, or a "
-                                           "PyTorch CycleGAN generator (.pth)", cli.path, old=None)
-    start_ba: Optional[str] = option(None, "start generator_ba from this file (.keras or .pth)", cli.path, old=None)
+    start_ab: Optional[str] = option(None, "start a fresh run's generator_ab from this file to fine-tune: a run's "
+                                           ".keras, or a PyTorch CycleGAN generator (.pth)", cli.path, old=None,
+                                     absent="none: random initial weights")
+    start_ba: Optional[str] = option(None, "start generator_ba from this file (.keras or .pth)", cli.path, old=None,
+                                     absent="none: random initial weights")
     lambda_cycle: float = option(10.0, "weight of the cycle-consistency loss", cli.non_negative_float)
     lambda_identity: float = option(0.5, "identity loss weight, relative to --lambda-cycle", cli.non_negative_float)
     pool_size: int = option(50, "history pool of past fakes (0: none)", cli.non_negative_int)
@@ -109,7 +114,8 @@ class Config:
     keep_checkpoints: int = option(2, "checkpoints kept on disk", cli.positive_int)
     print_every: int = option(100, "steps between plain progress lines when stdout is not a terminal",
                               cli.positive_int, added=True)
-    seed: Optional[int] = option(None, "random seed for weights, shuffling and augmentation", seed)
+    seed: Optional[int] = option(None, "random seed for weights, shuffling and augmentation", seed,
+                                 absent="none: other random numbers each run")
     jit: bool = option(False, "XLA-compile the train functions (under TensorFlow, not with --seed)", flag=True)
     eval_every: int = option(0, "epochs between evaluate.py's scores on the test split, logged as eval/* "
                                 "(0: never)", cli.non_negative_int)
@@ -126,7 +132,8 @@ class Config:
     mixed_precision: Union[bool, str] = option(
         False, "compute in 16 bits, weights and losses in float32: float16 with loss scaling (GPUs with "
                "tensor cores) or bfloat16 (CPUs with AVX512_BF16 or AMX, recent GPUs); given alone: "
-               "float16 on a GPU, bfloat16 on a CPU", choices=("auto",) + cli.PRECISIONS, optional_value="auto")
+               "float16 on a GPU, bfloat16 on a CPU", choices=("auto",) + cli.PRECISIONS, optional_value="auto",
+        absent="off: float32 throughout")
 
     @property
     def run_dir(self):
@@ -156,6 +163,8 @@ def add_options(parser, names=None, defaults=None):
         meta, default = FIELDS[name].metadata, FIELDS[name].default
         flag = "--" + name.replace("_", "-")
         shown = "" if default is None or default is False else f" (default: {default})"
+        if "absent" in meta:
+            shown = f" (default: {meta['absent']})"
         if defaults and not meta["flag"]:
             shown = f" (default: {defaults})"
         kwargs = dict(help=meta["help"] + shown, default=argparse.SUPPRESS)
@@ -174,7 +183,10 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p)
     p.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
-                   help="continue RUNS_ROOT/NAME from its latest checkpoint (same step and LR schedule)")
+                   help="continue RUNS_ROOT/NAME from its latest loadable checkpoint (its step, weights, optimizer "
+                        "states and history pools) with the options of its config.json; options given change "
+                        "those a run may change (--epochs, --max-steps, --lr, ...), not its networks' or "
+                        "--batch-size")
     return p
 
 
@@ -193,7 +205,12 @@ def from_command_line(argv=None, base=None):
             if FIELDS[name].metadata["fixed"] and given[name] != getattr(saved, name):
                 raise UsageError(f"--{name.replace('_', '-')} {given[name]} contradicts the run being resumed "
                                  f"({path} has {getattr(saved, name)})")
+        for name in START_FIELDS:
+            if name in given:
+                raise UsageError(f"--{name.replace('_', '-')} starts a fresh run's generators; --resume goes on "
+                                 "from the run's own checkpoint: drop it, or start a new run under another --name")
         check_absolute_paths(saved, path, "resume with --{option} and the folder's full path", skip=given)
+        check_absolute_paths(saved, path, "write the file's full path there", names=START_FIELDS)
         config = saved.replace(**dict(given, runs_root=config.runs_root))
     elif not config.dataroot and not (config.train_a and config.train_b):
         raise UsageError("--dataroot is required (the dataset folder with trainA/ and trainB/), "
@@ -209,14 +226,16 @@ def from_command_line(argv=None, base=None):
     return config, resume
 
 
-def check_absolute_paths(config, path, remedy, skip=()):
-    """A saved dataset path that is relative (a run made before paths were stored absolute) names a
-    different folder from each working directory: one line, `remedy` saying what to give instead."""
-    for name in DATASET_FIELDS:
+def check_absolute_paths(config, path, remedy, skip=(), names=DATASET_FIELDS):
+    """A saved dataset path (or another of `names`) that is relative (a run made before paths were stored
+    absolute, a hand-edited config.json) names a different folder or file from each working directory:
+    one line, `remedy` saying what to give instead."""
+    for name in names:
         value = getattr(config, name)
         if name not in skip and value and not os.path.isabs(value):
+            what = "file" if name in START_FIELDS else "folder"
             raise UsageError(f"{path}: the key {name!r} holds the relative path {value!r}, which names a different "
-                             f"folder from each working directory; " + remedy.format(option=name.replace("_", "-")))
+                             f"{what} from each working directory; " + remedy.format(option=name.replace("_", "-")))
 
 
 def as_json(config):

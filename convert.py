@@ -40,7 +40,7 @@ def build_parser():
                    help="the generator to export: a .keras file or a PyTorch .pth (or give --run-dir)")
     p.add_argument("target", type=cli.path, help="the file to write (a folder for a SavedModel)")
     p.add_argument("--run-dir", type=cli.path,
-                   help="export this run's generator (train.py's run folder) instead of SOURCE")
+                   help="export this run's generator (train.py's run folder) instead of SOURCE (default: none)")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default=DIRECTION,
                    help="with --run-dir: which of the run's generators (AtoB: generator_ab.keras)")
     p.add_argument("--format", choices=sorted(export.FORMATS),
@@ -48,7 +48,8 @@ def build_parser():
                         "LiteRT, no ending a SavedModel folder); keras takes a .pth only")
     p.add_argument("--quantize", choices=QUANTIZE,
                    help="LiteRT only: store the weights as float16 (half the size), or as int8 with activations "
-                        "quantized on the fly (a quarter); prints the size and the difference from float32")
+                        "quantized on the fly (a quarter); prints the size and the difference from float32 "
+                        "(default: float32 weights)")
     p.add_argument("--cpu-tuned", action="store_true",
                    help="SavedModel only: trace it with cpu_kernels' CPU kernels (Winograd, folded channels), "
                         "faster in TensorFlow on a CPU but then in the graph wherever it runs; without it every "
@@ -154,20 +155,24 @@ def convert(source, target, overwrite=False, format=None, quantize=None, run_dir
 def write_target(source, target, format, quantize, cpu_tuned):
     """convert's writing, once TARGET is checked and this process holds its lock."""
     check_packages(format)
-    if format != "keras":
-        from quiet import backend
+    from quiet import backend, tensorflow
 
-        if backend() != "tensorflow":
-            raise cli.UsageError(f"--format {format}: exports through TensorFlow; run with KERAS_BACKEND=tensorflow "
-                                 f"(now {backend()})")
+    if format != "keras" and backend() != "tensorflow":
+        raise cli.UsageError(f"--format {format}: exports through TensorFlow; run with KERAS_BACKEND=tensorflow "
+                             f"(now {backend()})")
+    tensorflow()  # Keras' saving imports TensorFlow where it is installed: here first, without its start-up notes
     generator, found = pretrained.load_cyclegan_generator(source)
-    if format == "keras":
-        write_atomically(target, generator.save)
-        return found, generator, []
     import inference
 
-    readme = export.readme_text(target, format, source, found, inference.size_rule(generator), quantize)
-    float32 = export.write_export(generator, target, format, readme, quantize, cpu_tuned)
+    try:
+        if format == "keras":
+            write_atomically(target, generator.save)
+            return found, generator, []
+        readme = export.readme_text(target, format, source, found, inference.size_rule(generator), quantize)
+        float32 = export.write_export(generator, target, format, readme, quantize, cpu_tuned)
+    except OSError as error:  # a full disk: each file is written whole or not at all (write_atomically)
+        raise cli.UsageError(f"{target}: could not write ({error.strerror or error}); nothing half-written is left: "
+                             "make room, then run the same command again") from None
     lines = [f"input: NHWC float32 RGB in [-1, 1], height and width multiples of {inference.size_rule(generator)[0]} "
              f"({export.readme_path(target, format)})"]
     if quantize:

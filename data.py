@@ -5,11 +5,11 @@ the true B rendering of each testA image is known, as in the offline demo), or d
 by one (--train-a ...: Kaggle's monet_tfrec/ photo_tfrec/); domain_folders resolves a run's Config into
 the four folders. A domain folder holds image files or TFRecord shards of tf.train.Example records with
 the encoded image under one feature (--tfrecord-key). The domains are unpaired: A and B are shuffled
-independently, and an epoch is max(len A, len B) images as in the reference.
-
-download.py fetches the official datasets; demo_data.py makes the offline one main.py uses.
+independently, and an epoch is max(len A, len B) images as in the reference. download.py fetches the
+official datasets; demo_data.py makes the offline one main.py uses.
 """
 import dataclasses
+import filecmp
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -127,7 +127,7 @@ class Records:
 
 
 def record_image(record, key):
-    """The encoded image of a serialized tf.train.Example, or (None, why not)."""
+    """The encoded image of a serialized tf.train.Example, or (None, why not: a text, or its features)."""
     from google.protobuf.message import DecodeError
 
     try:
@@ -135,8 +135,15 @@ def record_image(record, key):
     except DecodeError:
         return None, "not a tf.train.Example"
     if key not in feature or not feature[key].bytes_list.value:
-        return None, f"no image bytes under the feature {key!r} (--tfrecord-key)"
+        return None, feature
     return feature[key].bytes_list.value[0], None
+
+
+def features_hint(feature):
+    """What a record without the --tfrecord-key feature holds instead, and which of it is an image."""
+    guess = next((f" {name}?" for name, value in sorted(feature.items())
+                  if value.bytes_list.value and _decodes_bytes(value.bytes_list.value[0])), "")
+    return f"their features: {', '.join(sorted(feature)) or 'none'} (--tfrecord-key{guess})"
 
 
 def _shard_records(shard, length=None):
@@ -144,43 +151,55 @@ def _shard_records(shard, length=None):
     return (records if length is None else records.take(length)).as_numpy_iterator()
 
 
-_checked_shards = {}  # (shard, key, size, mtime) -> (length, problems, damaged): the pass is made once
+_checked_shards = {}  # (shard, key, size, mtime) -> _check_shard's answer: the pass is made once
 
 
 def _check_shard(shard, key):
-    """(records readable, [(index, reason)] of those without a decodable image, whether the shard is
-    damaged). A damaged shard (cut short, overwritten) is used up to the damage."""
+    """(records readable, [(index, reason)] of those without a decodable image, the indices of those without
+    `key`, features_hint of one of them, whether the shard is damaged (cut short, overwritten: used up to it))."""
     status = os.stat(shard)
     cache_key = (shard, key, status.st_size, status.st_mtime_ns)
     if cache_key not in _checked_shards:
-        length, problems, damaged = 0, [], False
+        length, problems, keyless, hint, damaged = 0, [], [], None, False
         try:
             for record in _shard_records(shard):
                 image, reason = record_image(record, key)
                 if image is not None and not _decodes_bytes(image):
                     reason = "not a readable image"
-                if reason:
+                if isinstance(reason, str):
                     problems.append((length, reason))
+                elif reason is not None:  # no `key`: the record's features
+                    hint = hint or features_hint(reason)
+                    keyless.append(length)
                 length += 1
         except tf.errors.DataLossError:
             damaged = True
-        _checked_shards[cache_key] = length, problems, damaged
+        _checked_shards[cache_key] = length, problems, keyless, hint, damaged
     return _checked_shards[cache_key]
 
 
 def count_records(shards, key, folder):
-    """The Records of `shards`: one pass decodes every image, each one that does not decode is skipped
-    with a warning naming its shard and index, and a log line says how many are left."""
+    """The Records of `shards`: one pass decodes every image, each one that does not decode is skipped with a
+    warning naming its shard and index, those without `key` with one for all (one line if no record has it)."""
     checked_before = len(_checked_shards)
     with stderr_silenced(), ThreadPoolExecutor(max_workers=8) as pool:
         checked = list(pool.map(lambda shard: _check_shard(shard, key), shards))
-    for shard, (length, problems, damaged) in zip(shards, checked):
+    for shard, (length, problems, _, _, damaged) in zip(shards, checked):
         for index, reason in problems:
             warn_skipped(f"{shard} record {index}", reason)
         if damaged:
             warn_skipped(f"the rest of {shard} from record {length}", "cut short or damaged")
-    records = Records(tuple(shards), key, tuple(length for length, _, _ in checked),
-                      tuple((s, index) for s, (_, problems, _) in enumerate(checked) for index, _ in problems))
+    bad = [(s, index) for s, (_, problems, keyless, _, _) in enumerate(checked)
+           for index in [problem for problem, _ in problems] + keyless]
+    records = Records(tuple(shards), key, tuple(length for length, *_ in checked), tuple(bad))
+    without_key = [(shard, index, hint) for shard, (*_, keyless, hint, _) in zip(shards, checked) for index in keyless]
+    if without_key:
+        shard, index, hint = without_key[0]
+        first, missing = f"{shard} record {index}", f"no image bytes under the feature {key!r}"
+        if not len(records):
+            raise UsageError(f"{folder}: no readable images: {missing} in {len(without_key)} records; {hint}")
+        many = f"{len(without_key)} records in {folder} (the first: {first})"
+        warn_skipped(first if len(without_key) == 1 else many, f"{missing}; {hint}")
     if len(_checked_shards) > checked_before:  # counted now, not by an earlier call
         log.info("%s: %d images in %d TFRecord shards", folder, len(records), len(shards))
     return records
@@ -410,21 +429,22 @@ def test_images(folders, domain, image_size, count):
     return load_images(folders.images("test", domain), image_size, count)
 
 
-def image_names(images):
-    """The file names of domain_images' answer (image files, or a domain's TFRecord shards): what a run
-    records of its dataset, to recognise it in another folder."""
-    return sorted(os.path.basename(path) for path in (images.shards if isinstance(images, Records) else images))
+def image_files(images):
+    """[file name, size] of each image file or shard of domain_images' answer: what a run and the domain
+    classifier record of a dataset, to know it in another folder (not by names alone: another's 000.png)."""
+    return sorted([os.path.basename(p), os.path.getsize(p)] for p in (images.shards if isinstance(images, Records)
+                                                                      else images))
 
 
 def check_distinct_domains(folders, train_paths):
     """Two domains that are one folder (a symlink, the same --train-a and --train-b) are refused; two
-    folders that hold the same files are a WARNING (a CycleGAN between them learns the identity)."""
+    folders that hold the same files (names and bytes) are a WARNING (a CycleGAN between them learns the identity)."""
     a, b = folders.train_a, folders.train_b
     if os.path.realpath(a) == os.path.realpath(b):
         raise UsageError(f"{a} and {b}: domains A and B are the same folder ({os.path.realpath(a)}); "
                          "a CycleGAN translates between two different sets of images")
-    files = [[(os.path.basename(p), os.path.getsize(p)) for p in images] if not isinstance(images, Records)
-             else [(os.path.basename(p), os.path.getsize(p)) for p in images.shards] for images in train_paths]
-    if files[0] == files[1]:
+    paths = [images.shards if isinstance(images, Records) else images for images in train_paths]
+    if image_files(train_paths[0]) == image_files(train_paths[1]) and all(  # reads the bytes of same-size files only
+            filecmp.cmp(p, q, shallow=False) for p, q in zip(*paths)):
         log.warning("%s and %s hold the same %d files: a CycleGAN between them learns nothing but the identity",
-                    a, b, len(files[0]))
+                    a, b, len(paths[0]))

@@ -7,13 +7,15 @@ reference's pretrained generators, resumably.
     python download.py --pretrained --list
 
 The zip grows as NAME.zip.part (a rerun resumes it with an HTTP Range request), is renamed when
-complete, tested, unpacked into a temporary folder and renamed into place. Refused, with nothing
+complete, tested, unpacked into a temporary folder and renamed into place (a full disk keeps the .part,
+or the zip: the same command goes on once there is room). Refused, with nothing
 extracted: entries that would land outside the target, entries that conflict (a file where another
 needs a folder), a zip without trainA/ and trainB/, and one that unpacks to more than MAX_EXPANSION
 times its size (a zip bomb) unless --max-unpacked-gb allows it. --url takes http:// and https:// only.
 A pretrained generator is renamed into place only once it reads as one (pretrained.py, no TensorFlow).
 """
 import argparse
+import errno
 import http.client
 import logging
 import os
@@ -46,29 +48,41 @@ ROOTS = {"dataset": "datasets", "pretrained": "pretrained"}  # where each kind g
 DOWNLOAD_TIMEOUT = 60
 DOWNLOAD_RETRIES = 3
 DOWNLOAD_CHUNK = 1 << 16
+PLAIN_EVERY = 10_000_000  # bytes between plain progress lines when the total is unknown
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # errors that making room mends
 MAX_EXPANSION = 100  # image datasets barely compress; a zip that unpacks to 100x its size is no dataset
 TRAIN_FOLDERS = ("trainA", "trainB")
 
 
 class DownloadProgress:
-    """One self-overwriting line: bytes so far / total, a bar, and the speed of this session."""
+    """Bytes so far / total, a bar, and the speed of this session: one self-overwriting line on a
+    terminal; anywhere else (a log file, a pipe) a plain line at each tenth of the total (of each
+    PLAIN_EVERY bytes when the total is unknown), as cli.Progress does, and one at the end."""
 
     def __init__(self, stream, label, start, total):
         self.stream, self.label, self.start, self.total = stream, label, start, total
         self.started = self.shown = time.monotonic()
+        self.terminal = stream.isatty()
+        self.shown_done = start
 
     def update(self, done, final=False):
         now = time.monotonic()
-        if not final and now - self.shown < 0.25:
+        if self.terminal:
+            due = final or now - self.shown >= 0.25
+        else:
+            every = self.total / 10 if self.total else PLAIN_EVERY
+            due = done // every > self.shown_done // every or final and done > self.shown_done
+        if not due:
             return
-        self.shown = now
+        self.shown, self.shown_done = now, done
         speed = (done - self.start) / max(now - self.started, 1e-6) / 1e6
         if self.total:
             filled = int(30 * done / self.total)
             size = f"{done / 1e6:.1f}/{self.total / 1e6:.1f} MB [{'#' * filled}{'.' * (30 - filled)}]"
         else:
             size = f"{done / 1e6:.1f} MB"
-        self.stream.write(f"\r{self.label}  {size}  {speed:.2f} MB/s" + ("\n" if final else ""))
+        line = f"{self.label}  {size}  {speed:.2f} MB/s"
+        self.stream.write(f"\r{line}" + ("\n" if final else "") if self.terminal else f"{line}\n")
         self.stream.flush()
 
 
@@ -94,15 +108,38 @@ def _fetch_once(url, partial, progress):
         total = have + int(length) if length else None
         bar = DownloadProgress(progress, os.path.basename(partial)[:-len(".part")], have, total)
         done = have
-        with open(partial, "ab" if resumed else "wb") as f:
+        try:  # unbuffered: the write that fills the disk fails, not the close after the loop
+            part = open(partial, "ab" if resumed else "wb", buffering=0)
+        except OSError as error:
+            raise cannot_write(partial, error, url) from None
+        with part:
             while chunk := response.read(DOWNLOAD_CHUNK):
-                f.write(chunk)
+                append(part, chunk, url)
                 done += len(chunk)
                 bar.update(done)
         bar.update(done, final=True)
         cut = done < total if total is not None else cut_inside_a_zip(partial)
         if cut:
             raise http.client.IncompleteRead(b"")
+
+
+def cannot_write(partial, error, url):
+    """The UsageError for a .part file that cannot be written (a full disk): no connection problem,
+    so fetch does not retry it; what was written stays for the next run."""
+    kept = os.path.getsize(partial) if os.path.exists(partial) else 0
+    return UsageError(f"{partial}: cannot write the download ({error.strerror or error}); {kept} bytes kept, "
+                      f"make room, then run the same command to resume: {url}")
+
+
+def append(part, chunk, url):
+    """Writes all of `chunk` to the unbuffered file `part` (a write may take only some of it as the disk
+    fills up)."""
+    view = memoryview(chunk)
+    try:
+        while view:
+            view = view[part.write(view):]
+    except OSError as error:
+        raise cannot_write(part.name, error, url) from None
 
 
 def cut_inside_a_zip(path):
@@ -115,7 +152,8 @@ def cut_inside_a_zip(path):
 def fetch(url, path, progress=sys.stderr, check=None):
     """Downloads `url` to `path`, growing PATH.part and renaming it only when complete (and, with
     `check`, once check(PATH.part) raised no UsageError; a failing .part is removed). A cut
-    connection is resumed with an HTTP Range request, here and on the next call."""
+    connection is resumed with an HTTP Range request, here and on the next call; a full disk is a
+    UsageError (see cannot_write), the .part kept for the next call."""
     partial = f"{path}.part"
     for attempt in range(DOWNLOAD_RETRIES + 1):
         try:
@@ -222,8 +260,10 @@ def unpack(archive, target, url, max_unpacked_gb=None):
     A zip whose single top folder holds everything (as the official ones) becomes `target` itself.
     Nothing is written if any entry is unsafe (see unsafe_entry), if there is no trainA/ and trainB/,
     or if it would unpack to more than `max_unpacked_gb` (default: MAX_EXPANSION times the zip's
-    size). The archive is removed either way.
+    size). The archive is removed either way, unless the disk filled up or Ctrl-C came: then the next
+    run unpacks it without downloading it again.
     """
+    keep_archive = False
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -258,14 +298,23 @@ def unpack(archive, target, url, max_unpacked_gb=None):
             except OSError as error:
                 if not getattr(error, "entry", None):
                     raise
+                if error.errno in DISK_FULL:
+                    keep_archive = True
+                    raise UsageError(f"{archive}: cannot extract the entry {error.entry!r} ({error.strerror}); "
+                                     "removed what was extracted and kept the zip: make room, then run the same "
+                                     f"command (the zip is not downloaded again) (from {url})") from None
                 raise UsageError(f"{archive}: cannot extract the entry {error.entry!r} ({error.strerror}); "
                                  f"nothing kept (from {url})") from None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except (zipfile.BadZipFile, EOFError) as error:
         raise UsageError(f"the download is not a complete zip file ({error}): {url}") from None
+    except KeyboardInterrupt:  # Ctrl-C while unpacking: the complete zip stays for the next run
+        keep_archive = True
+        raise
     finally:
-        os.remove(archive)
+        if not keep_archive:
+            os.remove(archive)
     return target
 
 
@@ -342,7 +391,8 @@ def build_parser():
                                                        "the model names) and exit")
     p.add_argument("--root", help=f"folder that receives ROOT/NAME/ (default: {ROOTS['dataset']}), or "
                                   f"ROOT/NAME.pth with --pretrained (default: {ROOTS['pretrained']})")
-    p.add_argument("--url", help="file to download instead of the official address (a mirror)")
+    p.add_argument("--url", help="address of the file to download, e.g. a mirror (default: the official "
+                                 "address of NAME)")
     p.add_argument("--max-unpacked-gb", type=positive_float, metavar="GB",
                    help=f"refuse a zip that unpacks to more (default: {MAX_EXPANSION} times the zip's size)")
     return p

@@ -98,6 +98,17 @@ def remove_stale_temporaries(run_dir, classifier_path):
     checkpoints.remove_temporaries(sorted(set(stale)), "a killed evaluate.py")
 
 
+def load_as_written(path):
+    """The generator at `path` and when it was written, read before and after loading it: one that train.py
+    replaced meanwhile is loaded again, so that the time is that of the file scored."""
+    while True:
+        before = os.stat(path)
+        generator = inference.load_generator(path)
+        after = os.stat(path)
+        if (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns):
+            return generator, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(before.st_mtime))
+
+
 def evaluate(args, extract_features=None):
     """Scores the run; returns {direction: scores} and writes it to RUN_DIR/evaluation.json."""
     if not os.path.isdir(args.run_dir):
@@ -116,7 +127,8 @@ def evaluate(args, extract_features=None):
     remove_stale_temporaries(args.run_dir, classifier_path)
     if metrics.check_classifier(classifier_path, folders) is None:  # one line now, not after the test split is read
         check_writable(os.path.dirname(os.path.abspath(classifier_path)))
-    generators = {d: inference.load_generator(path) for d, path in generator_paths.items()}
+    loaded = {d: load_as_written(path) for d, path in generator_paths.items()}
+    generators = {d: generator for d, (generator, _) in loaded.items()}
     evaluator = metrics.Evaluator(folders, run_config.image_size, directions, classifier_path, extract_features)
     results = evaluator.score(generators, args.batch_size)
     facts = evaluator.classifier_facts
@@ -127,8 +139,7 @@ def evaluate(args, extract_features=None):
     report = dict(results, test_a=folders.test_a, test_b=folders.test_b, image_size=run_config.image_size,
                   fid_kid=evaluator.fid_skipped or "InceptionV3 ImageNet pool features",
                   classifier=dict(facts, path=classifier_path),
-                  generators={path: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(path)))
-                              for path in generator_paths.values()})  # when train.py wrote what was scored
+                  generators={generator_paths[d]: written for d, (_, written) in loaded.items()})  # what was scored
     report_path = os.path.join(args.run_dir, "evaluation.json")
     try:
         write_json(report_path, report)

@@ -185,8 +185,7 @@ def write_export(generator, target, format, readme, quantize=None, cpu_tuned=Fal
                 try:
                     write_saved_model(model, temporary)
                 except tensorflow().errors.OpError as error:  # TensorFlow's own, for a full disk too
-                    raise OSError(f"{target}: could not write the SavedModel "
-                                  f"({error.message.rsplit('; ', 1)[-1]})") from None
+                    raise OSError(None, error.message.rsplit("; ", 1)[-1], target) from None
                 write_file(os.path.join(temporary, "README.txt"), readme)
                 replace_folder(temporary, target)
             finally:

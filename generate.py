@@ -15,8 +15,8 @@ FILE_grid.png, is only replaced with --overwrite.
 
 Every file is written to a temporary beside it and renamed (checkpoints.write_atomically): a stop of
 any kind (a full disk, Ctrl-C, SIGKILL) leaves whole images only, and the next run removes the
-temporaries a killed one left. One generate.py at a time writes an output: it holds a lock beside it
-(.OUTPUT.generate.lock, removed at the end).
+temporaries a killed one left. One generate.py at a time writes an output, however spelled (a link to
+it): it holds a lock beside it (.OUTPUT.generate.lock, removed at the end).
 """
 import argparse
 import contextlib
@@ -50,16 +50,16 @@ def build_parser():
     p = argparse.ArgumentParser(
         description="Translate a folder of images with a trained CycleGAN and draw a sample grid.",
         formatter_class=cli.HelpFormatter)
-    p.add_argument("--run-dir", type=cli.path,
-                   help="a run made by train.py (holds config.json and the generators)")
+    p.add_argument("--run-dir", type=cli.path, help="a run made by train.py (holds config.json and the generators; "
+                                                    "default: none, give --generator, --input and --output)")
     p.add_argument("--direction", choices=sorted(DIRECTIONS), default=DIRECTION, help="translation direction")
     p.add_argument("--input", type=cli.path, help="folder of images (default: the run's dataset testA/ or testB/)")
     p.add_argument("--output", type=cli.path,
                    help="folder for the translations (default: RUN_DIR/generated/DIRECTION/)")
-    p.add_argument("--generator", type=cli.path,
-                   help="explicit .keras file, or PyTorch CycleGAN .pth, for the forward generator")
-    p.add_argument("--reverse-generator", type=cli.path,
-                   help="explicit .keras or .pth file for the backward generator (grids)")
+    p.add_argument("--generator", type=cli.path, help="explicit .keras file, or PyTorch CycleGAN .pth, for the "
+                                                      "forward generator (default: the run's, for DIRECTION)")
+    p.add_argument("--reverse-generator", type=cli.path, help="explicit .keras or .pth file for the backward "
+                                                              "generator of the grid (default: the run's other one)")
     p.add_argument("--batch-size", type=cli.positive_int, default=inference.TRANSLATE_BATCH,
                    help="images per inference batch")
     p.add_argument("--grid-count", type=cli.non_negative_int, default=GRID_COUNT,
@@ -68,7 +68,8 @@ def build_parser():
                    help="write every translation in this format, its name's extension changed to match (jpg: "
                         "quality 95; default: each input's own format)")
     p.add_argument("--zip", metavar="FILE", type=cli.path,
-                   help="write the translations into this zip file instead of an output folder")
+                   help="write the translations into this zip file instead of an output folder (the grid: "
+                        "FILE_grid.png, FILE without .zip)")
     p.add_argument("--overwrite", action="store_true",
                    help="write over files in --output that generate.py did not write, or wrote from another "
                         "input or generator, or an existing --zip (never over the inputs)")
@@ -101,6 +102,11 @@ def resolve(args):
             raise cli.UsageError(f"--run-dir {args.run_dir}: no {os.path.basename(settings['generator'])} yet "
                                  "(train.py writes a run's generators when it stops, at its end or on Ctrl-C; a run "
                                  "in progress has none): wait for it, or give --generator")
+        if not args.input:  # the run's test folder: one generate.py cannot read says what to give instead
+            try:
+                data.list_images(settings["input"])
+            except cli.UsageError as error:
+                raise cli.UsageError(f"{error}; give --input a folder of images") from None
     elif args.generator and args.input and (args.output or args.zip):
         settings = {}
     else:
@@ -115,8 +121,8 @@ def resolve(args):
 
 
 def grid_path(output):
-    """OUTPUT_grid.png beside the output folder (`out/`, `./out` and `out` give the same file)."""
-    return os.path.abspath(output) + "_grid.png"
+    """OUTPUT_grid.png beside the output folder, resolved: `out/`, `./out` and a link to `out` give one file."""
+    return os.path.realpath(output) + "_grid.png"
 
 
 def read_manifest(output):
@@ -132,10 +138,9 @@ def written_before(manifest):
 
 
 def write_manifest(output, manifest, source, written=(), writing=()):
-    """Adds the paths `written` to the output folder's manifest `manifest` (updated in place), lists
-    `writing` as being written now, and writes it (atomically) with `source`: this run's input folder,
-    generator and date. A file is in "files" once whole; "writing" lets a rerun replace what a stopped
-    run may have left of its last chunk."""
+    """Adds the paths `written` to the output folder's manifest (updated in place: "files", once whole), lists
+    `writing` as being written now (what a stopped run may have left, for a rerun to replace), and writes it
+    atomically with `source`: this run's input folder, generator and date."""
     files = set(manifest.get("files", [])) | {os.path.relpath(path, output) for path in written}
     manifest.update(source, files=sorted(files), writing=sorted(os.path.relpath(path, output) for path in writing))
     write_whole(os.path.join(output, MANIFEST), lambda temporary: dump_json(temporary, manifest), output)
@@ -205,7 +210,7 @@ def counted(paths, noun):
 def refuse_mixing(output, manifest, source):
     """UsageError if the output folder holds images that generate.py wrote from another input folder or
     with another generator than `source`'s: a rerun would leave a mix of two translations."""
-    if not any(os.path.exists(os.path.join(output, name)) for name in manifest.get("files", [])):
+    if not any(os.path.exists(os.path.join(output, name)) for name in written_before(manifest)):
         return
     differences = [f"{how} another {what} ({manifest[key]}, now {source[key]})"
                    for key, how, what in (("input", "from", "input folder"), ("generator", "with", "generator"))
@@ -259,8 +264,7 @@ def read_input(path):
 
 
 def translated_chunks(generator, paths, targets, batch_size):
-    """Lists of (target, translated image), CHUNK images each, for the image files `paths` in order,
-    with a progress line."""
+    """Lists of (target, translated image), CHUNK images each, for the image files `paths`; a progress line."""
     progress = cli.Progress(len(paths), unit="image")
     for start in range(0, len(paths), CHUNK):
         images = [read_input(path) for path in paths[start:start + CHUNK]]
@@ -320,8 +324,8 @@ def write_folder(output, chunks, manifest, source, grids):
 def replaced_line(output, targets, manifest):
     """The INFO line that says which images of an earlier generate.py writing `targets` replaces (None:
     none), from the manifest as it was before."""
-    count = sum(os.path.relpath(target, output) in manifest.get("files", []) and os.path.exists(target)
-                for target in targets)
+    ours = written_before(manifest)  # a killed run's last chunk too
+    count = sum(os.path.relpath(target, output) in ours and os.path.exists(target) for target in targets)
     if not count:
         return None
     known = f" on {manifest['date']} from {manifest['input']}" if {"date", "input"} <= manifest.keys() else ""
@@ -332,9 +336,9 @@ def output_lock(output=None, zip_path=None):
     """checkpoints.writer_lock for the output folder or zip and its grid: one generate.py per output. The
     lock is a hidden file beside it, .NAME.generate.lock (a zip's NAME without .zip: an output folder
     `out` and `out.zip` share the grid out_grid.png), removed at the end. A folder it cannot write there
-    is one line (checkpoints.unwritable)."""
+    is one line (checkpoints.unwritable). Resolved: two spellings of one output (a link) share its lock."""
     option = "--zip" if zip_path else "--output"
-    folder, name = os.path.split(os.path.abspath(os.path.splitext(zip_path)[0] if zip_path else output))
+    folder, name = os.path.split(os.path.realpath(os.path.splitext(zip_path)[0] if zip_path else output))
     problem = checkpoints.unwritable(folder)
     if problem:
         raise cli.UsageError(f"{option} {zip_path or output}: cannot write there ({problem}); expected a folder it "

@@ -5,9 +5,11 @@
 Domain A is crops of photos; domain B is other crops rendered in a painterly style (demo_data.paint).
 Because the painting is known, the demo can score G_AB(testA) against the true paintings in
 testA_gt/ with SSIM and PSNR, next to the do-nothing baseline (testA itself). It uses the same
-functions as train.py and generate.py, on a small network sized to finish in minutes on a CPU.
+functions as train.py and generate.py, on a small network sized to finish in minutes on a CPU. Ctrl-C
+stops it as it stops train.py: after the step, with a checkpoint that train.py --resume continues.
 """
 import argparse
+import contextlib
 import os
 
 import cli
@@ -54,7 +56,18 @@ def main(argv=None):
     demo_data.build_demo_dataset(args.dataroot)
     name = free_run_name(args.runs_root, args.name)
     config = DEMO.replace(dataroot=args.dataroot, runs_root=args.runs_root, name=name, max_steps=args.max_steps)
-    written = train.train(config)
+    try:
+        with train.GracefulStop() as stop:  # Ctrl-C: the step ends, a checkpoint is written, the demo stops
+            written = train.train(config, stop=stop)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a run that wrote nothing leaves its name free for the next demo
+            os.rmdir(os.path.join(args.runs_root, name))
+        raise
+    if written["stopped"]:  # before the first step there is no run to continue (no config.json)
+        way_on = (f"continue with: python train.py --runs-root {args.runs_root} --name {name} --resume"
+                  if written["step"] else "nothing trained; python main.py starts the demo again")
+        print(f"\nstopped by {written['stopped']} at step {written['step']}; {way_on}")
+        return
     run_dir = written["run_dir"]
     translated, grid = generate.generate(**generate.run_files(run_dir))
     scores = ground_truth_scores(os.path.join(run_dir, "generator_ab.keras"),

@@ -49,11 +49,9 @@ def feature_statistics(features):
 
 
 def frechet_distance(mean_1, cov_1, mean_2, cov_2):
-    """Fréchet distance of two Gaussians: |m1 - m2|^2 + Tr(C1 + C2 - 2 (C1 C2)^1/2).
-
-    Tr((C1 C2)^1/2) is computed as the sum of square roots of the eigenvalues of the symmetric
-    matrix C1^1/2 C2 C1^1/2 (same spectrum), which stays real and stable for singular covariances.
-    """
+    """Fréchet distance of two Gaussians: |m1 - m2|^2 + Tr(C1 + C2 - 2 (C1 C2)^1/2). Tr((C1 C2)^1/2) is the
+    sum of square roots of the eigenvalues of the symmetric matrix C1^1/2 C2 C1^1/2 (same spectrum), which
+    stays real and stable for singular covariances."""
     values, vectors = np.linalg.eigh(cov_1)
     root_1 = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
     middle = np.linalg.eigvalsh(root_1 @ cov_2 @ root_1)
@@ -72,12 +70,9 @@ def cubic_kernel(x, y):
 
 
 def kernel_inception_distance(features_1, features_2, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=0):
-    """Unbiased MMD^2 with cubic_kernel over random subsets; returns (mean, std).
-
-    Subsets hold min(subset_size, half the smaller set) vectors so that they differ from each other.
-    """
-    features_1 = np.asarray(features_1, np.float64)
-    features_2 = np.asarray(features_2, np.float64)
+    """Unbiased MMD^2 with cubic_kernel over random subsets, (mean, std); a subset holds min(subset_size,
+    half the smaller set) vectors, so that they differ from each other."""
+    features_1, features_2 = (np.asarray(features, np.float64) for features in (features_1, features_2))
     size = max(2, min(subset_size, min(len(features_1), len(features_2)) // 2))
     rng = np.random.default_rng(seed)
     estimates = []
@@ -101,11 +96,9 @@ def image_scores(truths, images):
 
 
 def ground_truth_pairs(paths, truth_dir):
-    """(test image, its truth) path pairs: the truth has the test image's file name in `truth_dir`.
-
-    A pair whose truth is missing, unreadable or of another size is left out with a warning naming
-    the file; a UsageError says why when no pair is left. `paths` are readable images.
-    """
+    """(test image, its truth) path pairs: the truth has the test image's file name in `truth_dir`. A pair
+    whose truth is missing, unreadable or of another size is left out with a warning naming the file; a
+    UsageError says why when no pair is left. `paths` are readable images."""
     truth_paths = {p: os.path.join(truth_dir, os.path.basename(p)) for p in paths}
     for path, truth_path in truth_paths.items():
         if not os.path.isfile(truth_path):
@@ -195,7 +188,7 @@ def classifier_input(images, size=DOMAIN_SIZE):
 
 def apply(model, images, batch_size=256):
     """A small model's outputs in inference mode, in batches (no per-call retracing, unlike predict)."""
-    return np.concatenate([np.asarray(model(images[start:start + batch_size], training=False))
+    return np.concatenate([keras.ops.convert_to_numpy(model(images[start:start + batch_size], training=False))
                            for start in range(0, len(images), batch_size)])
 
 
@@ -282,17 +275,10 @@ def check_classifier(path, folders):
     if [os.path.realpath(f) for f in trained_on] == [os.path.realpath(f) for f in domains]:
         return facts
     files = facts.get("images")
-    if files and all(files.get(d) == image_files(folders.images("train", d)) for d in "AB"):
+    if files and all(files.get(d) == data.image_files(folders.images("train", d)) for d in "AB"):
         return facts  # the dataset moved
     raise UsageError(f"{path}: this domain classifier was trained on {trained_on[0]} and {trained_on[1]}, not on "
                      f"this run's domains {domains[0]} and {domains[1]}; {ELSEWHERE} (a new one is trained there)")
-
-
-def image_files(images):
-    """[file name, size] of each image file or shard in domain_images' answer: the training images as the facts
-    record them, to know them in a dataset that moved (names alone would take another dataset's 000.png)."""
-    paths = images.shards if isinstance(images, data.Records) else images
-    return sorted([os.path.basename(path), os.path.getsize(path)] for path in paths)
 
 
 def domain_classifier(folders, path, log=print):
@@ -320,11 +306,17 @@ def train_and_cache_classifier(folders, path, log):
     load = lambda images: classifier_input(data.load_images(images, DOMAIN_LOAD_SIZE))  # noqa: E731
     model = train_domain_classifier(load(train["A"]), load(train["B"]))
     facts = {"train": [folders.train_a, folders.train_b], "test": [folders.test_a, folders.test_b],
-             "images": {d: image_files(images) for d, images in train.items()},
+             "images": {d: data.image_files(images) for d, images in train.items()},
              "held_out_accuracy": domain_accuracy(model, *(load(folders.images("test", d)) for d in "AB")),
              "epochs": DOMAIN_EPOCHS, "size": DOMAIN_SIZE, "seconds": time.time() - started}
-    write_json(facts_path_of(path), facts)  # first: facts without their model are a write of ours cut short
-    write_atomically(path, model.save)
+    try:
+        write_json(facts_path_of(path), facts)  # first: facts without their model are a write of ours cut short
+        write_atomically(path, model.save)
+    except OSError as error:  # a full disk: no facts left without their model
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(facts_path_of(path))
+        raise UsageError(f"{path}: could not write the domain classifier ({error.strerror or error}); nothing "
+                         "half-written is left: make room, then run the same command again") from None
     log(f"trained the domain classifier in {facts['seconds']:.0f} s; cached in {path}")
     return facts
 

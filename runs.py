@@ -17,7 +17,7 @@ log = logging.getLogger("cyclegan")
 
 LOCK_FILE = ".lock"
 RUN_WRITER = ("train.py", "give another --name")  # writer_lock's `program` and `instead` for a run folder
-DATASET_RECORD = "dataset.json"  # the training images' file names, by domain
+DATASET_RECORD = "dataset.json"  # the training images' file names and sizes, by domain
 
 
 def run_lock(run_dir):
@@ -35,8 +35,12 @@ def check_not_in_use(run_dir):
 def remove_stale_temporaries(run_dir):
     """Removes the temporaries that write_atomically left in the run folder and its checkpoints/ when
     its process was killed; returns their paths. Call it holding the run's lock (no train.py is writing
-    there then); a temporary of a process still running (evaluate.py writing beside a run) stays."""
-    stale = checkpoints.stale_temporaries(run_dir) + checkpoints.stale_temporaries(os.path.join(run_dir, "checkpoints"))
+    there then); a temporary of a process still running (evaluate.py writing beside a run) stays, and so
+    does a user's file that only looks like one (a name train.py never writes)."""
+    written = {"config.json", DATASET_RECORD} | {os.path.basename(checkpoints.generator_path(run_dir, name))
+                                                 for name in checkpoints.GENERATORS}
+    stale = checkpoints.stale_temporaries(run_dir, written) + checkpoints.stale_temporaries(
+        os.path.join(run_dir, "checkpoints"), checkpoints.CHECKPOINT_NAME)
     return checkpoints.remove_temporaries(stale, "a killed run", lambda path: os.path.relpath(path, run_dir))
 
 
@@ -61,6 +65,8 @@ def check_run_contents(config, resume, chief=True):
     checkpoint, or from step 0 when it stopped before its first) or the user's other files."""
     run_dir = config.run_dir
     held = sorted(set(os.listdir(run_dir)) - {LOCK_FILE}) if os.path.isdir(run_dir) else []
+    if resume:
+        check_checkpoints_kept(run_dir)
     if not chief or resume or not held:
         return
     shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
@@ -69,6 +75,23 @@ def check_run_contents(config, resume, chief=True):
                          "or give another --name")
     raise UsageError(f"{run_dir} holds files that are not a run of train.py ({shown}); give another --name "
                      "or --runs-root, or move them away")
+
+
+def check_checkpoints_kept(run_dir):
+    """--resume starts a run again from step 0 only when it never wrote a checkpoint: one whose checkpoints/
+    is a file, or gone while the final generators (written after a checkpoint) are there, would be trained
+    again over them. One line naming what is there and the way on; nothing written."""
+    folder = os.path.join(run_dir, "checkpoints")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{folder}: is a file, expected the run's folder of checkpoints; move the file away, "
+                         "or put the run's checkpoints/ back")
+    generators = [path for path in (checkpoints.generator_path(run_dir, name) for name in checkpoints.GENERATORS)
+                  if os.path.exists(path)]
+    if generators and not checkpoints.checkpoint_paths(run_dir):
+        raise UsageError(f"{run_dir}: has no checkpoint to resume from, yet holds its trained "
+                         f"{' and '.join(map(os.path.basename, generators))} (resuming would train it again from "
+                         "step 0 over them); put its checkpoints/ back, or fine-tune them in a new run: --start-ab "
+                         "and --start-ba with these files, under another --name")
 
 
 def check_run_dataset(config):
@@ -86,31 +109,32 @@ def check_run_dataset(config):
 
 def check_same_images(config, saved, train_paths):
     """A resumed run pointed at another dataset folder reads it only when its training domains hold
-    the file names the run was trained on (RUN_DIR/dataset.json); otherwise one line says what differs."""
+    the files the run was trained on, names and sizes (RUN_DIR/dataset.json); otherwise one line says what
+    differs."""
     moved = [name for name in DATASET_FIELDS if getattr(config, name) != getattr(saved, name)]
     if not moved:
         return
     given = " ".join(f"--{name.replace('_', '-')} {getattr(config, name)}" for name in moved)
     try:
         with open(os.path.join(config.run_dir, DATASET_RECORD)) as f:
-            recorded = json.load(f)
-    except (OSError, ValueError):
+            recorded = {domain: {(name, size) for name, size in files} for domain, files in json.load(f).items()}
+    except (OSError, ValueError, TypeError, AttributeError):  # none, or not [name, size] pairs by domain
         log.warning("%s: no record of the run's images (%s), so the new folder is taken unchecked", given,
                     DATASET_RECORD)
         return
     for domain, images in zip("AB", train_paths):
-        names, known = set(data.image_names(images)), set(recorded.get(domain, []))
-        if names != known:
-            missing, new = sorted(known - names), sorted(names - known)
+        found, known = {tuple(file) for file in data.image_files(images)}, recorded.get(domain, set())
+        if found != known:
+            missing, new = sorted(name for name, _ in known - found), sorted(name for name, _ in found - known)
             raise UsageError(f"{given}: domain {domain}'s training images differ from those the run was trained on "
-                             f"({len(missing)} of its {len(known)} missing{', e.g. ' + missing[0] if missing else ''}; "
-                             f"{len(new)} it never saw{', e.g. ' + new[0] if new else ''}); resume with the "
-                             "folder the run was trained on")
+                             f"({len(missing)} of its {len(known)} missing or changed"
+                             f"{', e.g. ' + missing[0] if missing else ''}; {len(new)} it never saw"
+                             f"{', e.g. ' + new[0] if new else ''}); resume with the folder the run was trained on")
     log.info("resuming on the run's images in their new place: %s", given)
 
 
 def record_dataset(run_dir, train_paths):
-    """dataset.json, once: the training images' file names by domain (check_same_images reads them)."""
+    """dataset.json, once: the training images' file names and sizes by domain (check_same_images reads them)."""
     path = os.path.join(run_dir, DATASET_RECORD)
     if not os.path.exists(path):
-        checkpoints.write_json(path, {domain: data.image_names(images) for domain, images in zip("AB", train_paths)})
+        checkpoints.write_json(path, {domain: data.image_files(images) for domain, images in zip("AB", train_paths)})

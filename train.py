@@ -59,9 +59,16 @@ def write_samples(run_dir, writer, gan, test_images, step):
         with writer.as_default():
             tf.summary.image(f"samples/{direction}", grid[None], step=step)
         path = os.path.join(folder, f"{direction}_step{step:07d}.png")
-        checkpoints.write_atomically(path, lambda temporary: iio.imwrite(temporary, grid, extension=".png"))
+        # encoded here, written by write_atomically: a full disk is one OSError, never a dying imageio file
+        encoded = iio.imwrite("<bytes>", grid, extension=".png")
+        checkpoints.write_atomically(path, lambda temporary: write_bytes(temporary, encoded))
         paths.append(path)
     return paths
+
+
+def write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -182,8 +189,10 @@ def start_run_files(run_dir, config, first_step, train_paths):
     from `first_step` on that an earlier process of this run wrote after its last checkpoint, before it
     was killed: each step shows once, with this process's values.
     """
-    checkpoints.write_json(os.path.join(run_dir, "config.json"), as_json(config))
-    runs.record_dataset(run_dir, train_paths)
+    config_path = os.path.join(run_dir, "config.json")
+    save_or_explain(lambda: checkpoints.write_json(config_path, as_json(config)), config_path, config, first_step)
+    save_or_explain(lambda: runs.record_dataset(run_dir, train_paths), os.path.join(run_dir, runs.DATASET_RECORD),
+                    config, first_step)
     writer = tf.summary.create_file_writer(run_dir)
     start = tf.compat.v1.Event(wall_time=time.time(), step=first_step,
                                session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
@@ -224,15 +233,25 @@ def warn_batch_larger_than_a_domain(config, train_paths):
 
 
 def save_or_explain(save, what, config, step):
-    """A checkpoint or the generators written, or one line naming the file, the last good checkpoint
-    and the command that continues (a full disk: what is on disk stays whole; see write_atomically)."""
+    """A file of the run written (config.json, a checkpoint, a generator), or one line naming it, the last
+    good checkpoint and the command that goes on (a full disk: what is on disk stays whole; see
+    write_atomically): --resume once the run has its config.json, else the same command again."""
     try:
         return save()
     except OSError as error:
         last = (checkpoints.checkpoint_paths(config.run_dir) or ["none yet"])[-1]
+        way_on = (f"continue with: python train.py --runs-root {config.runs_root} --name {config.name} --resume"
+                  if os.path.exists(os.path.join(config.run_dir, "config.json")) else "run the same command again")
         raise UsageError(f"{what}: could not write it at step {step} ({error.strerror or error}); last good "
-                         f"checkpoint: {last}; make room, then continue with: python train.py --runs-root "
-                         f"{config.runs_root} --name {config.name} --resume") from None
+                         f"checkpoint: {last}; make room, then {way_on}") from None
+
+
+def generators_behind(run_dir, checkpoint):
+    """Whether a final generator is missing or older than the checkpoint the run resumed from (an earlier
+    process stopped or failed between the two writes, leaving those of an older step): then both are
+    written again from it, so that the two are always of one step."""
+    paths = [checkpoints.generator_path(run_dir, name) for name in checkpoints.GENERATORS]
+    return not all(map(os.path.exists, paths)) or min(map(os.path.getmtime, paths)) < os.path.getmtime(checkpoint)
 
 
 def train(config, resume=False, verbose=1, stop=None):
@@ -292,6 +311,7 @@ def train_locked(config, from_checkpoint, gan, run_dir, folders, train_paths, sa
     rng = np.random.default_rng(config.seed)
     pools = {"A": cyclegan.HistoryPool(config.pool_size, rng), "B": cyclegan.HistoryPool(config.pool_size, rng)}
     step = epoch = 0
+    path = None  # the checkpoint resumed from
     if from_checkpoint:
         path, step, epoch = checkpoints.resume_checkpoint(config.run_dir, gan, pools, rng)
         log.info("resumed %s at step %d (epoch %d)", path, step, epoch)
@@ -358,10 +378,10 @@ def train_locked(config, from_checkpoint, gan, run_dir, folders, train_paths, sa
         if not written["samples"]:
             written["samples"] = try_samples(run_dir, writer, gan, samples, step) or []
         writer.close()
-    generator_paths = [os.path.join(run_dir, f"{name}.keras") for name in ("generator_ab", "generator_ba")]
-    if step > first_step or not all(map(os.path.exists, generator_paths)):  # also after a kill before they were
-        written["generators"] = save_or_explain(lambda: checkpoints.save_generators(run_dir, gan),
-                                                f"{run_dir}/generator_*.keras", config, step)
+    if step > first_step or path and generators_behind(run_dir, path):  # never untrained ones: no checkpoint
+        written["generators"] = [save_or_explain(lambda: checkpoints.save_generator(run_dir, gan, name),
+                                                 checkpoints.generator_path(run_dir, name), config, step)
+                                 for name in checkpoints.GENERATORS]
     written["step"] = step
     written["stopped"] = stop.signal_name
     written["seconds"] = time.time() - started
@@ -373,6 +393,10 @@ def main(argv=None):
     with GracefulStop() as stop:
         written = train(config, resume, stop=stop)
     trained = written["step"] - written["first_step"]
+    if written["stopped"] and not os.path.exists(os.path.join(written["run_dir"], "config.json")):
+        print(f"\nstopped by {written['stopped']} before the first step; nothing written: run the same command "
+              "again")
+        return
     if written["stopped"]:
         print(f"\nstopped by {written['stopped']} at step {written['step']}; continue with: python train.py "
               f"--runs-root {config.runs_root} --name {config.name} --resume")

@@ -1,11 +1,13 @@
 """Every Keras backend runs the same networks, the same loop and the same saved files: under
 KERAS_BACKEND=jax and torch one child process per backend imports networks.py without TensorFlow,
 proves the freezing trick by weight snapshots, trains a run and continues one that TensorFlow
-checkpointed with train.py's own main, generates with generate.py's, and loads .keras files that
-TensorFlow saved to the same outputs. (One child per backend, the two at once: each costs its backend's
+checkpointed with train.py's own main, generates with generate.py's, scores with evaluate.py's, converts
+a .pth with convert.py's (without TensorFlow's start-up notes), and loads .keras files that TensorFlow
+saved to the same outputs. (One child per backend, the two at once: each costs its backend's
 start-up and, under JAX, a compile of every network, so the tests below read one child's results.)"""
 import json
 import os
+import re
 from pathlib import Path
 import shutil
 import subprocess
@@ -26,22 +28,25 @@ pytestmark = pytest.mark.slow  # real processes: the full suite, not the quick t
 REPO = Path(__file__).resolve().parent.parent
 BACKENDS = ("jax", "torch")
 
-# In the child: networks.py imported first (it must not pull TensorFlow in); the freezing trick (each
-# train_on_batch moves only its own networks); train.py's main for a fresh run and for a resume of the run
-# that TensorFlow began (the resume: one code path, whichever backend wrote the checkpoint); generate.py's
-# main; then each .keras file TensorFlow saved, loaded as generate.py loads a generator, and its outputs
-# for its saved input.
+# In the child: networks.py imported first (it must not pull TensorFlow in), then convert.py's main on a
+# .pth (TensorFlow's first import: it must be quiet); the freezing trick (each train_on_batch moves only its
+# own networks); train.py's main for a fresh run and for a resume of the run that TensorFlow began (the
+# resume: one code path, whichever backend wrote the checkpoint); generate.py's main and evaluate.py's; then
+# each .keras file TensorFlow saved, loaded as generate.py loads a generator, and its outputs for its saved
+# input.
 CHILD = """
 import sys
 import networks
 report = {"networks_imported_tensorflow": "tensorflow" in sys.modules}
 import json
 import numpy as np
-import cli, quiet, cyclegan, distribute, generate, inference, train
+dataroot, runs, saved, names, tiny = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5:]
+import convert  # before anything imports TensorFlow: convert.py must import it quietly itself
+convert.main(["tests/fixtures/reference_legacy.pth", runs + "/converted.keras"])
+import cli, quiet, cyclegan, distribute, evaluate, generate, inference, train
 cli.setup_logging()
 from config import Config
 
-dataroot, runs, saved, names, tiny = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5:]
 report["backend"] = quiet.backend()
 gan = cyclegan.build_gan(Config(image_size=32, ngf=4, ndf=8, n_res_blocks=1), distribute.make_strategy("none"))
 snapshot = lambda: {name: [w.copy() for w in model.get_weights()] for name, model in gan.models.items()}
@@ -64,6 +69,8 @@ report["losses_finite"] = all(np.isfinite(v) for v in losses.values())
 train.main(["--dataroot", dataroot, "--runs-root", runs, "--name", "fresh", *tiny, "--max-steps", "2"])
 train.main(["--runs-root", runs, "--name", "begun_by_tensorflow", "--resume", "--max-steps", "3"])
 generate.main(["--run-dir", runs + "/fresh"])
+evaluate.evaluate(evaluate.build_parser().parse_args(["--run-dir", runs + "/fresh", "--classifier", runs + "/c.keras"]),
+                  lambda images: np.asarray(images).reshape(len(images), -1)[:, :16])  # a tiny feature extractor
 
 for name in names:
     model = inference.load_generator(f"{saved}/{name}.keras")
@@ -173,6 +180,11 @@ def test_a_backend_trains_resumes_generates_and_continues_another_backends_run(c
             assert int(arrays["step"]) == step and np.isfinite(arrays["weights/generator_ab/0"]).all()
     assert sorted(os.listdir(runs_copy / "fresh" / "generated" / "AtoB")) == [
         ".generate.json", "img000.png", "img001.png", "img002.png"]
+    scores = json.loads((runs_copy / "fresh" / "evaluation.json").read_text())  # evaluate.py under the backend
+    assert all(0 <= scores[d]["domain"] <= 1 and np.isfinite(scores[d]["fid"]) for d in ("AtoB", "BtoA"))
+    assert (runs_copy / "converted.keras").is_file() and "saved " in done.stdout
+    noise = [line for line in done.stderr.splitlines() if re.search("absl|oneDNN|cudart_stub|^I0000", line)]
+    assert not noise  # TensorFlow imported quietly, also by convert.py and Keras' saving
 
 
 def test_networks_imports_no_tensorflow_under_another_backend(child):

@@ -14,8 +14,18 @@ def test_help_gives_every_config_field_with_its_help_and_default():
     text = " ".join(config.build_parser().format_help().split())  # unwrapped
     for name, spec in config.FIELDS.items():
         shown = "" if spec.default is None or spec.default is False else f" (default: {spec.default})"
+        if "absent" in spec.metadata:
+            shown = f" (default: {spec.metadata['absent']})"
         assert f"--{name.replace('_', '-')}" in text and spec.metadata["help"] + shown in text, name
     assert "--resume" in text
+
+
+def test_help_says_what_a_run_does_without_the_options_that_default_to_nothing():
+    text = " ".join(config.build_parser().format_help().split())
+    for shown in ("quick runs) (default: none: every epoch)", "augmentation (default: none: other random numbers "
+                  "each run)", "(.keras or .pth) (default: none: random initial weights)", "given alone: float16 on "
+                  "a GPU, bfloat16 on a CPU (default: off: float32 throughout)"):
+        assert shown in text
 
 
 def test_only_the_options_given_override_and_nothing_else_is_filled_in():
@@ -166,3 +176,30 @@ def test_train_resume_with_a_null_in_config_json_exits_with_one_line(tmp_path, c
         cli.run_cli(lambda: train.main(argv), "train.py")
     assert ended.value.code == f"train.py: error: {path}: the key 'n_res_blocks': null"
     assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--batch-size", "4"], "--batch-size 4 contradicts the run being resumed ({path} has 1)"),
+    (["--start-ab", "/g.keras"], "--start-ab starts a fresh run's generators; --resume goes on from the run's own "
+                                 "checkpoint: drop it, or start a new run under another --name"),
+    (["--start-ba", "/g.keras"], "--start-ba starts a fresh run's generators; --resume goes on from the run's own "
+                                 "checkpoint: drop it, or start a new run under another --name"),
+])
+def test_resume_refuses_a_new_batch_size_or_start_file(tmp_path, argv, expected):
+    """A step counts batches of the run's size (another size would move its epochs and LR schedule), and
+    a start file only starts a fresh run: never taken, nor recorded in config.json as if it had been."""
+    path = saved_run(tmp_path)
+    with pytest.raises(cli.UsageError) as error:
+        from_command_line(["--resume", "--runs-root", str(tmp_path / "runs"), "--name", "run", *argv])
+    assert str(error.value) == expected.format(path=path)
+    assert from_command_line(["--resume", "--runs-root", str(tmp_path / "runs"), "--name", "run", "--batch-size",
+                              "1"])[0].batch_size == 1
+
+
+@pytest.mark.parametrize("name", ["start_ab", "start_ba"])
+def test_a_relative_start_file_in_config_json_is_refused_on_resume(tmp_path, name):
+    path = saved_run(tmp_path, **{name: "g.keras"})
+    with pytest.raises(cli.UsageError) as error:
+        from_command_line(["--resume", "--runs-root", str(tmp_path / "runs"), "--name", "run"])
+    assert str(error.value) == (f"{path}: the key {name!r} holds the relative path 'g.keras', which names a different "
+                                "file from each working directory; write the file's full path there")

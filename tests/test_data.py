@@ -242,3 +242,19 @@ def test_libjpeg_complaints_stay_off_the_terminal_and_the_file_is_named(tmp_path
     assert result.stdout.strip() == "2"
     assert result.stderr.splitlines() == [f"WARNING: skipping {tmp_path / 'cut.jpg'}: not a readable image",
                                           "stderr is back"]
+
+
+def test_domains_warned_of_as_the_same_files_are_copies_not_files_of_the_same_names_and_sizes(tmp_path, caplog):
+    """Uncompressed BMPs of one size all have the same byte size: only identical bytes are the identity."""
+    write_images(str(tmp_path / "a"), 3, extension="bmp", seed=0)
+    write_images(str(tmp_path / "b"), 3, extension="bmp", seed=1)
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    sizes = [[os.path.getsize(path) for path in data.list_images(str(tmp_path / folder))] for folder in "ab"]
+    assert sizes[0] == sizes[1]  # and the same names
+    for other, warnings in (("b", 0), ("copy", 1)):
+        folders = data.domain_folders(Config(train_a=str(tmp_path / "a"), train_b=str(tmp_path / other)))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cyclegan"):
+            data.check_distinct_domains(folders, data.train_images(folders))
+        assert caplog.text.count("hold the same 3 files: a CycleGAN between them learns nothing but the identity") \
+            == warnings

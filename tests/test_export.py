@@ -1,6 +1,8 @@
 """convert.py's exports (SavedModel, ONNX, LiteRT): each run by its own runtime alone, in a process that
 cannot import this project, against generate.py's translation (inference.translate_images) at two sizes;
-LiteRT's quantized weights; and the command line's refusals, which leave nothing written."""
+LiteRT's quantized weights; the command line's refusals, which leave nothing written; and a full disk, in
+convert.py and in evaluate.py's classifier, one line with the way on."""
+import errno
 import json
 import os
 import shutil
@@ -18,7 +20,8 @@ import export
 import inference
 import networks
 import pretrained
-from conftest import smooth_image
+from quiet import keras
+from conftest import cli_error, smooth_image
 from script_runner import session_scripts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,14 +216,14 @@ def test_a_failed_export_leaves_nothing_and_an_overwritten_one_is_replaced_whole
     for target, writer, fake in (("g.onnx", "write_onnx", half_file), ("sm", "write_saved_model", half_folder)):
         with monkeypatch.context() as patch:
             patch.setattr(export, writer, fake)
-            with pytest.raises(OSError):
+            with pytest.raises(convert.cli.UsageError, match=f"^{tmp_path / target}: could not write \\(No space left"):
                 convert.main([str(source), str(tmp_path / target)])
         assert sorted(os.listdir(tmp_path)) == ["g.keras"]
     shutil.copytree(exports.folder / "keras" / "saved_model", tmp_path / "sm")  # an earlier export (another generator)
     before = (tmp_path / "sm" / "saved_model.pb").read_bytes()
     with monkeypatch.context() as patch:
         patch.setattr(export, "write_saved_model", half_folder)
-        with pytest.raises(OSError):
+        with pytest.raises(convert.cli.UsageError, match="nothing half-written is left: make room, then run"):
             convert.main([str(source), str(tmp_path / "sm"), "--overwrite"])
     assert (tmp_path / "sm" / "saved_model.pb").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["g.keras", "sm"]
@@ -303,6 +306,8 @@ def test_help_explains_every_option():
                    "--overwrite"):
         assert (option.lower() if option.isupper() else option) in result.stdout
     assert "(default: AtoB)" in result.stdout and "{keras,litert,onnx,saved_model}" in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "instead of SOURCE (default: none)" in text and "from float32 (default: float32 weights)" in text
 
 
 @pytest.mark.slow
@@ -337,8 +342,40 @@ def test_a_convert_killed_between_its_renames_or_beside_another_is_finished_or_r
 
     export_saved_model, export.write_saved_model = export.write_saved_model, full_disk
     try:
-        with pytest.raises(OSError, match=f"^{tmp_path / 'full'}: could not write the SavedModel \\(No space left"):
+        with pytest.raises(convert.cli.UsageError) as error:
             convert.convert(str(source), str(tmp_path / "full"))
+        assert str(error.value) == (f"{tmp_path / 'full'}: could not write (No space left on device); nothing "
+                                    "half-written is left: make room, then run the same command again")
     finally:
         export.write_saved_model = export_saved_model
     assert not any(name.startswith("full") for name in os.listdir(tmp_path))
+
+
+# ---- a full disk: one line naming the file and the way on, nothing half-written ---------------------
+
+def full_disk(model, temporary, *args, **kwargs):
+    """keras.Model.save on a full disk: half a file, and an OSError naming none (as Keras' writer raises it)."""
+    Path(temporary).write_bytes(b"half a model")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_converting_to_keras_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+    assert cli_error(convert.main, [str(FIXTURE_PTH), str(tmp_path / "c.keras")]) == (
+        f"convert.py: error: {tmp_path / 'c.keras'}: could not write (No space left on device); nothing half-written "
+        "is left: make room, then run the same command again")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_full_disk_while_evaluate_caches_its_classifier_is_one_line_and_leaves_neither_file(
+        dataset, tmp_path, monkeypatch):
+    """Its facts are written first: a model that cannot be written takes them away too (a rerun trains again)."""
+    import evaluate
+    from test_evaluate import make_run
+
+    run_dir = make_run(tmp_path / "run", dataset)
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+    assert cli_error(evaluate.main, ["--run-dir", run_dir, "--classifier", str(tmp_path / "cls.keras")]) == (
+        f"evaluate.py: error: {tmp_path / 'cls.keras'}: could not write the domain classifier (No space left on "
+        "device); nothing half-written is left: make room, then run the same command again")
+    assert sorted(os.listdir(tmp_path)) == ["run"]

@@ -13,7 +13,7 @@ import cli
 import generate
 import inference
 
-from conftest import model_options, write_images
+from conftest import cli_error, model_options, write_images
 
 
 def test_outputs_keep_names_and_full_resolution_and_a_grid_is_drawn(trained_run, tmp_path):
@@ -103,6 +103,19 @@ def test_run_files_give_the_run_defaults(trained_run, dataset):
                             reverse_generator=os.path.join(trained_run, "generator_ab.keras"),
                             input=os.path.join(dataset, "testB"), output="elsewhere", direction="BtoA",
                             batch_size=inference.TRANSLATE_BATCH, grid_count=2, overwrite=False, image_format=None)
+
+
+def test_a_runs_test_folder_of_tfrecord_shards_says_to_give_input(trained_run, tmp_path):
+    import json
+    from config import Config, as_json
+
+    (tmp_path / "data" / "testA").mkdir(parents=True)
+    (tmp_path / "data" / "testA" / "photo00-1.tfrec").write_bytes(b"")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(as_json(Config(dataroot=str(tmp_path / "data")))))
+    assert cli_error(generate.main, ["--run-dir", str(tmp_path / "run"), *model_options(trained_run)]) == (
+        f"generate.py: error: {tmp_path / 'data' / 'testA'}: holds TFRecord shards (photo00-1.tfrec), expected a "
+        "folder of .jpg/.png/.bmp images; give --input a folder of images")
 
 
 def test_explicit_model_files_work_without_a_run(trained_run, dataset, tmp_path):
@@ -226,6 +239,11 @@ def test_a_grid_that_fails_is_a_warning_and_the_translations_stay(trained_run, t
 
 
 def test_help_says_each_default_once():
-    text = generate.build_parser().format_help()
-    assert "images in the sample grid, 0 for none (default: 6)" in " ".join(text.split())
+    text = " ".join(generate.build_parser().format_help().split())
+    assert "images in the sample grid, 0 for none (default: 6)" in text
     assert "(0: no grid)" not in text
+    for default in ("(holds config.json and the generators; default: none, give --generator, --input and --output)",
+                    "forward generator (default: the run's, for DIRECTION)",
+                    "backward generator of the grid (default: the run's other one)",
+                    "instead of an output folder (the grid: FILE_grid.png, FILE without .zip)"):
+        assert default in text

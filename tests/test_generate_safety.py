@@ -275,6 +275,30 @@ def test_a_second_generate_on_a_busy_output_gets_one_line_and_writes_nothing(tra
     assert not (tmp_path / ".sub.generate.lock").exists()
 
 
+def test_two_spellings_of_one_output_share_its_lock_and_its_grid(trained_run, tmp_path):
+    """A link to the output folder (or to the folder of a zip) is the same output: while one generate.py
+    holds it, a second naming it the other way is one line with the holder's PID, nothing written; both
+    spellings draw the one grid beside the real folder."""
+    photos, real, zips = tmp_path / "photos", tmp_path / "out", tmp_path / "zips"
+    write_images(str(photos), 2, size=(24, 24))
+    real.mkdir(), zips.mkdir()
+    (tmp_path / "link").symlink_to("out")
+    (tmp_path / "ziplink").symlink_to("zips")
+    argv = [*model_options(trained_run), "--input", str(photos)]
+    for held, other, option in ((dict(output=str(real)), tmp_path / "link", "--output"),
+                                (dict(zip_path=str(zips / "a.zip")), tmp_path / "ziplink" / "a.zip", "--zip")):
+        with generate.output_lock(**held):
+            before = folder_bytes(tmp_path)
+            assert cli_error(generate.main, argv + [option, str(other)]) == (
+                f"generate.py: error: {option} {other} is in use by another generate.py (PID {os.getpid()}); wait "
+                f"for it to end, or give another {option}")
+            assert folder_bytes(tmp_path) == before
+    generate.main(argv + ["--output", str(tmp_path / "link")])
+    assert generate.grid_path(str(tmp_path / "link")) == str(tmp_path / "out_grid.png")
+    assert sorted(os.listdir(tmp_path)) == ["link", "out", "out_grid.png", "photos", "ziplink", "zips"]
+    generate.main(argv + ["--output", str(real)])  # the same output, its own grid: no --overwrite needed
+
+
 def test_a_lock_file_removed_by_the_writer_before_is_not_taken_for_the_lock(tmp_path, monkeypatch):
     """A writer that opened the lock file just before the writer holding it removed it (at its end) locks
     the removed file; it must see that and lock the file now at the path, or a third writer would
@@ -311,6 +335,8 @@ def test_a_rerun_says_what_it_replaced_and_another_input_or_generator_needs_over
     assert (manifest["input"], manifest["generator"]) == (str(photos), forward)
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", manifest["date"])
 
+    manifest_path = output / generate.MANIFEST  # as a run killed in its last chunk leaves it: img001 being written
+    manifest_path.write_text(json.dumps(dict(manifest, files=["img000.png"], writing=["img001.png"])))
     caplog.set_level(logging.INFO, logger="cyclegan")
     generate.main(["--generator", forward, "--input", f"{photos}/", "--output", str(output)])  # the same folder
     assert f"replaced 2 images written by an earlier generate.py on {manifest['date']} from {photos}" in caplog.text

@@ -1,7 +1,9 @@
 from concurrent.futures import ThreadPoolExecutor
+import contextlib
 import logging
 import os
 from pathlib import Path
+import signal
 import subprocess
 import sys
 import threading
@@ -157,3 +159,74 @@ def test_ground_truth_scores_of_a_perfect_and_a_do_nothing_generator(tmp_path):
     assert np.isclose(against_itself["generator"]["ssim"], 1.0) and against_itself["generator"]["psnr"] == 100.0
     unrelated = main.ground_truth_scores(str(tmp_path / "identity.keras"), str(inputs), str(truths))
     assert unrelated["generator"]["ssim"] < 0.9 and unrelated["generator"]["psnr"] < 30
+
+
+def tiny_demo(tmp_path, monkeypatch):
+    """main.py's command line for a demo on a small dataset and tiny networks (quick to build and train)."""
+    from conftest import TINY_NETWORK
+
+    build = demo_data.build_demo_dataset
+    monkeypatch.setattr(demo_data, "build_demo_dataset",
+                        lambda root: build(root, train_per_domain=4, test_per_domain=2))
+    monkeypatch.setattr(main, "DEMO", main.DEMO.replace(**TINY_NETWORK, cpu_kernels="off"))
+    return ["--dataroot", str(tmp_path / "demo"), "--runs-root", str(tmp_path / "runs")]
+
+
+@contextlib.contextmanager
+def recorded_sigint():
+    """SIGINT's handler outside the demo's training: records the signal (the default would end pytest)."""
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_demo_stopped_before_its_first_step_says_so_and_one_that_wrote_nothing_leaves_the_name_free(
+        tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the networks are built: no --resume to offer (no run was written); a second Ctrl-C
+    there: the next demo is runs/demo again, not demo-2."""
+    import cyclegan
+
+    argv, build_gan = tiny_demo(tmp_path, monkeypatch), cyclegan.build_gan
+    with monkeypatch.context() as patched, pytest.raises(KeyboardInterrupt):
+        patched.setattr(cyclegan, "build_gan", lambda *args: signal.default_int_handler(signal.SIGINT, None))
+        main.main(argv)
+    assert os.listdir(tmp_path / "runs") == []
+
+    def interrupted(*args):
+        signal.raise_signal(signal.SIGINT)
+        return build_gan(*args)
+
+    monkeypatch.setattr(cyclegan, "build_gan", interrupted)
+    with recorded_sigint() as received:
+        assert main.main(argv) is None
+    assert not received and capsys.readouterr().out.rstrip().endswith(
+        "stopped by SIGINT at step 0; nothing trained; python main.py starts the demo again")
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_demo_after_its_step_with_a_checkpoint_and_the_command_that_continues_it(
+        tmp_path, capsys, monkeypatch):
+    """As train.py does: the first SIGINT finishes the step and saves it, and the demo stops there (nothing
+    translated) with the command that continues it (the one train.py prints, tested there)."""
+    import cyclegan
+    from conftest import newest_step
+
+    argv, steps, train_step = tiny_demo(tmp_path, monkeypatch), [], cyclegan.CycleGAN.train_step
+
+    def interrupted_in_the_second_step(self, *args):
+        steps.append(len(steps) + 1)
+        if len(steps) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return train_step(self, *args)
+
+    monkeypatch.setattr(cyclegan.CycleGAN, "train_step", interrupted_in_the_second_step)
+    with recorded_sigint() as received:
+        assert main.main(argv + ["--max-steps", "40"]) is None
+    runs, run_dir = tmp_path / "runs", tmp_path / "runs" / "demo"
+    assert steps == [1, 2] and not received and newest_step(run_dir) == 2 and not (run_dir / "generated").exists()
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"stopped by SIGINT at step 2; continue with: python train.py --runs-root {runs} --name demo --resume")
+    assert (run_dir / "config.json").exists()  # what train.py --resume reads

@@ -1,10 +1,13 @@
 """PyTorch CycleGAN generators (.pth) read without torch: against outputs PyTorch computed (fixtures/,
 made by fixtures/make_pth_fixtures.py), hostile and broken files, and the scripts that take them:
-convert.py, generate.py --generator, train.py --start-ab / --start-ba."""
+convert.py, generate.py --generator, train.py --start-ab / --start-ba; and a run's generator files that
+change while evaluate.py reads them."""
 import collections
+import json
 import os
 import pickle
 import sys
+import time
 import types
 import zipfile
 from pathlib import Path
@@ -312,3 +315,34 @@ def test_a_start_file_of_another_network_is_one_line_naming_the_option(dataset, 
         pretrained.start_from(str(discriminator), generator, "--start-ab")
     assert str(error.value) == (f"--start-ab {discriminator}: holds no CycleGAN generator (a model "
                                 "'discriminator_b' without the layers of networks.py's generators)")
+
+
+def test_evaluation_json_dates_the_generators_that_were_scored(dataset, tmp_path, monkeypatch):
+    """evaluate.py reads generator files that train.py may write anew meanwhile: one replaced while it loads
+    is loaded again, and evaluation.json dates the files loaded, not those there after the scoring."""
+    import evaluate
+    import metrics
+    from test_evaluate import make_run, tiny_features
+
+    monkeypatch.setattr(metrics, "load_inception", lambda: (tiny_features, None))
+    run_dir = make_run(tmp_path / "run", dataset)
+    ab, ba = (os.path.join(run_dir, f"generator_{d}.keras") for d in ("ab", "ba"))
+    load, score, loaded = evaluate.inference.load_generator, metrics.Evaluator.score, []
+
+    def load_while_written(path):  # train.py writes generator_ab.keras anew while it is first loaded
+        loaded.append(path)
+        model = load(path)
+        if loaded == [ab]:
+            os.utime(ab, (1e9, 1e9))
+        return model
+
+    def score_while_written(*args):  # and again while it is scored
+        os.utime(ab, (2e9, 2e9))
+        return score(*args)
+    monkeypatch.setattr(evaluate.inference, "load_generator", load_while_written)
+    monkeypatch.setattr(metrics.Evaluator, "score", score_while_written)
+    evaluate.main(["--run-dir", run_dir, "--classifier", str(tmp_path / "cls.keras")])
+    assert loaded[:3] == [ab, ab, ba] and os.path.getmtime(ab) == 2e9  # then the classifier
+    when = lambda seconds: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))  # noqa: E731
+    assert json.load(open(os.path.join(run_dir, "evaluation.json")))["generators"] == {
+        ab: when(1e9), ba: when(os.path.getmtime(ba))}

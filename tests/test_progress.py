@@ -73,3 +73,18 @@ def test_a_terminal_gets_keras_progress_bar():
 def test_cli_imports_no_tensorflow():
     check = "import sys, cli; assert not {'tensorflow', 'keras'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True, timeout=60)
+
+
+def test_a_download_that_is_not_on_a_terminal_gets_a_plain_line_at_each_tenth_and_the_last_once(tmp_path):
+    import download
+
+    source, tenth_size = tmp_path / "served.zip", 10 * download.DOWNLOAD_CHUNK  # a tenth ends with a chunk
+    source.write_bytes(bytes(10 * tenth_size))
+    stream = io.StringIO()
+    download.fetch(source.as_uri(), str(tmp_path / "x.zip"), stream)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and (tmp_path / "x.zip").read_bytes() == source.read_bytes()
+    assert [line.split("  ")[:2] for line in lines] == [
+        ["x.zip", f"{tenth * tenth_size / 1e6:.1f}/6.6 MB [{'#' * 3 * tenth}{'.' * (30 - 3 * tenth)}]"]
+        for tenth in range(1, 11)]
+    assert all(line.endswith(" MB/s") for line in lines)

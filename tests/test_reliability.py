@@ -192,6 +192,33 @@ def test_without_test_folders_the_training_folders_are_read_and_a_failing_evalua
     runs.check_not_in_use(run_dir)  # the lock went with the end of the run
 
 
+def test_a_full_disk_under_a_sample_grid_is_one_warning_and_no_traceback(tmp_path, monkeypatch, caplog, capfd):
+    """The grid is encoded in memory and written by write_atomically: no imageio file object dies on the
+    full disk (its __del__ printed "Exception ignored ... OSError" beside the WARNING). The temporary of
+    the first grid is /dev/full, which takes no byte."""
+    import gc
+    import sys
+
+    import cyclegan
+    import distribute
+
+    gan = cyclegan.build_gan(Config(image_size=32, ngf=4, ndf=8, n_res_blocks=1), distribute.make_strategy("none"))
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / f"AtoB_step0000001.tmp{os.getpid()}.png").symlink_to("/dev/full")
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    images = np.zeros((1, 32, 32, 3), np.float32)
+    writer = train.tf.summary.create_file_writer(str(tmp_path / "events"))
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    assert train.try_samples(str(tmp_path), writer, gan, {"A": images, "B": images}, 1) is None
+    gc.collect()
+    assert unraisable == [] and "Traceback" not in capfd.readouterr().err
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "step 1: sample grids not written (OSError: [Errno 28] No space left on device: "
+        f"'{tmp_path / 'samples' / 'AtoB_step0000001.png'}')"]
+    assert os.listdir(tmp_path / "samples") == []
+
+
 # ---- a killed run ----------------------------------------------------------------------------
 
 @pytest.mark.slow

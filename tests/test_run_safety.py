@@ -10,10 +10,12 @@ import os
 from pathlib import Path
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 from types import SimpleNamespace
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -213,6 +215,28 @@ def test_a_run_refused_warned_stopped_early_or_out_of_disk_leaves_what_it_can_go
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [first.name]  # no half-written temporary
 
 
+def test_a_stop_before_the_first_step_writes_nothing_and_the_same_command_starts_the_run(dataset, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """SIGTERM while the networks are built: no untrained generators (a run with generators and no
+    checkpoint would be refused as one whose checkpoints were lost), no --resume offered (there is no
+    config.json to resume from), and the name stays free."""
+    argv = ["--dataroot", dataset, "--runs-root", str(tmp_path / "runs"), "--name", "run", *TINY, "--max-steps", "1"]
+    build_gan = cyclegan.build_gan
+
+    def build_gan_as_sigterm_comes(*args):
+        signal.raise_signal(signal.SIGTERM)  # to train.main's GracefulStop: stop at the next step's start
+        return build_gan(*args)
+
+    monkeypatch.setattr(cyclegan, "build_gan", build_gan_as_sigterm_comes)
+    train.main(argv)
+    assert capsys.readouterr().out.startswith(
+        "\nstopped by SIGTERM before the first step; nothing written: run the same command again\n")
+    assert os.listdir(tmp_path / "runs" / "run") == [runs.LOCK_FILE]
+    monkeypatch.undo()
+    train.main(argv)
+    assert "trained 1 step in" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_a_run_resumes_anywhere_on_its_absolute_paths_or_a_moved_dataset_and_writes_only_what_it_trains(
         processes, monkeypatch, caplog, capsys):
@@ -228,7 +252,8 @@ def test_a_run_resumes_anywhere_on_its_absolute_paths_or_a_moved_dataset_and_wri
     saved = json.loads((run_dir / "config.json").read_text())
     assert (saved["dataroot"], saved["runs_root"]) == (str(first / "ds"), str(root / "runs"))
     recorded = json.loads((run_dir / "dataset.json").read_text())
-    assert recorded == {"A": ["img000.png", "img001.png", "img002.png"], "B": ["img000.png", "img001.png", "img002.png"]}
+    assert recorded == {d: [[f"img00{i}.png", (first / "ds" / f"train{d}" / f"img00{i}.png").stat().st_size]
+                            for i in range(3)] for d in "AB"}
 
     monkeypatch.chdir(second)  # which holds another ds/: the run still reads the first one
     caplog.set_level(logging.INFO, logger="cyclegan")
@@ -248,8 +273,14 @@ def test_a_run_resumes_anywhere_on_its_absolute_paths_or_a_moved_dataset_and_wri
         "moved, resume with --dataroot NEW_FOLDER (it must hold the images the run was trained on)")
     assert cli_error(train.main, resume + ["--max-steps", "3", "--dataroot", str(second / "ds")]) == (
         f"train.py: error: --dataroot {second / 'ds'}: domain A's training images differ from those the run was "
-        "trained on (3 of its 3 missing, e.g. img000.png; 2 it never saw, e.g. other_img000.png); resume with "
-        "the folder the run was trained on")
+        "trained on (3 of its 3 missing or changed, e.g. img000.png; 2 it never saw, e.g. other_img000.png); "
+        "resume with the folder the run was trained on")
+    shutil.copytree(first / "moved", first / "redrawn")  # the same names, one image of another size
+    iio.imwrite(first / "redrawn" / "trainB" / "img001.png", np.zeros((40, 40, 3), np.uint8))
+    assert cli_error(train.main, resume + ["--max-steps", "3", "--dataroot", str(first / "redrawn")]) == (
+        f"train.py: error: --dataroot {first / 'redrawn'}: domain B's training images differ from those the run was "
+        "trained on (1 of its 3 missing or changed, e.g. img001.png; 1 it never saw, e.g. img001.png); resume "
+        "with the folder the run was trained on")
     assert snapshot(run_dir) == before
 
     train.main(resume + ["--max-steps", "3", "--dataroot", str(first / "moved")])
@@ -299,3 +330,107 @@ def test_under_ulimit_v_the_step_is_refused_in_one_line_not_by_a_signal(processe
     assert last.startswith("train.py: error: --image-size 2048 --batch-size 1: a training step needs at least ")
     assert "`ulimit -v` leaves" in last and "Traceback" not in stderr
     assert not (processes.root / "ulimit").exists()
+
+
+# ---- a finished run, copied and tampered with: --resume writes only over what it can stand behind ------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 4-step run (2 steps an epoch, a checkpoint each): step-2 and step-4 and its generators."""
+    root = tmp_path_factory.mktemp("finished")
+    dataroot = make_dataset(root / "ds", counts=(2, 2, 1, 1), size=(36, 36))
+    train.main(["--dataroot", dataroot, "--runs-root", str(root / "runs"), "--name", "run", *TINY, "--epochs", "1",
+                "--epochs-decay", "1", "--save-every", "1"])
+    return root / "runs" / "run"
+
+
+def copy_of(finished_run, tmp_path):
+    shutil.copytree(finished_run, tmp_path / "runs" / "run")  # mtimes kept: the generators stay newer
+    return tmp_path / "runs" / "run", ["--runs-root", str(tmp_path / "runs"), "--name", "run", "--resume"]
+
+
+@pytest.mark.parametrize("checkpoints_gone", ["emptied", "a file"])
+def test_a_finished_run_without_its_checkpoints_is_refused_not_trained_again(finished_run, tmp_path,
+                                                                            checkpoints_gone):
+    run_dir, resume = copy_of(finished_run, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")
+    if checkpoints_gone == "a file":
+        (run_dir / "checkpoints").write_text("not a folder")
+        expected = (f"{run_dir / 'checkpoints'}: is a file, expected the run's folder of checkpoints; move the file "
+                    "away, or put the run's checkpoints/ back")
+    else:
+        (run_dir / "checkpoints").mkdir()
+        expected = (f"{run_dir}: has no checkpoint to resume from, yet holds its trained generator_ab.keras and "
+                    "generator_ba.keras (resuming would train it again from step 0 over them); put its checkpoints/ "
+                    "back, or fine-tune them in a new run: --start-ab and --start-ba with these files, under "
+                    "another --name")
+    before = snapshot(run_dir)
+    assert cli_error(train.main, resume) == f"train.py: error: {expected}"
+    assert snapshot(run_dir) == before
+
+
+def dead_pid():
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_resume_removes_the_temporaries_a_killed_run_left_and_no_file_of_the_user(finished_run, tmp_path,
+                                                                                 caplog):
+    run_dir, resume = copy_of(finished_run, tmp_path)
+    pid = dead_pid()
+    left = [run_dir / f"config.tmp{pid}.json", run_dir / f"generator_ab.tmp{pid}.keras",
+            run_dir / "checkpoints" / f"step-000000006.tmp{pid}.npz"]
+    users = [run_dir / f"notes.tmp{pid}.txt", run_dir / "checkpoints" / f"keep.tmp{pid}.csv"]
+    for path in left + users:
+        path.write_text("x")
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    train.main(resume)
+    assert [path.exists() for path in left + users] == [False] * 3 + [True] * 2
+    assert (f"removed 3 temporary file(s) left by a killed run: config.tmp{pid}.json, generator_ab.tmp{pid}.keras, "
+            f"checkpoints/step-000000006.tmp{pid}.npz") in caplog.text
+
+
+def test_a_checkpoint_of_another_step_than_its_name_is_set_aside_not_resumed(finished_run, tmp_path, caplog):
+    run_dir, resume = copy_of(finished_run, tmp_path)
+    copied = run_dir / "checkpoints" / "step-000000005.npz"
+    shutil.copy(run_dir / "checkpoints" / "step-000000002.npz", copied)  # as from another run
+    caplog.set_level(logging.INFO, logger="cyclegan")
+    train.main(resume)
+    assert (f"{copied}: holds step 2, not the step 5 of its name: a checkpoint of another run; trying the "
+            "previous checkpoint") in warnings(caplog)
+    assert f"resumed {run_dir / 'checkpoints' / 'step-000000004.npz'} at step 4" in caplog.text
+    assert not copied.exists() and Path(f"{copied}.corrupt").exists()
+
+
+def test_a_full_disk_at_the_end_names_the_generator_and_the_next_resume_writes_both_of_one_step(
+        finished_run, tmp_path, capsys):
+    """generator_ba's write fails (its temporary is /dev/full): generator_ab is of step 6, generator_ba still
+    of step 4. The resume that has nothing to train writes both again from the checkpoint of step 6."""
+    run_dir, resume = copy_of(finished_run, tmp_path)
+    (run_dir / f"generator_ba.tmp{os.getpid()}.keras").symlink_to("/dev/full")
+    assert cli_error(train.main, resume + ["--epochs", "2"]) == (
+        f"train.py: error: {run_dir / 'generator_ba.keras'}: could not write it at step 6 (No space left on device); "
+        f"last good checkpoint: {run_dir / 'checkpoints' / 'step-000000006.npz'}; make room, then continue with: "
+        f"python train.py --runs-root {tmp_path / 'runs'} --name run --resume")
+    assert not (run_dir / f"generator_ba.tmp{os.getpid()}.keras").exists()
+    capsys.readouterr()
+    train.main(resume + ["--epochs", "2"])
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and f"generators:   {run_dir / 'generator_ab.keras'}, " in out
+    import inference
+
+    with np.load(run_dir / "checkpoints" / "step-000000006.npz") as saved:
+        for name in ("generator_ab", "generator_ba"):
+            written = inference.load_generator(str(run_dir / f"{name}.keras")).get_weights()
+            assert all(np.array_equal(w, saved[f"weights/{name}/{i}"]) for i, w in enumerate(written)), name
+
+
+def test_a_full_disk_at_config_json_is_one_line_naming_it_and_the_way_on(finished_run, tmp_path):
+    run_dir, resume = copy_of(finished_run, tmp_path)
+    (run_dir / f"config.tmp{os.getpid()}.json").symlink_to("/dev/full")
+    before = snapshot(run_dir)
+    assert cli_error(train.main, resume + ["--epochs", "2"]) == (
+        f"train.py: error: {run_dir / 'config.json'}: could not write it at step 5 (No space left on device); last "
+        f"good checkpoint: {run_dir / 'checkpoints' / 'step-000000004.npz'}; make room, then continue with: python "
+        f"train.py --runs-root {tmp_path / 'runs'} --name run --resume")
+    assert snapshot(run_dir) == before  # the old config.json; no event file, checkpoint, sample or generator

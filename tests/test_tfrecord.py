@@ -75,7 +75,8 @@ def test_shards_are_counted_once_and_corrupt_records_skipped_with_a_warning(tmp_
     assert len(records) == len(again) == 4 and records.shards == tuple(shards)
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("WARNING", f"skipping {shards[0]} record 1: not a readable image"),
-        ("WARNING", f"skipping {shards[1]} record 2: no image bytes under the feature 'image' (--tfrecord-key)"),
+        ("WARNING", f"skipping {shards[1]} record 2: no image bytes under the feature 'image'; their features: "
+                    "image_name, target (--tfrecord-key)"),
         ("INFO", f"{folder}: 4 images in 2 TFRecord shards")]  # the second call counts nothing again
     loaded = data.load_images(records, 32)
     expected = np.stack([data.preprocess_test(data.decode_image(iio.imwrite("<bytes>", i, extension=".jpg")), 32)
@@ -88,9 +89,11 @@ def test_another_tfrecord_key_and_a_cut_shard(tmp_path, caplog):
     """--tfrecord-key names the feature; a shard cut short is read up to the cut, with a warning."""
     folder = write_shards(tmp_path / "photos", smooth_images(5, seed=1), (2, 3))
     assert len(data.domain_images(folder, "image")) == 5
-    with caplog.at_level(logging.WARNING, logger="cyclegan"), pytest.raises(cli.UsageError, match="no readable images"):
+    with caplog.at_level(logging.WARNING, logger="cyclegan"), pytest.raises(cli.UsageError) as error:
         data.domain_images(folder, "picture")
-    assert "no image bytes under the feature 'picture' (--tfrecord-key)" in caplog.text
+    assert str(error.value) == (f"{folder}: no readable images: no image bytes under the feature 'picture' in 5 "
+                                "records; their features: image, image_name, target (--tfrecord-key image?)")
+    assert caplog.text == ""  # the one line says it all
     last = sorted(glob.glob(os.path.join(folder, "*.tfrec")))[-1]
     with open(last, "r+b") as f:
         f.truncate(os.path.getsize(last) - 10)
@@ -98,6 +101,27 @@ def test_another_tfrecord_key_and_a_cut_shard(tmp_path, caplog):
         records = data.domain_images(folder, "image")
     assert len(records) == 4 and f"skipping the rest of {last} from record 2: cut short or damaged" in caplog.text
     assert len(list(data.train_dataset((records, records), 32, 1, seed=0)[0].take(9))) == 9
+
+
+def test_records_without_the_key_are_one_warning_naming_the_features_they_have(tmp_path, caplog):
+    """Not one per record: a Kaggle-like domain whose images are under `img`, read with the default key."""
+    folder = tmp_path / "photo_tfrec"
+    os.makedirs(folder)
+    images = iter(smooth_images(6, seed=3))
+    for shard in range(2):
+        with tf.io.TFRecordWriter(str(folder / f"photo{shard}.tfrec")) as writer:
+            for index in range(3):
+                image = iio.imwrite("<bytes>", next(images), extension=".jpg")
+                key = "image" if (shard, index) == (1, 2) else "img"  # one record the default key reads
+                writer.write(tf.train.Example(features=tf.train.Features(feature={
+                    key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[index]))})).SerializeToString())
+    with caplog.at_level(logging.WARNING, logger="cyclegan"):
+        assert len(data.domain_images(str(folder), "image")) == 1
+    assert [record.getMessage() for record in caplog.records] == [
+        f"skipping 5 records in {folder} (the first: {folder / 'photo0.tfrec'} record 0): no image bytes under the "
+        "feature 'image'; their features: img, label (--tfrecord-key img?)"]
+    assert len(data.domain_images(str(folder), "img")) == 5
 
 
 def test_record_epochs_hold_every_good_record_once_are_seeded_and_resume_mid_epoch(tmp_path):
