@@ -215,6 +215,7 @@ def test_a_run_refused_warned_stopped_early_or_out_of_disk_leaves_what_it_can_go
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [first.name]  # no half-written temporary
 
 
+@pytest.mark.slow
 def test_a_stop_before_the_first_step_writes_nothing_and_the_same_command_starts_the_run(dataset, tmp_path,
                                                                                        monkeypatch, capsys):
     """SIGTERM while the networks are built: no untrained generators (a run with generators and no
@@ -349,6 +350,7 @@ def copy_of(finished_run, tmp_path):
     return tmp_path / "runs" / "run", ["--runs-root", str(tmp_path / "runs"), "--name", "run", "--resume"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoints_gone", ["emptied", "a file"])
 def test_a_finished_run_without_its_checkpoints_is_refused_not_trained_again(finished_run, tmp_path,
                                                                             checkpoints_gone):
@@ -374,6 +376,7 @@ def dead_pid():
                               text=True).stdout)
 
 
+@pytest.mark.slow
 def test_resume_removes_the_temporaries_a_killed_run_left_and_no_file_of_the_user(finished_run, tmp_path,
                                                                                  caplog):
     run_dir, resume = copy_of(finished_run, tmp_path)
@@ -390,6 +393,7 @@ def test_resume_removes_the_temporaries_a_killed_run_left_and_no_file_of_the_use
             f"checkpoints/step-000000006.tmp{pid}.npz") in caplog.text
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_step_than_its_name_is_set_aside_not_resumed(finished_run, tmp_path, caplog):
     run_dir, resume = copy_of(finished_run, tmp_path)
     copied = run_dir / "checkpoints" / "step-000000005.npz"
@@ -402,6 +406,7 @@ def test_a_checkpoint_of_another_step_than_its_name_is_set_aside_not_resumed(fin
     assert not copied.exists() and Path(f"{copied}.corrupt").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_end_names_the_generator_and_the_next_resume_writes_both_of_one_step(
         finished_run, tmp_path, capsys):
     """generator_ba's write fails (its temporary is /dev/full): generator_ab is of step 6, generator_ba still
@@ -425,6 +430,7 @@ def test_a_full_disk_at_the_end_names_the_generator_and_the_next_resume_writes_b
             assert all(np.array_equal(w, saved[f"weights/{name}/{i}"]) for i, w in enumerate(written)), name
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_config_json_is_one_line_naming_it_and_the_way_on(finished_run, tmp_path):
     run_dir, resume = copy_of(finished_run, tmp_path)
     (run_dir / f"config.tmp{os.getpid()}.json").symlink_to("/dev/full")
